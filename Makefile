@@ -1,0 +1,45 @@
+# assetfs set-up, demo and tests. Everything installs from nothing on a Debian machine.
+#   make demo   mount the sample asset tree through omni.client's file: provider and show it working
+#   make test   install what the tests need and run the whole suite
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev attr rsync
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages venv demo test lint bench clean
+
+setup: system-packages venv
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/pytest -q -rs
+
+lint: venv
+	$(VENV)/bin/ruff check assetfs tests scripts
+
+bench: setup
+	$(PY) scripts/bench_read.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

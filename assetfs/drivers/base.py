@@ -1,0 +1,269 @@
+"""The driver contract: what every remote store implements, and nothing about FUSE.
+
+Paths handed to a driver are POSIX paths relative to the mounted root, always starting
+with ``/`` (``/`` is the root itself), with no trailing slash and no ``.``/``..``.
+Drivers raise only :mod:`assetfs.errors` types.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import posixpath
+import random
+import stat as stat_module
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import trio
+
+from .. import errors
+
+log = logging.getLogger(__name__)
+
+
+class Kind(enum.Enum):
+    """What an entry is: a byte file or a folder."""
+
+    FILE = "file"
+    DIR = "dir"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item on the store.
+
+    ``size`` is in bytes, ``mtime_ns`` in nanoseconds since the epoch (UTC). ``version`` is a
+    string that changes whenever the content changes (an etag, a checksum, a version counter
+    or, when the store gives none, ``"<size>:<mtime_ns>"``); the cache keys file content by
+    it. ``mode`` holds permission bits only (``0o644``). ``metadata`` is shown as
+    ``user.assetfs.<key>`` extended attributes.
+    """
+
+    name: str
+    kind: Kind
+    size: int = 0
+    mtime_ns: int = 0
+    version: str = ""
+    mode: int = 0o644
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        """True for folders."""
+        return self.kind is Kind.DIR
+
+    @property
+    def st_mode(self) -> int:
+        """The full ``st_mode``: file type bits plus permission bits."""
+        kind_bits = stat_module.S_IFDIR if self.is_dir else stat_module.S_IFREG
+        return kind_bits | (self.mode & 0o7777)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can do; the VFS asks these instead of guessing from exceptions.
+
+    - ``writable``: create, write, mkdir, remove, rename are possible at all.
+    - ``ranged_read``: :meth:`Driver.read` fetches an arbitrary byte range cheaply.
+    - ``local_path``: :meth:`Driver.local_path` gives a local file holding the current
+      content (omni.client's ``get_local_file``), which the cache reads by range in place.
+    - ``push_events``: the store pushes change events; otherwise the base class polls.
+    - ``rename``: the store renames in place (server side).
+    - ``checkpoints``, ``locks``: the store has those Nucleus-style features.
+    """
+
+    writable: bool = True
+    ranged_read: bool = False
+    local_path: bool = False
+    push_events: bool = False
+    rename: bool = True
+    checkpoints: bool = False
+    locks: bool = False
+
+
+class ChangeKind(enum.Enum):
+    """What happened to a path on the store."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    RESYNC = "resync"
+    """Events may have been lost (reconnect): re-validate everything cached under path."""
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One remote change. ``path`` is driver-relative; ``entry`` is the new state if known."""
+
+    kind: ChangeKind
+    path: str
+    entry: Entry | None = None
+
+
+EventSink = trio.MemorySendChannel[ChangeEvent]
+
+
+def join(folder: str, name: str) -> str:
+    """Join a driver path and a child name: ``join("/", "a") == "/a"``."""
+    return posixpath.join(folder, name)
+
+
+def split(path: str) -> tuple[str, str]:
+    """Split a driver path into (parent folder, name): ``split("/a/b") == ("/a", "b")``."""
+    parent, name = posixpath.split(path)
+    return parent or "/", name
+
+
+def size_mtime_version(size: int, mtime_ns: int) -> str:
+    """The fallback version string for stores that give no etag or checksum."""
+    return f"{size}:{mtime_ns}"
+
+
+class Driver(ABC):
+    """One remote store behind a mount. Subclasses set ``schemes`` and ``capabilities``.
+
+    Construction does no I/O; :meth:`connect` checks the URL, the credentials and that the
+    root exists (raising :class:`~assetfs.errors.NotFound`, ``PermissionDenied``,
+    ``Unavailable``...). Every call may raise :class:`~assetfs.errors.Unavailable` for a
+    retryable failure; callers wrap calls in :func:`assetfs.retry.call`.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    poll_interval: float = 10.0
+    """Seconds between re-lists of a watched folder when the store cannot push events."""
+
+    def __init__(self, url: str, options: Mapping[str, str]) -> None:
+        self.url = url
+        self.options = dict(options)
+        if "poll_interval" in options:
+            self.poll_interval = float(options["poll_interval"])
+        self._watched: dict[str, dict[str, Entry] | None] = {}
+        self._watch_changed = trio.Event()
+
+    def describe(self, path: str) -> str:
+        """The store URL of a driver path, for log lines and error messages."""
+        return self.url.rstrip("/") + path if path != "/" else self.url
+
+    async def connect(self) -> None:
+        """Open the connection and check that the mounted root is a folder."""
+        root = await self.stat("/")
+        if not root.is_dir:
+            raise errors.NotADirectory("the mounted URL is not a folder", url=self.url)
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and library state; must not raise."""
+
+    # --- metadata -----------------------------------------------------------------
+    @abstractmethod
+    async def stat(self, path: str) -> Entry:
+        """The entry at ``path``. Raises NotFound."""
+
+    @abstractmethod
+    async def list(self, path: str) -> list[Entry]:
+        """The children of folder ``path``. Raises NotFound, NotADirectory."""
+
+    # --- data ---------------------------------------------------------------------
+    async def read(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at EOF). Needs ``ranged_read``."""
+        raise errors.NotSupported("ranged read", url=self.describe(path))
+
+    async def local_path(self, path: str) -> str:
+        """A local file holding the current content of ``path``. Needs ``local_path``."""
+        raise errors.NotSupported("local copy", url=self.describe(path))
+
+    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+        """The whole content of ``path`` as chunks, from offset 0 (stores with no range)."""
+        raise errors.NotSupported("streamed read", url=self.describe(path))
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def write(self, path: str, source: str, size: int) -> Entry:
+        """Upload local file ``source`` (``size`` bytes) as ``path``, replacing it; return
+        the new entry. Raises PermissionDenied, NoSpace, Unavailable, ReadOnly."""
+        raise errors.ReadOnly(url=self.describe(path))
+
+    async def mkdir(self, path: str) -> Entry:
+        """Create folder ``path``. Raises AlreadyExists, NotFound (parent), ReadOnly."""
+        raise errors.ReadOnly(url=self.describe(path))
+
+    async def remove(self, path: str, kind: Kind) -> None:
+        """Delete the file, or the EMPTY folder, at ``path``. Raises NotFound, ReadOnly."""
+        raise errors.ReadOnly(url=self.describe(path))
+
+    async def rename(self, old: str, new: str) -> None:
+        """Move ``old`` to ``new``, replacing a file at ``new``. Raises NotSupported..."""
+        raise errors.ReadOnly(url=self.describe(old))
+
+    # --- control actions (xattr writes on an object) -------------------------------
+    async def control(self, path: str, action: str, value: bytes) -> None:
+        """Run a store action named by an xattr write ``user.assetfs.<action>``
+        (``checkpoint``, ``lock``, ``unlock``...). Raises NotSupported by default."""
+        raise errors.NotSupported(f"action {action!r}", url=self.describe(path))
+
+    # --- change events -------------------------------------------------------------
+    def watch(self, folder: str) -> None:
+        """Start reporting changes to the children of ``folder`` (the kernel knows it)."""
+        if folder not in self._watched:
+            self._watched[folder] = None
+            self._watch_changed.set()
+
+    def unwatch(self, folder: str) -> None:
+        """Stop reporting changes under ``folder`` (the kernel forgot it)."""
+        self._watched.pop(folder, None)
+
+    @property
+    def watched(self) -> list[str]:
+        """The folders being watched now."""
+        return list(self._watched)
+
+    async def run_events(self, sink: EventSink) -> None:
+        """Deliver :class:`ChangeEvent` s for watched folders into ``sink`` until cancelled.
+
+        The base class polls: each watched folder is re-listed once per ``poll_interval``
+        seconds, spread over the interval, and diffed against its previous listing. A slow
+        store stretches the interval (the poll never takes more than half the time).
+        Push-capable drivers override this (and ``watch``/``unwatch``).
+        """
+        while True:
+            folders = self.watched
+            if not folders:
+                self._watch_changed = trio.Event()
+                await self._watch_changed.wait()
+                continue
+            started = time.monotonic()
+            for folder in folders:
+                if folder not in self._watched:
+                    continue
+                await self._poll_folder(folder, sink)
+            spent = time.monotonic() - started
+            pause = max(self.poll_interval - spent, spent)
+            await trio.sleep(pause * random.uniform(0.9, 1.1))
+
+    async def _poll_folder(self, folder: str, sink: EventSink) -> None:
+        previous = self._watched.get(folder)
+        try:
+            current = {e.name: e for e in await self.list(folder)}
+        except errors.NotFound:
+            self._watched.pop(folder, None)
+            await sink.send(ChangeEvent(ChangeKind.DELETED, folder))
+            return
+        except errors.AssetFSError as exc:
+            log.debug("poll of %s failed: %s", self.describe(folder), exc)
+            return
+        if folder not in self._watched:
+            return
+        self._watched[folder] = current
+        if previous is None:
+            return
+        for name, entry in current.items():
+            old = previous.get(name)
+            if old is None:
+                await sink.send(ChangeEvent(ChangeKind.CREATED, join(folder, name), entry))
+            elif old != entry:
+                await sink.send(ChangeEvent(ChangeKind.UPDATED, join(folder, name), entry))
+        for name in previous.keys() - current.keys():
+            await sink.send(ChangeEvent(ChangeKind.DELETED, join(folder, name)))

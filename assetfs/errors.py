@@ -1,0 +1,108 @@
+"""The project's exception types: one errno each.
+
+Drivers translate their wire-level errors (HTTP status, Ice ``OmeroFSError.reason``,
+gRPC status, ``omni.client.Result``) into these in exactly one place per driver; the VFS
+turns them into ``pyfuse3.FUSEError(exc.errno)``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class AssetFSError(Exception):
+    """Base class. ``errno`` is the POSIX error the kernel sees for it."""
+
+    errno: int = errno.EIO
+
+    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.url = url
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} ({self.url})" if self.url else text
+
+
+class NotFound(AssetFSError):
+    """The path does not exist on the store."""
+
+    errno = errno.ENOENT
+
+
+class AlreadyExists(AssetFSError):
+    """The target name is taken."""
+
+    errno = errno.EEXIST
+
+
+class PermissionDenied(AssetFSError):
+    """The store refused the operation for this user."""
+
+    errno = errno.EACCES
+
+
+class NotSupported(AssetFSError):
+    """The store (or this provider of it) cannot do this operation at all."""
+
+    errno = errno.EOPNOTSUPP
+
+
+class ReadOnly(AssetFSError):
+    """The store is read-only."""
+
+    errno = errno.EROFS
+
+
+class NotADirectory(AssetFSError):
+    """A path component, or the target, is a file where a folder is needed."""
+
+    errno = errno.ENOTDIR
+
+
+class IsADirectory(AssetFSError):
+    """The target is a folder where a file is needed."""
+
+    errno = errno.EISDIR
+
+
+class DirectoryNotEmpty(AssetFSError):
+    """rmdir of a folder that has children."""
+
+    errno = errno.ENOTEMPTY
+
+
+class InvalidName(AssetFSError):
+    """The store rejects this name."""
+
+    errno = errno.EINVAL
+
+
+class Locked(AssetFSError):
+    """Someone else holds a lock on the item."""
+
+    errno = errno.EBUSY
+
+
+class NoSpace(AssetFSError):
+    """The cache (or the store) has no room for the data."""
+
+    errno = errno.ENOSPC
+
+
+class Unavailable(AssetFSError):
+    """The store cannot be reached right now; the call may succeed if retried."""
+
+    errno = errno.EIO
+
+
+class TimedOut(Unavailable):
+    """A remote call passed its deadline."""
+
+    errno = errno.ETIMEDOUT
+
+
+class BadURL(AssetFSError):
+    """The mount URL is malformed or names an unknown scheme."""
+
+    errno = errno.EINVAL
