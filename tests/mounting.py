@@ -1,0 +1,97 @@
+"""Test helper: run a real assetfs mount in the foreground and always tear it down by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """True when ``mountpoint`` is a FUSE mount point in /proc/mounts."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2].startswith("fuse"):
+                if fields[1].encode().decode("unicode_escape") == target:
+                    return True
+    return False
+
+
+@dataclass
+class Mount:
+    """A running foreground daemon: ``path`` is the mount point, ``proc`` the daemon."""
+
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash), leaving a dead FUSE endpoint behind."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        """What the daemon logged so far."""
+        return self.log.read_text(errors="replace")
+
+
+def assetfs_command(*args: str) -> list[str]:
+    """The argv that runs the CLI of the assetfs under test."""
+    return [sys.executable, "-m", "assetfs.cli", *args]
+
+
+@contextlib.contextmanager
+def mounted(
+    url: str,
+    mountpoint: Path,
+    options: Mapping[str, str | None] | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 30.0,
+) -> Iterator[Mount]:
+    """Mount ``url`` on ``mountpoint`` with ``assetfs mount --foreground``; unmount and kill
+    the daemon by pid on exit, even when the test failed."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    opts = ",".join(k if v is None else f"{k}={v}" for k, v in (options or {}).items())
+    argv = assetfs_command("mount", url, str(mountpoint), "--foreground")
+    if opts:
+        argv += ["-o", opts]
+    log = mountpoint.parent / f"{mountpoint.name}.log"
+    with open(log, "ab") as logfile:
+        proc = subprocess.Popen(
+            argv, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    mount = Mount(mountpoint, proc, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not is_mounted(mountpoint):
+            if proc.poll() is not None:
+                raise RuntimeError(f"assetfs exited {proc.returncode}: {mount.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mount not ready after {ready_timeout}s: {mount.output()}")
+            time.sleep(0.05)
+        yield mount
+    finally:
+        unmount(mount)
+
+
+def unmount(mount: Mount) -> None:
+    """Unmount (lazily if busy) and stop the daemon; SIGKILL it if it lingers."""
+    if is_mounted(mount.path):
+        subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
+    if mount.proc.poll() is None:
+        mount.proc.send_signal(signal.SIGTERM)
+        try:
+            mount.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            mount.proc.kill()
+            mount.proc.wait(timeout=10)
+    if is_mounted(mount.path):
+        subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
