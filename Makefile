@@ -43,3 +43,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Backend-specific set-up (test peers, wheels) lives in mk/*.mk; each adds its targets to TEST_DEPS.
+TEST_DEPS :=
+-include mk/*.mk
+test: $(TEST_DEPS)
