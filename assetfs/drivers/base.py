@@ -204,6 +204,17 @@ class Driver(ABC):
         (``checkpoint``, ``lock``, ``unlock``...). Raises NotSupported by default."""
         raise errors.NotSupported(f"action {action!r}", url=self.describe(path))
 
+    # --- lazily computed attributes (xattr reads) -----------------------------------
+    lazy_xattrs: ClassVar[tuple[str, ...]] = ()
+    """Keys ``k`` whose ``user.assetfs.<k>`` value :meth:`xattr` computes on demand (too
+    costly to put in every :attr:`Entry.metadata`, e.g. OMERO.fs ``sha1``); listxattr shows
+    them for files."""
+
+    async def xattr(self, path: str, key: str) -> bytes | None:
+        """The value of lazily computed attribute ``user.assetfs.<key>`` of ``path``, or None
+        when the driver has no such attribute there (the VFS answers ENODATA)."""
+        return None
+
     # --- change events -------------------------------------------------------------
     def watch(self, folder: str) -> None:
         """Start reporting changes to the children of ``folder`` (the kernel knows it)."""
