@@ -343,13 +343,22 @@ class VsphereDriver(Driver):
         if isinstance(problem, httpx.TimeoutException):
             return errors.TimedOut(f"{what}: no answer from {self.base_url} in time", url=url)
         if isinstance(problem, httpx.ConnectError):
-            text = str(problem)
-            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+            cause: BaseException | None = problem
+            while cause is not None and not isinstance(cause, ssl.SSLError):
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError):
                 return errors.AssetFSError(
-                    f"{what}: TLS certificate of {self.base_url} not trusted ({text}); "
-                    "pass -o ca_bundle=PATH or -o insecure",
+                    f"{what}: TLS certificate of {self.base_url} not trusted "
+                    f"({cause.verify_message}); pass -o ca_bundle=PATH or -o insecure",
                     url=url,
                 )
+            if isinstance(cause, ssl.SSLError):
+                return errors.AssetFSError(
+                    f"{what}: TLS handshake with {self.base_url} failed ({cause.reason}); "
+                    "is it http? then pass -o http",
+                    url=url,
+                )
+            text = str(problem) or repr(problem.__cause__ or problem.__context__)
             return errors.Unavailable(f"{what}: cannot reach {self.base_url}: {text}", url=url)
         if isinstance(problem, httpx.TransportError):
             return errors.Unavailable(
@@ -896,8 +905,10 @@ class VsphereDriver(Driver):
         Raises NotFound, IsADirectory, TimedOut (not PREPARED in time), Unavailable (cut
         short: fewer bytes than the listed size)."""
         item, file = await self._file_for_read(path)
-        async for chunk in self._download(str(item["id"]), file.name, path, file.size):
-            yield chunk
+        stream = self._download(str(item["id"]), file.name, path, file.size)
+        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
 
     async def read(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``: one download session and one GET with Range.
@@ -908,10 +919,9 @@ class VsphereDriver(Driver):
         if size <= 0 or offset >= file.size:
             return b""
         size = min(size, file.size - offset)
-        parts = [
-            c async for c in self._download(str(item["id"]), file.name, path, None, offset, size)
-        ]
-        return b"".join(parts)
+        stream = self._download(str(item["id"]), file.name, path, None, offset, size)
+        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+            return b"".join([chunk async for chunk in chunks])
 
     # ---------------------------------------------------------------------- writes --
     def _lock(self, key: str) -> trio.Lock:
@@ -1094,8 +1104,12 @@ class VsphereDriver(Driver):
                 uploads: list[tuple[str, str, int]] = []
                 for index, file in enumerate(keep):
                     spool = os.path.join(d, str(index))
-                    async with await trio.open_file(spool, "wb") as out:
-                        async for chunk in self._download(old_id, file.name, path, file.size):
+                    stream = self._download(old_id, file.name, path, file.size)
+                    async with (
+                        await trio.open_file(spool, "wb") as out,
+                        contextlib.aclosing(stream) as chunks,  # type: ignore[type-var]
+                    ):
+                        async for chunk in chunks:
                             await out.write(chunk)
                     uploads.append((file.name, spool, file.size))
                 if add is not None:

@@ -7,6 +7,9 @@
 //	DATASTORE <datastore id for storage_backings>
 //	CA <PEM file of the self-signed certificate>   (with -tls only)
 //	READY
+//
+// With -username/-password, the REST login (POST /rest/com/vmware/cis/session) accepts only
+// those credentials, like a real vCenter; the library's simulator accepts any non-empty pair.
 package main
 
 import (
@@ -21,6 +24,7 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -33,6 +37,8 @@ import (
 
 func main() {
 	useTLS := flag.Bool("tls", false, "serve https with a self-signed certificate")
+	username := flag.String("username", "", "the only user the REST login accepts")
+	password := flag.String("password", "", "that user's password")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -49,6 +55,20 @@ func main() {
 	}
 	server := model.Service.NewServer()
 	defer server.Close()
+	if *username != "" {
+		inner := server.Config.Handler
+		server.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && r.URL.Path == "/rest/com/vmware/cis/session" &&
+				r.URL.Query().Get("~action") == "" {
+				u, p, ok := r.BasicAuth()
+				if !ok || u != *username || p != *password {
+					w.WriteHeader(http.StatusUnauthorized)
+					return
+				}
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}
 
 	fmt.Printf("URL %s://%s\n", server.URL.Scheme, server.URL.Host)
 	for _, ds := range simulator.Map.All("Datastore") {
