@@ -138,7 +138,7 @@ def translate(exc: BaseException, url: str) -> errors.AssetFSError:
             Ice.CommunicatorDestroyedException,
             Ice.ObjectAdapterDeactivatedException,
             Ice.CloseConnectionException,
-            Ice.ConnectionManuallyClosedException,
+            Ice.ConnectionNotValidatedException,
         ),
     ):
         return errors.Unavailable(f"OMERO.fs server unreachable ({name})", url=url)
@@ -162,6 +162,8 @@ class OmeroFSDriver(Driver):
         writable=False, ranged_read=True, push_events=True, rename=False
     )
     lazy_xattrs: ClassVar[tuple[str, ...]] = ("sha1",)
+    poll_interval: float = 60.0
+    """Seconds between safety-net re-lists of watched folders (see :meth:`run_events`)."""
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -218,6 +220,7 @@ class OmeroFSDriver(Driver):
         self._session = uuid.uuid4().hex[:8]
         self._generation: dict[str, int] = {}
         self._resyncs = 0
+        self._monitor_ids: list[str] = []
         self._sha1: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._communicator: Any = None
         self._fs: Any = None
@@ -432,15 +435,23 @@ class OmeroFSDriver(Driver):
         chunks: list[bytes | None] = [None] * len(starts)
         limit = trio.Semaphore(self.read_parallel)
         eof_at: list[int] = []
+        failure: list[errors.AssetFSError] = []
 
-        async def one(index: int, start: int) -> None:
+        async def one(index: int, start: int, cancel: trio.CancelScope | None) -> None:
             if eof_at and start >= eof_at[0]:
                 return
             want = min(block, offset + size - start)
             async with limit:
                 if eof_at and start >= eof_at[0]:
                     return
-                data = await self._call(self._fs, "readBlock", file_id, start, want, path=path)
+                try:
+                    data = await self._call(self._fs, "readBlock", file_id, start, want, path=path)
+                except errors.AssetFSError as exc:
+                    if cancel is None:
+                        raise
+                    failure.append(exc)  # raised below, not as an ExceptionGroup
+                    cancel.cancel()
+                    return
             chunks[index] = data
             if len(data) < want:
                 end = start + len(data)
@@ -448,11 +459,13 @@ class OmeroFSDriver(Driver):
                     eof_at[:] = [end]
 
         if len(starts) == 1:
-            await one(0, starts[0])
+            await one(0, starts[0], None)
         else:
             async with trio.open_nursery() as nursery:
                 for index, start in enumerate(starts):
-                    nursery.start_soon(one, index, start)
+                    nursery.start_soon(one, index, start, nursery.cancel_scope)
+            if failure:
+                raise failure[0]
         out = []
         for chunk in chunks:
             if chunk is None:
@@ -483,12 +496,6 @@ class OmeroFSDriver(Driver):
         return digest.encode()
 
     # --- change events -------------------------------------------------------------
-    def watch(self, folder: str) -> None:
-        """Ignored: the one monitor follows the whole mounted tree."""
-
-    def unwatch(self, folder: str) -> None:
-        """Ignored: the one monitor follows the whole mounted tree."""
-
     async def run_events(self, sink: EventSink) -> None:
         """Keep one Persistent/Follow monitor on the root and forward its events to ``sink``.
 
@@ -496,12 +503,25 @@ class OmeroFSDriver(Driver):
         ``fsEventHappened`` runs on an Ice dispatch thread and hands the batch to trio with
         ``trio.from_thread.run`` (so a slow consumer slows the server's callback, which then
         batches, as the real server does). Create -> CREATED, Modify -> UPDATED, Delete ->
-        DELETED. Every ``monitor_check`` seconds the MonitorServer is pinged; if the ping fails
-        or the connection changed (server restarted: monitor gone), a new monitor is created
-        once the server answers, and ``RESYNC "/"`` is sent because events in between are lost.
+        DELETED (a rename is Delete + Create). Every ``monitor_check`` seconds the
+        MonitorServer is pinged:
+
+        - ping fails, later answers on the SAME connection (a hung server): the monitor is
+          kept, ``RESYNC "/"`` is sent (callbacks to us may have failed meanwhile);
+        - the connection is new (server restarted, monitor forgotten): a new monitor is created
+          once the server answers and ``RESYNC "/"`` is sent, since missed events are never
+          replayed. Older monitors are not destroyed then: if the server process is in fact
+          the same one, the old monitor still covers the subfolders the new one cannot (below).
+
+        The real server keeps its watched folders in ONE registry per process, never emptied:
+        a monitor created after another one on the same tree (our re-creation, a remount, a
+        second mount) gets no events from the subfolders the earlier one watched. As a safety
+        net the folders the VFS watches are also re-listed every ``poll_interval`` seconds
+        (default 60, ``poll_interval=0`` turns it off) and diffed, as polling stores are.
         """
         if not self.events_enabled:
-            await trio.sleep_forever()
+            await super().run_events(sink)
+            return
         token = trio.lowlevel.current_trio_token()
         driver = self
 
@@ -525,80 +545,97 @@ class OmeroFSDriver(Driver):
         client = monitors.MonitorClientPrx.uncheckedCast(adapter.add(Client(), identity))
         adapter.activate()
         try:
-            await self._supervise_monitor(client, sink)
+            async with trio.open_nursery() as nursery:
+                if self.poll_interval > 0:
+                    nursery.start_soon(super().run_events, sink)
+                await self._supervise_monitor(client, sink)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await self._drop_monitor()
+                await self._drop_monitors()
             try:
                 await trio.to_thread.run_sync(adapter.destroy)
             except Exception as exc:
                 log.debug("adapter destroy: %s", exc)
 
+    async def _create_monitor(self, client: Any) -> str:
+        monitor_id = str(
+            await self._call(
+                self._ms,
+                "createMonitor",
+                monitors.MonitorType.Persistent,
+                # Listed one by one: WatchEventType.All delivers nothing in the real server.
+                [
+                    monitors.WatchEventType.Creation,
+                    monitors.WatchEventType.Modification,
+                    monitors.WatchEventType.Deletion,
+                ],
+                monitors.PathMode.Follow,  # Recurse misses new subfolders, Flat all of them
+                self.root,
+                [],  # whitelist: ignored by the server
+                [],  # blacklist: ignored by the server
+                0.0,  # timeout: only for Inactivity monitors (which do not work)
+                0,  # blockSize 0: one callback per server poll (100 ms) with all events
+                False,  # ignoreSysFiles: ignored by the server
+                False,  # ignoreDirEvents: we want folder Create/Delete
+                False,  # platformCheck
+                client,
+            )
+        )
+        self._monitor_ids.append(monitor_id)
+        self.monitor_id = monitor_id
+        await self._call(self._ms, "startMonitor", monitor_id)
+        return monitor_id
+
     async def _supervise_monitor(self, client: Any, sink: EventSink) -> None:
         delay = 0.2
+        connection = ""
+        lost = False  # events may have been missed since the last good check
         while True:
             try:
-                await self._drop_monitor()
-                monitor_id = await self._call(
-                    self._ms,
-                    "createMonitor",
-                    monitors.MonitorType.Persistent,
-                    [
-                        monitors.WatchEventType.Creation,
-                        monitors.WatchEventType.Modification,
-                        monitors.WatchEventType.Deletion,
-                    ],
-                    monitors.PathMode.Follow,
-                    self.root,
-                    [],
-                    [],
-                    0.0,
-                    0,
-                    False,
-                    False,
-                    False,
-                    client,
-                )
-                self.monitor_id = str(monitor_id)
-                await self._call(self._ms, "startMonitor", self.monitor_id)
-                connection = self._connection_name()
+                await self._call(self._ms, "ice_ping")
+                current = self._connection_name()
+                if current != connection or not self.monitor_id:
+                    await self._create_monitor(client)
+                    self.monitor_generation += 1
+                    log.info("OMERO.fs monitor %s on %s", self.monitor_id, self.root)
+                connection = current
             except errors.AssetFSError as exc:
                 log.debug("OMERO.fs monitor not (re)created: %s; retry in %.1fs", exc, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
-            self.monitor_generation += 1
-            log.info("OMERO.fs monitor %s on %s", self.monitor_id, self.root)
-            if self.monitor_generation > 1:
+            if lost:
+                lost = False
                 self._bump_all()
                 await sink.send(ChangeEvent(ChangeKind.RESYNC, "/"))
-            while True:
+            while not lost:
                 await trio.sleep(self.monitor_check)
                 try:
                     await self._call(self._ms, "ice_ping")
                 except errors.AssetFSError as exc:
-                    log.warning("OMERO.fs monitor server lost (%s): recreating the monitor", exc)
-                    break
-                if self._connection_name() != connection:
-                    log.warning("OMERO.fs monitor server reconnected: recreating the monitor")
-                    break
+                    log.warning("OMERO.fs monitor server lost (%s)", exc)
+                    lost = True
+                else:
+                    if self._connection_name() != connection:
+                        log.warning("OMERO.fs monitor server reconnected: new monitor")
+                        lost = True
 
     def _connection_name(self) -> str:
         connection = self._ms.ice_getCachedConnection() if self._ms is not None else None
         return connection.toString() if connection is not None else ""
 
-    async def _drop_monitor(self) -> None:
-        """Stop and destroy the current monitor, best effort (its server may be gone)."""
-        monitor_id, self.monitor_id = self.monitor_id, ""
-        if not monitor_id:
-            return
-        for op in ("stopMonitor", "destroyMonitor"):
-            try:
-                await self._call(self._ms, op, monitor_id)
-            except errors.AssetFSError as exc:
-                log.debug("%s %s: %s", op, monitor_id, exc)
-                return
+    async def _drop_monitors(self) -> None:
+        """Stop and destroy every monitor we created, best effort (servers may be gone)."""
+        self.monitor_id = ""
+        while self._monitor_ids:
+            monitor_id = self._monitor_ids.pop()
+            for op in ("stopMonitor", "destroyMonitor"):
+                try:
+                    await self._call(self._ms, op, monitor_id)
+                except errors.AssetFSError as exc:
+                    log.debug("%s %s: %s", op, monitor_id, exc)
+                    break
 
     def _bump(self, path: str) -> None:
         self._generation[path] = self._generation.get(path, 0) + 1
@@ -611,8 +648,8 @@ class OmeroFSDriver(Driver):
         self, sink: EventSink, monitor_id: str, batch: list[tuple[str, Any]]
     ) -> None:
         """Map one ``fsEventHappened`` batch to ChangeEvents (runs in trio)."""
-        if monitor_id != self.monitor_id:
-            log.debug("ignoring %d events of old monitor %s", len(batch), monitor_id)
+        if monitor_id not in self._monitor_ids:
+            log.debug("ignoring %d events of unknown monitor %s", len(batch), monitor_id)
             return
         kinds: dict[Any, ChangeKind] = {
             monitors.EventType.Create: ChangeKind.CREATED,
