@@ -94,6 +94,7 @@ SESSION_HEADER = "vmware-api-session-id"
 _SESSION = "/rest/com/vmware/cis/session"
 _CL = "/rest/com/vmware/content"
 _REBUILD_PREFIX = ".assetfs-rebuild-"
+_LOGIN = "log in"
 _CHUNK = 1 << 20
 _LIST_PARALLEL = 8
 _FALSE = {"0", "false", "no", "off"}
@@ -311,13 +312,8 @@ class VsphereDriver(Driver):
                     headers={"vmware-use-header-authn": "true"},
                 )
             except httpx.HTTPError as exc:
-                raise self._error(exc, "log in") from exc
-            if resp.status_code in (401, 403):
-                raise errors.PermissionDenied(
-                    f"login refused for user {self.user!r} (wrong user name or password)",
-                    url=self.base_url,
-                )
-            value = self._value(resp, "log in")
+                raise self._error(exc, _LOGIN) from exc
+            value = self._value(resp, _LOGIN)
             if not isinstance(value, str) or not value:
                 raise errors.AssetFSError("log in: the server sent no session id", url=self.url)
             if stale is not None:
@@ -410,6 +406,11 @@ class VsphereDriver(Driver):
         }
         if kind in by_kind:
             return by_kind[kind](detail, url=url)
+        if status in (401, 403) and what == _LOGIN:
+            return errors.PermissionDenied(
+                f"login refused for user {self.user!r} (wrong user name or password)",
+                url=self.base_url,
+            )
         if status in (401, 403):
             return errors.PermissionDenied(detail, url=url)
         if status == 404:
