@@ -198,7 +198,9 @@ async def test_overwrite_leaves_one_file(
     # no scratch item or session is left behind
     assert [e.name for e in await driver.list("/lib")] == ["iso"]
     assert len(sim.call("GET", "/rest/com/vmware/content/library/item", library_id=library)) == 1
+    assert not sim.call("GET", "/rest/com/vmware/content/library/item/update-session")
     assert await read_all(driver, "/lib/iso/a.txt") == data
+    assert not sim.call("GET", "/rest/com/vmware/content/library/item/download-session")
 
 
 async def test_overwrite_keeps_other_files(
@@ -376,3 +378,29 @@ async def test_poll_reports_remote_changes(driver: VsphereDriver, sim: Vcsim, li
                 event = await receive.receive()
                 seen.add((event.kind, event.path))
         nursery.cancel_scope.cancel()
+
+
+async def test_duplicate_file_entries_show_once_newest_last(
+    driver: VsphereDriver, sim: Vcsim, library: str
+) -> None:
+    item = sim.find_item(library, "iso")
+    assert item is not None
+    before = await driver.stat("/lib/iso/a.txt")
+    sim.upload(item, "a.txt", b"second upload, longer")  # vcsim adds a second entry
+    assert [f["name"] for f in sim.files(item)] == ["a.txt", "a.txt"]
+    (entry,) = await driver.list("/lib/iso")
+    assert entry.size == len(b"second upload, longer") and entry.version != before.version
+    assert await read_all(driver, "/lib/iso/a.txt") == b"second upload, longer"
+
+
+async def test_failed_rebuild_leaves_the_item_intact(
+    driver: VsphereDriver, sim: Vcsim, library: str, tmp_path: Path
+) -> None:
+    short = source_file(tmp_path, "short", b"only 9 b.")
+    with pytest.raises(errors.AssetFSError, match="shorter"):
+        await driver.write("/lib/iso/a.txt", short, 1000)  # the upload breaks mid-way
+    items = sim.call("GET", "/rest/com/vmware/content/library/item", library_id=library)
+    assert len(items) == 1  # the scratch item is gone
+    assert await read_all(driver, "/lib/iso/a.txt") == b"hello world"
+    # no update session is left open either (cancelled and deleted)
+    assert not sim.call("GET", "/rest/com/vmware/content/library/item/update-session")

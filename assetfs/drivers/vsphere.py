@@ -996,7 +996,7 @@ class VsphereDriver(Driver):
         await self._put(str(uri), source, size, name, path)
 
     async def _complete(self, sid: str, path: str) -> None:
-        """Complete update session ``sid`` and wait (``prepare_timeout``) until DONE.
+        """Complete update session ``sid``, wait (``prepare_timeout``) until DONE, delete it.
 
         Raises AssetFSError with the server's message when the session ends in ERROR."""
         endpoint = f"{_CL}/library/item/update-session/id:{sid}"
@@ -1010,6 +1010,7 @@ class VsphereDriver(Driver):
                 return  # finished sessions may be removed at once
             state = str(info.get("state") or "")
             if state in ("DONE", ""):
+                await self._end_session("update", sid, path)  # vcsim keeps it for an hour
                 return
             if state in ("ERROR", "CANCELED"):
                 message = (info.get("error_message") or {}).get("default_message", "")

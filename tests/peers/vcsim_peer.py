@@ -106,6 +106,7 @@ class Vcsim:
         )
         self.client().put(info["upload_endpoint"]["uri"], content=data).raise_for_status()
         self.call("POST", f"{CL}/library/item/update-session/id:{sid}", **{"~action": "complete"})
+        self.call("DELETE", f"{CL}/library/item/update-session/id:{sid}")
 
     def download_sha256(self, item_id: str, name: str) -> tuple[int, str]:
         """(size, sha256 hex) of file ``name`` read through a download session."""
