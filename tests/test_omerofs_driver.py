@@ -46,7 +46,7 @@ def servers(tree: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Omero
 
 @pytest.fixture
 async def driver(servers: OmeroFS) -> AsyncIterator[OmeroFSDriver]:
-    drv = OmeroFSDriver(servers.url, {"timeout": str(TIMEOUT), "connect_timeout": "1"})
+    drv = OmeroFSDriver(servers.url, {"call_timeout": str(TIMEOUT), "connect_timeout": "1"})
     await drv.connect()
     try:
         yield drv
@@ -191,7 +191,7 @@ async def test_sha1_xattr(driver: OmeroFSDriver, tree: tuple[Path, dict[str, str
 async def test_connect_fails_fast_without_server(tmp_path: Path) -> None:
     from omerofs_peer import free_port_pair
 
-    drv = OmeroFSDriver(f"omerofs://127.0.0.1:{free_port_pair()}/tmp", {"timeout": "1"})
+    drv = OmeroFSDriver(f"omerofs://127.0.0.1:{free_port_pair()}/tmp", {"call_timeout": "1"})
     started = time.monotonic()
     with pytest.raises(errors.Unavailable):
         await drv.connect()
@@ -275,7 +275,7 @@ async def test_second_monitor_on_same_server_falls_back_to_polling(
     poll of watched folders still reports the change (here within poll_interval=0.3 s)."""
     (live / "pre").mkdir()
     for round_ in range(2):
-        drv = OmeroFSDriver(servers.url, {"timeout": str(TIMEOUT), "poll_interval": "0.3"})
+        drv = OmeroFSDriver(servers.url, {"call_timeout": str(TIMEOUT), "poll_interval": "0.3"})
         await drv.connect()
         drv.watch("/live/pre")
         try:

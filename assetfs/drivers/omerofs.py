@@ -16,7 +16,8 @@ Mount options (``-o key=value``; times in seconds, sizes in bytes):
 - ``fileserver_id`` / ``monitor_id``: object identities (default ``FileServer`` /
   ``MonitorServer``, the stock ``omero.fs.*ServerIdString``).
 - ``locator``: ``Ice.Default.Locator``, e.g. ``IceGrid/Locator:tcp -h grid -p 4061``.
-- ``timeout``: per-call Ice invocation timeout (default 10); ``connect_timeout`` (default 5).
+- ``call_timeout``: Ice invocation timeout of one call (default 10); ``connect_timeout``
+  (default 5). The mount's own ``-o timeout=`` bounds a whole request, retries included.
 - ``sha1_timeout``: invocation timeout of ``getSHA1``, which reads the whole file on the
   server (default 300).
 - ``block_size``: bytes per ``readBlock`` call (default 1 MiB). The Ice message limit of our
@@ -204,7 +205,7 @@ class OmeroFSDriver(Driver):
             self._ms_proxy = monitor
         if self.events_enabled and not self._ms_proxy:
             raise errors.BadURL("no MonitorServer: give -o monitor=PROXY or monitor=off")
-        self.timeout = float(opts.get("timeout", 10.0))
+        self.timeout = float(opts.get("call_timeout", 10.0))
         self.connect_timeout = float(opts.get("connect_timeout", 5.0))
         self.sha1_timeout = float(opts.get("sha1_timeout", 300.0))
         self.block_size = int(opts.get("block_size", DEFAULT_BLOCK))
@@ -316,7 +317,7 @@ class OmeroFSDriver(Driver):
         """Create the Ice communicator and proxies, then check the root is a folder.
 
         Raises NotFound/NotADirectory for a bad root, Unavailable when the FileServer cannot
-        be reached within ``connect_timeout`` + ``timeout``, BadURL for a bad proxy string.
+        be reached within ``connect_timeout`` + ``call_timeout``, BadURL for a bad proxy string.
         """
         self._token = trio.lowlevel.current_trio_token()
         if self._communicator is None:
