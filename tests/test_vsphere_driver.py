@@ -330,7 +330,7 @@ async def test_unreachable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    d = VsphereDriver(f"vsphere://u@127.0.0.1:{port}/", {"http": "", "timeout": "5"})
+    d = VsphereDriver(f"vsphere://u@127.0.0.1:{port}/", {"http": "", "call_timeout": "5"})
     with pytest.raises(errors.Unavailable, match="cannot reach"):
         await d.connect()
     await d.close()

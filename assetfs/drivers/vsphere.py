@@ -12,7 +12,8 @@ Options (``-o``):
 - ``credentials=PATH``: a file holding the password (one line, or ``password=...`` and
   optionally ``user=...`` lines); it must be mode 0600 (no group/other bits) and owned by
   the caller. Otherwise the password comes from ``$ASSETFS_VSPHERE_PASSWORD``. Never argv;
-- ``timeout=SECONDS`` (30): the connect/read/write/pool timeout of every HTTP call;
+- ``call_timeout=SECONDS`` (30): the connect/read/write/pool timeout of every HTTP call
+  (``-o timeout`` stays the core's per-request deadline and is not passed to drivers);
 - ``prepare_timeout=SECONDS`` (120): how long a download session may take to reach
   ``PREPARED`` (a real vCenter may first pull a subscribed item);
 - ``keepalive=SECONDS`` (120): transfer sessions are kept alive this often while in use;
@@ -193,7 +194,7 @@ class VsphereDriver(Driver):
         self._prefix = tuple(unquote(p) for p in parts.path.split("/") if p)
         if len(self._prefix) > 2:
             raise errors.BadURL(f"a mount URL names at most /LIBRARY/ITEM: {url!r}")
-        self.timeout = float(options.get("timeout") or 30)
+        self.timeout = float(options.get("call_timeout") or 30)
         self.prepare_timeout = float(options.get("prepare_timeout") or 120)
         self.keepalive_interval = float(options.get("keepalive") or 120)
         self.item_type = options.get("item_type") or "file"
