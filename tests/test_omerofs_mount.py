@@ -1,0 +1,169 @@
+"""OMERO.fs through a real mount: ``assetfs mount omerofs://...`` against the stock servers.
+
+Listing and sha256 through the mount, server-side changes visible within 1 s, EROFS on every
+write, FileServer stopped mid-read -> EIO within the timeout, restarted -> reads work again
+without remounting.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("Ice", reason="needs the omero extra: make omero")
+pytest.importorskip("fsServerFS", reason="needs omero-dropbox: make omero")
+
+from mounting import Mount, mounted
+from omerofs_peer import UNICODE_DIR, UNICODE_FILE, MiB, OmeroFS, make_tree
+
+TIMEOUT = 3.0  # -o timeout: the deadline of one request through the mount, seconds
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("omero-mount") / "tree"
+    return root, make_tree(root)
+
+
+@pytest.fixture
+def servers(tree: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[OmeroFS]:
+    peer = OmeroFS(tree[0], tmp_path / "servers")
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture
+def live(tree: tuple[Path, dict[str, str]]) -> Iterator[Path]:
+    folder = tree[0] / "live"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def mount(servers: OmeroFS, tmp_path: Path) -> Iterator[Mount]:
+    options = {
+        "timeout": str(TIMEOUT),
+        "call_timeout": "2",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    with mounted(servers.url, tmp_path / "mnt", options) as running:
+        yield running
+
+
+def within(seconds: float, check: Callable[[], bool]) -> float:
+    """Poll ``check`` every 20 ms; return how long it took to become true, or fail."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not true within {seconds}s")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_listing_and_sha256_match_source(mount: Mount, tree: tuple[Path, dict[str, str]]) -> None:
+    root, digests = tree
+
+    def walk(top: Path) -> dict[str, tuple[bool, int]]:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                out[str(path.relative_to(top))] = (path.is_dir(), path.stat().st_size)
+        return out
+
+    source = {k: v for k, v in walk(root).items() if not k.startswith("live")}
+    assert {k: (d, 0 if d else s) for k, (d, s) in walk(mount.path).items()} == {
+        k: (d, 0 if d else s) for k, (d, s) in source.items()
+    }
+    assert (mount.path / UNICODE_DIR / UNICODE_FILE).read_text() == "Grüße, 世界\n"
+    for rel, digest in digests.items():
+        assert sha256_of(mount.path / rel) == digest, rel
+    st = os.stat(mount.path / "data" / "odd.bin")
+    assert st.st_mode & 0o777 == 0o444
+
+
+def test_sha1_xattr(mount: Mount, tree: tuple[Path, dict[str, str]]) -> None:
+    source = (tree[0] / "data" / "odd.bin").read_bytes()
+    value = os.getxattr(mount.path / "data" / "odd.bin", "user.assetfs.sha1")
+    assert value.decode() == hashlib.sha1(source).hexdigest()
+
+
+def test_server_side_changes_visible_within_1s(mount: Mount, live: Path) -> None:
+    view = mount.path / "live"
+    assert os.listdir(view) == []  # cached (long kernel timeouts with push events)
+    (live / "new.txt").write_bytes(b"hello")
+    within(1.0, lambda: "new.txt" in os.listdir(view))
+    assert (view / "new.txt").read_bytes() == b"hello"
+    with open(live / "new.txt", "ab") as f:
+        f.write(b" world")
+    within(1.0, lambda: (view / "new.txt").read_bytes() == b"hello world")
+    with open(live / "new.txt", "r+b") as f:  # same size, same 128 s mtime bucket
+        f.write(b"HELLO")
+    within(1.0, lambda: (view / "new.txt").read_bytes() == b"HELLO world")
+    os.rename(live / "new.txt", live / "moved ✓.txt")
+    within(1.0, lambda: sorted(os.listdir(view)) == ["moved ✓.txt"])
+    (live / "moved ✓.txt").unlink()
+    within(1.0, lambda: os.listdir(view) == [])
+    (live / "sub").mkdir()
+    (live / "sub" / "f.bin").write_bytes(b"x" * 10)
+    within(1.0, lambda: (view / "sub" / "f.bin").exists())
+
+
+def test_writes_get_erofs(mount: Mount) -> None:
+    root = mount.path
+    attempts: list[Callable[[], object]] = [
+        lambda: os.open(root / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+        lambda: os.open(root / "data" / "one.bin", os.O_RDWR),
+        lambda: os.mkdir(root / "newdir"),
+        lambda: os.unlink(root / "data" / "one.bin"),
+        lambda: os.rmdir(root / "a" / "empty-folder"),
+        lambda: os.rename(root / "data" / "one.bin", root / "data" / "two.bin"),
+        lambda: os.truncate(root / "data" / "one.bin", 0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno in (errno.EROFS, errno.EACCES), attempt
+    assert (root / "data" / "one.bin").stat().st_size == 1
+
+
+def test_fileserver_stopped_mid_read_eio_then_recovers(
+    mount: Mount, servers: OmeroFS, tree: tuple[Path, dict[str, str]]
+) -> None:
+    big = mount.path / "data" / "big-64MiB.bin"
+    source = tree[0] / "data" / "big-64MiB.bin"
+    with open(big, "rb", buffering=0) as f:
+        assert f.read(MiB) == source.read_bytes()[:MiB]
+        servers.fs.stop()
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            while f.read(MiB):  # what is cached (read-ahead) may still come back
+                pass
+        elapsed = time.monotonic() - started
+    assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+    assert elapsed <= TIMEOUT + 2, elapsed
+    # Cached data stays readable while the server is down.
+    with open(big, "rb") as f:
+        assert f.read(4096) == source.read_bytes()[:4096]
+    servers.fs.start()
+    assert sha256_of(big) == tree[1]["data/big-64MiB.bin"]
