@@ -59,6 +59,9 @@ def mount(servers: OmeroFS, tmp_path: Path) -> Iterator[Mount]:
         "cache_dir": str(tmp_path / "cache"),
     }
     with mounted(servers.url, tmp_path / "mnt", options) as running:
+        # The mount is ready before its monitor is: events of changes made in between are
+        # lost (the server cannot replay), so wait for the driver's "monitor ... on" line.
+        within(10.0, lambda: "OMERO.fs monitor " in running.output())
         yield running
 
 
