@@ -25,8 +25,8 @@ def available() -> dict[str, EntryPoint]:
 def scheme_of(url: str) -> str:
     """The lower-cased scheme of ``url``. Raises :class:`~assetfs.errors.BadURL`."""
     scheme = urlsplit(url).scheme.lower()
-    if not scheme or "://" not in url and not url.startswith(f"{scheme}:/"):
-        raise errors.BadURL(f"not a URL (expected SCHEME://...): {url!r}")
+    if not scheme or not url[len(scheme) + 1 :].startswith("/"):
+        raise errors.BadURL(f"not a URL (expected SCHEME://HOST/PATH or SCHEME:/PATH): {url!r}")
     return scheme
 
 

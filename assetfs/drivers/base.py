@@ -144,6 +144,9 @@ class Driver(ABC):
             self.poll_interval = float(options["poll_interval"])
         self._watched: dict[str, dict[str, Entry] | None] = {}
         self._watch_changed = trio.Event()
+        self.events_ready = trio.Event()
+        """Set by :meth:`run_events` once changes are being reported; the mount reports
+        ready only then, so no change made right after ``assetfs mount`` returns is lost."""
 
     def describe(self, path: str) -> str:
         """The store URL of a driver path, for log lines and error messages."""
@@ -237,8 +240,10 @@ class Driver(ABC):
         The base class polls: each watched folder is re-listed once per ``poll_interval``
         seconds, spread over the interval, and diffed against its previous listing. A slow
         store stretches the interval (the poll never takes more than half the time).
-        Push-capable drivers override this (and ``watch``/``unwatch``).
+        Push-capable drivers override this (and ``watch``/``unwatch``) and set
+        :attr:`events_ready` once their subscription is live.
         """
+        self.events_ready.set()
         while True:
             folders = self.watched
             if not folders:

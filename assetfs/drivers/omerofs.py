@@ -600,6 +600,7 @@ class OmeroFSDriver(Driver):
                     await self._create_monitor(client)
                     self.monitor_generation += 1
                     log.info("OMERO.fs monitor %s on %s", self.monitor_id, self.root)
+                    self.events_ready.set()
                 connection = current
             except errors.AssetFSError as exc:
                 log.debug("OMERO.fs monitor not (re)created: %s; retry in %.1fs", exc, delay)

@@ -1,0 +1,1 @@
+"""The on-disk data cache: block cache, write-back journal and upload queue."""

@@ -1,0 +1,499 @@
+"""The block cache: file content on local disk, read-through, read-ahead, LRU by bytes.
+
+Each file the VFS touches is a :class:`CacheItem`; its bytes live in ``data/<key>``, a
+sparse local file. How missing bytes arrive depends on the driver's capabilities:
+
+- ``local_path`` (omni.client): the library already keeps a local copy (on ``file:`` the
+  file itself), so clean reads are served from that file by range, with no second copy;
+- ``ranged_read``: missing blocks of ``block_size`` bytes are fetched on demand, and a
+  sequential reader triggers read-ahead of the next ``readahead`` blocks in the background;
+- otherwise (vcsim, NodeODX): one background stream fills the file from offset 0, and a
+  reader waits only until the bytes it asked for have arrived.
+
+Writes go to the cache file and make the item dirty; dirty items are never evicted. Clean
+items that no handle has open are evicted least-recently-used when the bytes on disk pass
+``max_bytes``. When dirty data alone would pass the bound, or the disk is full, writers get
+ENOSPC (:class:`~assetfs.errors.NoSpace`) and readers go on working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .. import errors, retry
+from ..drivers.base import Driver, Entry
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class CacheItem:
+    """The cached content of one remote file.
+
+    ``size`` and ``mtime_ns`` are the local view (bytes, ns); ``base_version`` the remote
+    version the content started from. ``generation`` counts writes, so an upload knows
+    whether the file changed while it was being sent.
+    """
+
+    key: str
+    path: str
+    base_version: str
+    size: int
+    mtime_ns: int
+    dirty: bool = False
+    generation: int = 0
+    complete: bool = False
+    blocks: set[int] = field(default_factory=set)
+    watermark: int = 0
+    local_source: str | None = None
+    fd: int | None = None
+    source_fd: int | None = None
+    handles: int = 0
+    writers: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    next_offset: int = 0
+    inflight: dict[int, trio.Event] = field(default_factory=dict)
+    stream_started: bool = False
+    stream_error: errors.AssetFSError | None = None
+    arrived: trio.Event = field(default_factory=trio.Event)
+    fill_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def entry(self, base: Entry | None, name: str) -> Entry:
+        """The entry the kernel sees: the remote one with the local size and mtime."""
+        from ..drivers.base import Kind
+
+        if base is None:
+            return Entry(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
+                         version=self.base_version)
+        return Entry(name=base.name, kind=base.kind, size=self.size, mtime_ns=self.mtime_ns,
+                     version=base.version, mode=base.mode, metadata=base.metadata)
+
+
+class BlockCache:
+    """All cached items of one mount, in ``root/data``, bounded by ``max_bytes``."""
+
+    def __init__(
+        self,
+        root: Path,
+        driver: Driver,
+        journal: Journal,
+        policy: retry.RetryPolicy,
+        max_bytes: int,
+        block_size: int = 1 << 20,
+        readahead: int = 8,
+    ) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.driver = driver
+        self.journal = journal
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self.readahead = readahead
+        self.items: dict[str, CacheItem] = {}
+        self._orphans: list[CacheItem] = []
+        self._nursery: trio.Nursery | None = None
+        caps = driver.capabilities
+        self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give the cache a nursery for read-ahead and stream tasks."""
+        self._nursery = nursery
+
+    # --- bookkeeping -----------------------------------------------------------------
+    def used_bytes(self) -> int:
+        """Bytes the cache files take on disk (allocated blocks, so sparse files count
+        only what was fetched)."""
+        total = 0
+        for item in self._all_items():
+            if item.fd is not None:
+                with contextlib.suppress(OSError):
+                    total += os.fstat(item.fd).st_blocks * 512
+        return total
+
+    def dirty_bytes(self) -> int:
+        """Bytes of content not yet on the store."""
+        return sum(i.size for i in self._all_items() if i.dirty)
+
+    def _all_items(self) -> Iterator[CacheItem]:
+        yield from self.items.values()
+        yield from self._orphans
+
+    def get(self, path: str, entry: Entry) -> CacheItem:
+        """The item for ``path`` at remote ``entry``: the existing one if it is dirty or its
+        version is unchanged, else a fresh clean one (the old clean content is dropped)."""
+        item = self.items.get(path)
+        if item is not None and (item.dirty or item.writers or item.base_version == entry.version):
+            item.last_used = time.monotonic()
+            return item
+        if item is not None:
+            self.drop(path)
+        item = CacheItem(
+            key=uuid.uuid4().hex, path=path, base_version=entry.version, size=entry.size,
+            mtime_ns=entry.mtime_ns,
+        )
+        self.items[path] = item
+        return item
+
+    def new_file(self, path: str) -> CacheItem:
+        """A new, empty, dirty file created on our side (journaled before returning)."""
+        self.drop(path)
+        item = CacheItem(key=uuid.uuid4().hex, path=path, base_version="", size=0,
+                         mtime_ns=time.time_ns(), complete=True)
+        self._open_cache_file(item, create=True)
+        self.items[path] = item
+        self._mark_dirty(item)
+        return item
+
+    def adopt(self, key: str, path: str, base_version: str) -> CacheItem | None:
+        """Recreate a dirty item from a journal record at start-up (None if its cache file
+        is gone: nothing was acknowledged for it)."""
+        file = self.data / key
+        if not file.exists():
+            self.journal.mark_clean(key)
+            return None
+        st = file.stat()
+        item = CacheItem(key=key, path=path, base_version=base_version, size=st.st_size,
+                         mtime_ns=st.st_mtime_ns, dirty=True, complete=True)
+        self._open_cache_file(item, create=False)
+        self.items[path] = item
+        return item
+
+    def remove_strays(self) -> None:
+        """Delete cache files that no journal row and no item claims (clean leftovers of
+        an earlier run; clean content is re-fetched on demand)."""
+        known = {i.key for i in self._all_items()}
+        for file in self.data.iterdir():
+            if file.name not in known:
+                file.unlink(missing_ok=True)
+
+    def drop(self, path: str) -> None:
+        """Forget the clean content of ``path`` (remote version changed, or deleted). A
+        dirty item is kept alive for its open handles but detached from the path."""
+        item = self.items.pop(path, None)
+        if item is None:
+            return
+        if item.dirty or item.handles:
+            self._orphans.append(item)
+        else:
+            self._discard(item)
+
+    def moved(self, old: str, new: str) -> None:
+        """Paths under ``old`` are now under ``new`` (a rename on the store)."""
+        prefix = old.rstrip("/") + "/"
+        for path in [p for p in self.items if p == old or p.startswith(prefix)]:
+            item = self.items.pop(path)
+            item.path = new + path[len(old):]
+            self.drop(item.path)
+            self.items[item.path] = item
+            if item.dirty:
+                self.journal.moved(item.key, item.path)
+
+    def unlinked(self, path: str) -> None:
+        """``path`` was deleted on our side: its dirty content will not be uploaded."""
+        item = self.items.pop(path, None)
+        if item is None:
+            return
+        if item.dirty:
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+        if item.handles:
+            self._orphans.append(item)
+        else:
+            self._discard(item)
+
+    def closed(self, item: CacheItem) -> None:
+        """A handle on ``item`` was released."""
+        item.handles -= 1
+        if item.handles == 0 and item in self._orphans and not item.dirty:
+            self._orphans.remove(item)
+            self._discard(item)
+
+    def mark_uploaded(self, item: CacheItem, generation: int, entry: Entry) -> None:
+        """The upload of ``item`` at ``generation`` succeeded and the store now has
+        ``entry``; the item is clean unless it was written again meanwhile."""
+        item.base_version = entry.version
+        if generation == item.generation and item.dirty:
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+            if item in self._orphans and not item.handles:
+                self._orphans.remove(item)
+                self._discard(item)
+
+    def _discard(self, item: CacheItem) -> None:
+        for fd in (item.fd, item.source_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        item.fd = item.source_fd = None
+        (self.data / item.key).unlink(missing_ok=True)
+
+    def _open_cache_file(self, item: CacheItem, create: bool) -> int:
+        if item.fd is None:
+            flags = os.O_RDWR | (os.O_CREAT if create else 0)
+            item.fd = os.open(self.data / item.key, flags, 0o600)
+        return item.fd
+
+    def _mark_dirty(self, item: CacheItem) -> None:
+        item.generation += 1
+        item.mtime_ns = time.time_ns()
+        if not item.dirty:
+            self.journal.mark_dirty(item.key, item.path, item.base_version)
+            item.dirty = True
+
+    # --- eviction ----------------------------------------------------------------------
+    def make_room(self, incoming: int, for_dirty: bool) -> None:
+        """Evict clean, unopened items (LRU) until ``incoming`` more bytes fit under the
+        bound. Raises NoSpace if dirty data would pass it; clean fills just overshoot."""
+        if for_dirty and self.dirty_bytes() + incoming > self.max_bytes:
+            raise errors.NoSpace(f"cache full: dirty data would pass {self.max_bytes} bytes")
+        used = self.used_bytes()
+        if used + incoming <= self.max_bytes:
+            return
+        victims = sorted(
+            (i for i in self.items.values() if not i.dirty and not i.handles and i.fd is not None),
+            key=lambda i: i.last_used,
+        )
+        for item in victims:
+            if used + incoming <= self.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                used -= os.fstat(item.fd).st_blocks * 512 if item.fd is not None else 0
+            self.items.pop(item.path, None)
+            self._discard(item)
+
+    # --- reads ---------------------------------------------------------------------------
+    async def read(self, item: CacheItem, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of the local view of ``item``."""
+        item.last_used = time.monotonic()
+        end = min(offset + size, item.size)
+        if offset >= end:
+            return b""
+        if item.complete or item.dirty:
+            return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
+        if self.mode == "local":
+            return os.pread(await self._source_fd(item), end - offset, offset)
+        if self.mode == "ranged":
+            await self._fill_blocks(item, offset, end)
+            if offset == item.next_offset or offset == 0:
+                self._read_ahead(item, end)
+            item.next_offset = end
+        else:
+            await self._wait_stream(item, end)
+        return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
+
+    async def _source_fd(self, item: CacheItem) -> int:
+        if item.source_fd is None:
+            async with item.fill_lock:
+                if item.source_fd is None:
+                    local = await retry.call(lambda: self.driver.local_path(item.path),
+                                             self.policy, f"local copy of {item.path}")
+                    item.local_source = local
+                    item.source_fd = os.open(local, os.O_RDONLY)
+        return item.source_fd
+
+    def _blocks(self, start: int, end: int) -> range:
+        return range(start // self.block_size, (end - 1) // self.block_size + 1)
+
+    async def _fill_blocks(self, item: CacheItem, start: int, end: int) -> None:
+        missing = [b for b in self._blocks(start, end) if b not in item.blocks]
+        if not missing:
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                for block in missing:
+                    nursery.start_soon(self._fetch_block, item, block)
+        except BaseExceptionGroup as group:
+            failed = group.subgroup(errors.AssetFSError)
+            if failed is None:
+                raise
+            raise _leaf(failed) from None
+
+    async def _fetch_block(self, item: CacheItem, block: int) -> None:
+        if block in item.blocks:
+            return
+        pending = item.inflight.get(block)
+        if pending is not None:
+            await pending.wait()
+            if block not in item.blocks:
+                raise item.stream_error or errors.Unavailable(url=item.path)
+            return
+        done = item.inflight[block] = trio.Event()
+        try:
+            offset = block * self.block_size
+            length = min(self.block_size, item.size - offset)
+            self.make_room(length, for_dirty=False)
+            data = await retry.call(lambda: self.driver.read(item.path, offset, length),
+                                    self.policy, f"read of {item.path}")
+            self._pwrite(item, data, offset)
+            item.blocks.add(block)
+            if len(item.blocks) * self.block_size >= item.size:
+                item.complete = True
+        except errors.AssetFSError as exc:
+            item.stream_error = exc
+            raise
+        finally:
+            del item.inflight[block]
+            done.set()
+
+    def _read_ahead(self, item: CacheItem, end: int) -> None:
+        if self._nursery is None or end >= item.size:
+            return
+        first = end // self.block_size
+        for block in range(first, first + self.readahead):
+            if block * self.block_size >= item.size:
+                break
+            if block not in item.blocks and block not in item.inflight:
+                self._nursery.start_soon(self._background_fetch, item, block)
+
+    async def _background_fetch(self, item: CacheItem, block: int) -> None:
+        with contextlib.suppress(errors.AssetFSError, OSError):
+            await self._fetch_block(item, block)
+
+    async def _wait_stream(self, item: CacheItem, end: int) -> None:
+        if not item.stream_started:
+            item.stream_started = True
+            item.stream_error = None
+            if self._nursery is None:
+                raise errors.Unavailable("cache not started")
+            self._nursery.start_soon(self._stream, item)
+        while item.watermark < end and not item.complete:
+            if item.stream_error is not None:
+                error, item.stream_error = item.stream_error, None
+                item.stream_started = False
+                raise error
+            await item.arrived.wait()
+
+    def _signal(self, item: CacheItem) -> None:
+        item.arrived.set()
+        item.arrived = trio.Event()
+
+    async def _stream(self, item: CacheItem) -> None:
+        """Fill ``item`` from offset 0 with :meth:`Driver.open_stream` (stores that ignore
+        HTTP Range: vcsim, NodeODX)."""
+        try:
+            with trio.fail_after(self.policy.deadline):
+                self.make_room(item.size, for_dirty=False)
+                item.watermark = 0
+                async for chunk in self.driver.open_stream(item.path):  # type: ignore[attr-defined]
+                    self._pwrite(item, chunk, item.watermark)
+                    item.watermark += len(chunk)
+                    self._signal(item)
+            item.complete = True
+        except trio.TooSlowError:
+            item.stream_error = errors.TimedOut(f"download of {item.path} took too long")
+        except errors.AssetFSError as exc:
+            item.stream_error = exc
+        except OSError as exc:
+            item.stream_error = errors.NoSpace(str(exc)) if exc.errno == errno.ENOSPC else \
+                errors.AssetFSError(str(exc))
+        finally:
+            self._signal(item)
+
+    async def fill_all(self, item: CacheItem) -> None:
+        """Make the cache file hold the whole content (before a partial overwrite)."""
+        if item.complete or item.dirty:
+            self._open_cache_file(item, create=True)
+            return
+        self.make_room(item.size, for_dirty=True)
+        if self.mode == "local":
+            source = await self._source_fd(item)
+            target = self._open_cache_file(item, create=True)
+            await trio.to_thread.run_sync(_copy_fd, source, target, item.size)
+        elif self.mode == "ranged":
+            self._open_cache_file(item, create=True)
+            if item.size:
+                await self._fill_blocks(item, 0, item.size)
+        else:
+            self._open_cache_file(item, create=True)
+            await self._wait_stream(item, item.size)
+        item.complete = True
+
+    # --- writes --------------------------------------------------------------------------
+    async def write(self, item: CacheItem, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; the item becomes dirty (journaled first)."""
+        if not (item.complete or item.dirty):
+            await self.fill_all(item)
+        grow = max(0, offset + len(data) - item.size)
+        if grow:
+            self.make_room(grow, for_dirty=True)
+        self._mark_dirty(item)
+        self._pwrite(item, data, offset)
+        item.size = max(item.size, offset + len(data))
+        return len(data)
+
+    async def truncate(self, item: CacheItem, size: int) -> None:
+        """Set the local length to ``size`` bytes; the item becomes dirty."""
+        if size and not (item.complete or item.dirty):
+            await self.fill_all(item)
+        if size > item.size:
+            self.make_room(size - item.size, for_dirty=True)
+        fd = self._open_cache_file(item, create=True)
+        self._mark_dirty(item)
+        os.ftruncate(fd, size)
+        item.size = size
+        item.complete = True
+
+    def _pwrite(self, item: CacheItem, data: bytes, offset: int) -> None:
+        fd = self._open_cache_file(item, create=True)
+        try:
+            os.pwrite(fd, data, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.NoSpace("the cache disk is full") from exc
+            raise
+
+    def cache_file(self, item: CacheItem) -> str:
+        """The local path of the item's cache file (the upload source)."""
+        return str(self.data / item.key)
+
+    def fsync(self, item: CacheItem) -> None:
+        """Flush the item's cache file to disk (fsync on the mount)."""
+        if item.fd is not None:
+            os.fsync(item.fd)
+
+    def close(self) -> None:
+        """Close every file descriptor."""
+        for item in self._all_items():
+            for fd in (item.fd, item.source_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            item.fd = item.source_fd = None
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (nested) exception group."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _copy_fd(source: int, target: int, size: int) -> None:
+    """Copy ``size`` bytes from fd ``source`` to fd ``target`` (copy_file_range where the
+    kernel can, a buffered copy otherwise)."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(source, target, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        with os.fdopen(os.dup(source), "rb") as src, os.fdopen(os.dup(target), "r+b") as dst:
+            src.seek(done)
+            dst.seek(done)
+            shutil.copyfileobj(src, dst, 1 << 20)
+    os.ftruncate(target, size)

@@ -1,0 +1,194 @@
+"""Write-back: upload dirty files after a delay, retry failures, resolve conflicts.
+
+A file is uploaded ``delay`` seconds after its last handle closed (so an editor's
+save-and-rename or repeated writes give one upload), at once on ``fsync`` (which waits for
+the result), and at start-up for every file the journal lists. A failed upload is retried
+with capped exponential backoff and jitter, for ever: the journal keeps the data safe
+meanwhile, and a store that comes back gets everything. If the remote version changed since
+the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time>``
+(design.md, Conflicts), never over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import errors, retry
+from ..drivers.base import ChangeEvent, ChangeKind, Driver, Entry, split
+from .blocks import BlockCache, CacheItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UploadStats:
+    """Counters for ``assetfs status``: files and bytes uploaded, retries, conflicts, and
+    the last error as ``(unix time, message)``."""
+
+    files: int = 0
+    bytes: int = 0
+    retries: int = 0
+    conflicts: int = 0
+    conflict_paths: list[str] = field(default_factory=list)
+    last_error: tuple[float, str] | None = None
+    in_progress: dict[str, int] = field(default_factory=dict)
+
+
+def conflict_name(path: str, now: float | None = None) -> str:
+    """``/a/b.txt`` -> ``/a/b.txt.conflict-20261122T031500Z``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{path}.conflict-{stamp}"
+
+
+class WriteBack:
+    """The upload queue of one mount. Run :meth:`run` in the mount's nursery."""
+
+    def __init__(
+        self,
+        cache: BlockCache,
+        driver: Driver,
+        policy: retry.RetryPolicy,
+        delay: float,
+        on_uploaded: Callable[[str, Entry], None],
+        events: trio.MemorySendChannel[ChangeEvent] | None = None,
+        workers: int = 4,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.cache = cache
+        self.driver = driver
+        self.policy = policy
+        self.delay = delay
+        self.on_uploaded = on_uploaded
+        self.events = events
+        self.workers = workers
+        self.max_backoff = max_backoff
+        self.stats = UploadStats()
+        self._due: dict[CacheItem, float] = {}
+        self._attempts: dict[CacheItem, int] = {}
+        self._busy: set[CacheItem] = set()
+        self._wake = trio.Event()
+        self._finished: dict[CacheItem, trio.Event] = {}
+        self._errors: dict[CacheItem, errors.AssetFSError] = {}
+        self._forced: set[CacheItem] = set()
+
+    def schedule(self, item: CacheItem, delay: float | None = None) -> None:
+        """Upload ``item`` after ``delay`` seconds (default: the write-back delay)."""
+        if not item.dirty:
+            return
+        due = time.monotonic() + (self.delay if delay is None else delay)
+        current = self._due.get(item)
+        self._due[item] = due if current is None or delay == 0 else max(due, current)
+        self._wake.set()
+
+    def pending(self) -> list[CacheItem]:
+        """Dirty items queued or being uploaded."""
+        return [i for i in self.cache._all_items() if i.dirty]
+
+    async def flush(self, item: CacheItem) -> None:
+        """Upload ``item`` now and wait for the attempt; raise its error (fsync)."""
+        while item.dirty:
+            finished = self._finished.setdefault(item, trio.Event())
+            self._forced.add(item)
+            self.schedule(item, 0)
+            await finished.wait()
+            error = self._errors.pop(item, None)
+            if error is not None:
+                raise error
+
+    async def drain(self) -> None:
+        """Upload everything dirty now and return when nothing is dirty."""
+        for item in self.pending():
+            self.schedule(item, 0)
+        while self.pending():
+            await trio.sleep(0.1)
+
+    async def run(self) -> None:
+        """Dispatch due uploads to at most ``workers`` concurrent tasks, until cancelled."""
+        limiter = trio.CapacityLimiter(self.workers)
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = time.monotonic()
+                ready = [
+                    i for i, due in self._due.items()
+                    if due <= now and i not in self._busy
+                    and (not i.writers or i in self._forced)
+                ]
+                for item in ready:
+                    del self._due[item]
+                    self._forced.discard(item)
+                    self._busy.add(item)
+                    nursery.start_soon(self._upload, item, limiter)
+                waits = [d for i, d in self._due.items() if i not in self._busy and not i.writers]
+                self._wake = trio.Event()
+                with trio.move_on_after(max(0.0, min(waits) - now) if waits else 1.0):
+                    await self._wake.wait()
+
+    async def _upload(self, item: CacheItem, limiter: trio.CapacityLimiter) -> None:
+        try:
+            async with limiter:
+                await self._upload_once(item)
+            self._attempts.pop(item, None)
+        except errors.AssetFSError as exc:
+            attempt = self._attempts.get(item, 0)
+            self._attempts[item] = attempt + 1
+            self.stats.retries += 1
+            self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
+            self._errors[item] = exc
+            log.warning("upload of %s failed (%s); retrying", self.driver.describe(item.path), exc)
+            backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
+            self.schedule(item, backoff)
+        finally:
+            self._busy.discard(item)
+            self.stats.in_progress.pop(item.path, None)
+            finished = self._finished.pop(item, None)
+            if finished is not None:
+                finished.set()
+            self._wake.set()
+
+    async def _upload_once(self, item: CacheItem) -> None:
+        if not item.dirty:
+            return
+        generation, path, size = item.generation, item.path, item.size
+        target = path
+        if item.base_version:
+            try:
+                remote = await retry.call(lambda: self.driver.stat(path), self.policy,
+                                          f"stat of {path}")
+            except errors.NotFound:
+                remote = None
+            if remote is not None and remote.version != item.base_version:
+                target = conflict_name(path)
+        self.stats.in_progress[path] = size
+        source = self.cache.cache_file(item)
+        entry = await retry.call(lambda: self.driver.write(target, source, size), self.policy,
+                                 f"upload of {target}")
+        self.stats.files += 1
+        self.stats.bytes += size
+        if target != path:
+            await self._conflict(item, path, target, generation, entry)
+            return
+        self.cache.mark_uploaded(item, generation, entry)
+        if item.path == path:
+            self.on_uploaded(path, entry)
+
+    async def _conflict(
+        self, item: CacheItem, path: str, target: str, generation: int, entry: Entry
+    ) -> None:
+        """Our copy went to ``target``; ``path`` keeps the remote version. The item stops
+        shadowing ``path`` and the kernel is told about both names."""
+        self.stats.conflicts += 1
+        self.stats.conflict_paths.append(target)
+        log.warning("conflict: %s changed on the store while modified here; our version "
+                    "was saved as %s", self.driver.describe(path), split(target)[1])
+        self.cache.mark_uploaded(item, generation, entry)
+        if not item.dirty:
+            self.cache.drop(path)
+        if self.events is not None:
+            await self.events.send(ChangeEvent(ChangeKind.UPDATED, path))
+            await self.events.send(ChangeEvent(ChangeKind.CREATED, target, entry))

@@ -1,0 +1,213 @@
+"""One mount: wires the driver, caches, write-back, events and pyfuse3 in one trio run."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from . import __version__, errors, retry
+from .cache.blocks import BlockCache
+from .cache.journal import Journal
+from .cache.writeback import WriteBack
+from .config import MountConfig
+from .drivers import driver_class
+from .drivers.base import ChangeEvent, Driver, Entry
+from .events.invalidator import Invalidator
+from .events.subscription import Subscription
+from .vfs.inodes import InodeTable
+from .vfs.metadata import MetadataCache
+from .vfs.namespace import Namespace
+from .vfs.operations import Operations, Timeouts
+
+log = logging.getLogger(__name__)
+
+
+def raise_read_ahead(mountpoint: Path, kib: int) -> None:
+    """Let the kernel send 1 MiB reads instead of 128 KiB ones by raising the mount's
+    ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (design.md, Request sizes). Root only;
+    silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
+    ``stat`` of the mount point would wait for this very daemon and hang."""
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo") as info:
+        devices = [line.split()[2] for line in info if line.split()[4] == target]
+    if devices:
+        with contextlib.suppress(OSError):
+            Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(str(kib))
+
+
+class Mount:
+    """The pieces of one running mount, built by :meth:`open` and run by :meth:`serve`."""
+
+    def __init__(self, config: MountConfig, driver: Driver) -> None:
+        self.config = config
+        self.driver = driver
+        self.policy = retry.RetryPolicy(
+            attempt_timeout=config.timeout, deadline=config.timeout * 2
+        )
+        caps = driver.capabilities
+        cache_dir = config.cache_dir
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = open(cache_dir / "lock", "w")  # noqa: SIM115 - held for the mount's life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise errors.AlreadyExists(
+                f"another assetfs daemon uses the cache directory {cache_dir}"
+            ) from None
+        ttl = config.kernel_timeout("attr_timeout", caps.push_events, driver.poll_interval)
+        self.metadata = MetadataCache(ttl=max(ttl, 1.0))
+        self.journal = Journal(cache_dir / "journal.sqlite")
+        self.cache = BlockCache(cache_dir, driver, self.journal, self.policy, config.cache_max)
+        self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
+        self.inodes = InodeTable()
+        self.namespace = Namespace(driver, self.metadata, self.cache, self.policy)
+        self.writeback = WriteBack(
+            self.cache, driver, self.policy, config.write_back_delay, self._uploaded,
+            self.events_send,
+        )
+        timeouts = Timeouts(
+            entry=config.kernel_timeout("entry_timeout", caps.push_events, driver.poll_interval),
+            attr=ttl,
+            negative=config._float("negative_timeout", 0.0 if not caps.push_events else ttl),
+        )
+        self.ops = Operations(
+            driver, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
+            timeouts, self.status, read_only=config.read_only,
+        )
+        self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
+                                       self.ops.kernel_version)
+        self.subscription = Subscription(driver, self.events_send)
+        self.started = time.time()
+        for record in self.journal.records():
+            item = self.cache.adopt(record.key, record.path, record.base_version)
+            if item is not None:
+                self.writeback.schedule(item, 0)
+        self.cache.remove_strays()
+
+    def _uploaded(self, path: str, entry: Entry) -> None:
+        self.metadata.put(path, entry)
+        inode = self.inodes.get(path)
+        if inode is not None:
+            self.ops.kernel_version[inode] = entry.version
+
+    def status(self) -> dict[str, Any]:
+        """What ``assetfs status`` prints (JSON-able)."""
+        stats = self.writeback.stats
+        pending = self.writeback.pending()
+        sub = self.subscription.status
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.config.url,
+            "driver": type(self.driver).__name__,
+            "mountpoint": str(self.config.mountpoint),
+            "uptime_s": round(time.time() - self.started, 1),
+            "cache": {
+                "dir": str(self.config.cache_dir),
+                "used_bytes": self.cache.used_bytes(),
+                "max_bytes": self.config.cache_max,
+                "dirty_bytes": self.cache.dirty_bytes(),
+            },
+            "dirty_files": sorted(i.path for i in pending),
+            "uploads": {
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "in_progress": stats.in_progress,
+                "retries": stats.retries,
+                "conflicts": stats.conflicts,
+                "conflict_files": stats.conflict_paths[-20:],
+                "last_error": stats.last_error,
+            },
+            "events": {
+                "state": sub.state,
+                "last_event": sub.last_event,
+                "received": sub.events,
+                "applied": self.invalidator.applied,
+                "restarts": sub.restarts,
+                "last_error": sub.last_error,
+                "watched_folders": len(self.driver.watched),
+            },
+            "inodes": len(self.inodes),
+        }
+
+    async def serve(self, ready: Callable[[], None]) -> None:
+        """Mount, call ``ready()``, and serve until unmounted or signalled; then upload what
+        is dirty (up to ``umount_timeout`` seconds) and unmount."""
+        options = set(pyfuse3.default_options)
+        options.discard("default_permissions")
+        options |= {f"fsname={self.config.url[:200]}", "subtype=assetfs", "default_permissions"}
+        if "allow_other" in self.config.options:
+            options.add("allow_other")
+        if self.config.read_only:
+            options.add("ro")
+        pyfuse3.init(self.ops, str(self.config.mountpoint), options)
+        mounted = True
+        try:
+            raise_read_ahead(self.config.mountpoint,
+                             int(self.config.options.get("read_ahead_kb", 1024)))
+            async with trio.open_nursery() as nursery:
+                self.cache.start(nursery)
+                nursery.start_soon(self.writeback.run)
+                nursery.start_soon(self.subscription.run)
+                nursery.start_soon(self.invalidator.run, self.events_receive)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                with trio.move_on_after(self.config.timeout):
+                    await self.driver.events_ready.wait()
+                if not self.driver.events_ready.is_set():
+                    log.warning("change events are not flowing yet; serving anyway")
+                ready()
+                log.info("mounted %s on %s", self.config.url, self.config.mountpoint)
+                await pyfuse3.main()
+                mounted = False
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=mounted)
+            with trio.CancelScope(shield=True):
+                await self._final_flush()
+            self.cache.close()
+            self.journal.close()
+            await self.driver.close()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %s: unmounting", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    async def _final_flush(self) -> None:
+        pending = self.writeback.pending()
+        if not pending:
+            return
+        limit = float(self.config.options.get("umount_timeout", 30))
+        log.info("uploading %d dirty files before exit (up to %gs)", len(pending), limit)
+        with trio.move_on_after(limit):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.writeback.run)
+                await self.writeback.drain()
+                nursery.cancel_scope.cancel()
+        left = self.writeback.pending()
+        if left:
+            log.warning("%d dirty files stay in the journal and upload at the next mount: %s",
+                        len(left), ", ".join(i.path for i in left[:10]))
+
+
+async def run(config: MountConfig, ready: Callable[[], None]) -> None:
+    """Connect the driver (a clear error if the URL, server or credentials are wrong),
+    then mount and serve."""
+    cls = driver_class(config.url)
+    driver = cls(config.url, config.driver_options)
+    policy = retry.RetryPolicy(attempt_timeout=config.timeout, deadline=config.timeout)
+    await retry.call(driver.connect, policy, f"connect to {config.url}")
+    mount = Mount(config, driver)
+    await mount.serve(ready)

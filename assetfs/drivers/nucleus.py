@@ -1,0 +1,305 @@
+"""Omniverse Nucleus (and omni.client's other providers) through NVIDIA's ``omni.client``.
+
+URLs: ``omniverse://host[:port]/path``, ``omni://...`` and the library's local provider
+``file:/abs/path`` / ``file:///abs/path`` (backends/nucleus.md). Every call uses the
+library's ``*_with_callback`` form; the callback runs on the library's own thread and hands
+its result to trio through the trio token, so no trio state is touched off the trio thread.
+
+Quirks handled here (observed on omni.client 2.75.1):
+- there is no ranged read: ``read_file`` returns the whole file, so this driver offers
+  ``local_path`` (``get_local_file``), which is the file itself on ``file:`` and the
+  library's own cache file on Nucleus, and the block cache reads that by range;
+- ``delete`` of a folder is recursive, so :meth:`remove` checks emptiness first;
+- the ``file:`` provider gives no version or hash, so the version falls back to size+mtime;
+- checkpoints, locks and ACLs give ``ERROR_NOT_SUPPORTED`` on ``file:`` -> ENOTSUP.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import logging
+import mmap
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import omni.client as oc
+import trio
+
+from .. import errors
+from .base import (
+    Capabilities,
+    ChangeEvent,
+    ChangeKind,
+    Driver,
+    Entry,
+    EventSink,
+    Kind,
+    join,
+    size_mtime_version,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[Any, type[errors.AssetFSError]] = {
+    oc.Result.ERROR_NOT_FOUND: errors.NotFound,
+    oc.Result.ERROR_ACCESS_DENIED: errors.PermissionDenied,
+    oc.Result.ERROR_ACCESS_LOST: errors.Unavailable,
+    oc.Result.ERROR_ALREADY_EXISTS: errors.AlreadyExists,
+    oc.Result.ERROR_CONNECTION: errors.Unavailable,
+    oc.Result.ERROR_NOT_SUPPORTED: errors.NotSupported,
+    oc.Result.ERROR_LOCKED: errors.Locked,
+    oc.Result.ERROR_FOLDER_NOT_EMPTY: errors.DirectoryNotEmpty,
+    oc.Result.ERROR_BAD_REQUEST: errors.InvalidName,
+    oc.Result.ERROR_SOURCE_IS_DEST: errors.InvalidName,
+    oc.Result.ERROR_BAD_VERSION: errors.AssetFSError,
+}
+_WRONG_TYPE = getattr(oc.Result, "ERROR_WRONG_TYPE", None)
+if _WRONG_TYPE is not None:  # 2.75 returns it for list() of a file; not in the API doc
+    _ERRORS[_WRONG_TYPE] = errors.NotADirectory
+
+_EVENTS = {
+    oc.ListEvent.CREATED: ChangeKind.CREATED,
+    oc.ListEvent.UPDATED: ChangeKind.UPDATED,
+    oc.ListEvent.METADATA: ChangeKind.UPDATED,
+    oc.ListEvent.LOCKED: ChangeKind.UPDATED,
+    oc.ListEvent.UNLOCKED: ChangeKind.UPDATED,
+    oc.ListEvent.DELETED: ChangeKind.DELETED,
+    oc.ListEvent.OBLITERATED: ChangeKind.DELETED,
+}
+_METADATA_FIELDS = ("version", "hash", "modified_by", "created_by", "locked_by", "comment")
+
+_initialized = False
+
+
+def check(result: Any, url: str, what: str) -> None:
+    """Raise the project's exception for an ``omni.client.Result`` that is not OK.
+
+    The one place where this driver translates wire-level errors (design.md).
+    """
+    if result in (oc.Result.OK, oc.Result.OK_LATEST, oc.Result.OK_NOT_YET_FOUND):
+        return
+    cls = _ERRORS.get(result, errors.AssetFSError)
+    raise cls(f"{what}: {result.name}", url=url)
+
+
+def _ns(when: dt.datetime) -> int:
+    """omni.client times are naive datetimes in UTC -> nanoseconds since the epoch."""
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC).replace(tzinfo=None)
+    return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def to_entry(name: str, item: Any) -> Entry:
+    """An ``omni.client.ListEntry`` as an :class:`Entry` (mode bits from AccessFlags)."""
+    is_dir = bool(item.flags & oc.ItemFlags.CAN_HAVE_CHILDREN)
+    writable = bool(item.access & oc.AccessFlags.WRITE) or item.access == 0
+    mtime = _ns(item.modified_time)
+    size = 0 if is_dir else int(item.size)
+    mode = (0o755 if writable else 0o555) if is_dir else (0o644 if writable else 0o444)
+    metadata = {f: str(getattr(item, f)) for f in _METADATA_FIELDS if getattr(item, f, "")}
+    return Entry(
+        name=name,
+        kind=Kind.DIR if is_dir else Kind.FILE,
+        size=size,
+        mtime_ns=mtime,
+        version=item.version or item.hash or size_mtime_version(size, mtime),
+        mode=mode,
+        metadata=metadata,
+    )
+
+
+class NucleusDriver(Driver):
+    """A Nucleus server or any omni.client provider, read-write, with push events."""
+
+    schemes = ("omniverse", "omni", "file")
+    capabilities = Capabilities(
+        writable=True, local_path=True, push_events=True, checkpoints=True, locks=True
+    )
+
+    def __init__(self, url: str, options: Mapping[str, str]) -> None:
+        super().__init__(url, options)
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise errors.BadURL(
+                    f"file URLs take an absolute path (file:/abs or file:///abs), not {url!r}"
+                )
+            self._base = "file:" + quote(unquote(parts.path).rstrip("/") or "/", safe="/")
+        else:
+            if not parts.netloc:
+                raise errors.BadURL(f"no server in {url!r} (expected {parts.scheme}://HOST/...)")
+            self._base = f"{parts.scheme}://{parts.netloc}" + parts.path.rstrip("/")
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._subscriptions: dict[str, Any] = {}
+        self._sink: EventSink | None = None
+
+    def url_of(self, path: str) -> str:
+        """The omni.client URL of a driver path (percent-encoded: ``#``, ``?``, ``%`` work)."""
+        return self._base if path == "/" else self._base + quote(path, safe="/")
+
+    async def connect(self) -> None:
+        """Initialize omni.client once per process and check the root; never prompts for a
+        login (a daemon has no browser): Nucleus credentials come from OMNI_USER/OMNI_PASS."""
+        global _initialized
+        if not _initialized:
+            oc.set_log_level(oc.LogLevel.ERROR)
+            oc.set_log_callback(_library_log)
+            if not oc.initialize():
+                raise errors.Unavailable("omni.client failed to initialize")
+            _initialized = True
+        self._token = trio.lowlevel.current_trio_token()
+        await super().connect()
+
+    async def _call(self, start: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Start a ``*_with_callback`` request and wait for its callback's arguments.
+
+        Cancellation (a deadline) stops the library's request."""
+        done = trio.Event()
+        box: list[tuple[Any, ...]] = []
+        token = trio.lowlevel.current_trio_token()
+
+        def callback(*result: Any) -> None:
+            def deliver() -> None:
+                box.append(result)
+                done.set()
+
+            token.run_sync_soon(deliver)
+
+        request = start(*args, callback, **kwargs)
+        try:
+            await done.wait()
+        except BaseException:
+            request.stop()
+            raise
+        return box[0]
+
+    async def stat(self, path: str) -> Entry:
+        url = self.url_of(path)
+        result, item = await self._call(oc.stat_with_callback, url)
+        check(result, url, "stat")
+        return to_entry(path.rsplit("/", 1)[-1], item)
+
+    async def list(self, path: str) -> list[Entry]:
+        url = self.url_of(path)
+        result, items = await self._call(oc.list_with_callback, url)
+        check(result, url, "list")
+        return [to_entry(item.relative_path, item) for item in items]
+
+    async def local_path(self, path: str) -> str:
+        url = self.url_of(path)
+        result, local = await self._call(oc.get_local_file_with_callback, url, True)
+        check(result, url, "get_local_file")
+        return str(local)
+
+    async def write(self, path: str, source: str, size: int) -> Entry:
+        """Whole-file upload with ``write_file_ex`` from a memory map of ``source``."""
+        url = self.url_of(path)
+        with open(source, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            content: Any = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) if length else b""
+            try:
+                result, _info = await self._call(oc.write_file_ex_with_callback, url, content)
+            finally:
+                if length:
+                    content.close()
+        check(result, url, "write_file")
+        return await self.stat(path)
+
+    async def mkdir(self, path: str) -> Entry:
+        url = self.url_of(path)
+        (result,) = await self._call(oc.create_folder_with_callback, url)
+        check(result, url, "create_folder")
+        return await self.stat(path)
+
+    async def remove(self, path: str, kind: Kind) -> None:
+        url = self.url_of(path)
+        if kind is Kind.DIR and await self.list(path):
+            raise errors.DirectoryNotEmpty(url=url)
+        (result,) = await self._call(oc.delete_with_callback, url)
+        check(result, url, "delete")
+
+    async def rename(self, old: str, new: str) -> None:
+        url = self.url_of(old)
+        result, _copied = await self._call(
+            oc.move_with_callback, url, self.url_of(new), behavior=oc.CopyBehavior.OVERWRITE
+        )
+        check(result, url, "move")
+
+    async def control(self, path: str, action: str, value: bytes) -> None:
+        """``checkpoint`` (value: comment), ``lock``, ``unlock``: Nucleus-only; the ``file:``
+        provider answers ERROR_NOT_SUPPORTED, which becomes ENOTSUP."""
+        url = self.url_of(path)
+        if action == "checkpoint":
+            result, _query = await self._call(
+                oc.create_checkpoint_with_callback, url, value.decode(errors="replace"), False
+            )
+        elif action == "lock":
+            (result,) = await self._call(oc.lock_with_callback, url)
+        elif action == "unlock":
+            (result,) = await self._call(oc.unlock_with_callback, url)
+        else:
+            raise errors.NotSupported(f"unknown action {action!r}", url=url)
+        check(result, url, action)
+
+    # --- push events: one list subscription per folder the kernel knows ------------
+    def watch(self, folder: str) -> None:
+        if folder in self._subscriptions or self._sink is None or self._token is None:
+            return
+        sink, token = self._sink, self._token
+
+        def on_list(result: Any, items: Any) -> None:
+            del result, items
+
+        def on_event(result: Any, event: Any, item: Any) -> None:
+            kind = _EVENTS.get(event)
+            if kind is None or result != oc.Result.OK:
+                return
+            name = item.relative_path.rstrip("/")
+            path = join(folder, name)
+            entry = None if kind is ChangeKind.DELETED else to_entry(name, item)
+            change = ChangeEvent(kind, path, entry)
+
+            def deliver() -> None:
+                try:
+                    sink.send_nowait(change)
+                except trio.WouldBlock:
+                    log.warning("event queue full; dropping %s", change)
+                except trio.ClosedResourceError:
+                    pass
+
+            token.run_sync_soon(deliver)
+
+        self._subscriptions[folder] = oc.list_subscribe_with_callback(
+            self.url_of(folder), on_list, on_event
+        )
+
+    def unwatch(self, folder: str) -> None:
+        self._subscriptions.pop(folder, None)
+
+    @property
+    def watched(self) -> list[str]:
+        return list(self._subscriptions)
+
+    async def run_events(self, sink: EventSink) -> None:
+        """Keep list subscriptions for watched folders until cancelled (events arrive by
+        callback, see :meth:`watch`)."""
+        self._sink = sink
+        self.events_ready.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._sink = None
+            self._subscriptions.clear()
+
+    async def close(self) -> None:
+        self._subscriptions.clear()
+
+
+def _library_log(thread: str, component: str, level: Any, message: str) -> None:
+    """Route omni.client's own log lines (which go to stderr by default) to logging."""
+    del thread
+    if level in (oc.LogLevel.ERROR, oc.LogLevel.WARNING):
+        log.warning("omni.client %s: %s", component, message.strip())

@@ -1,0 +1,1 @@
+"""Change events: from the store's subscription (or the poller) to kernel invalidations."""

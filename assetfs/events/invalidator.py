@@ -1,0 +1,141 @@
+"""The invalidator: one trio task that applies remote changes to the caches and the kernel.
+
+For each batch of events (coalesced per path) it first updates the metadata cache and drops
+clean cached content whose version changed, holding no lock a request handler needs, and
+then calls ``pyfuse3.invalidate_entry`` / ``invalidate_inode`` in a worker thread. Calling
+those inside a request handler deadlocks the mount (design.md, Concurrency rules). Deletions
+use the ``deleted=`` form so that inotify watchers on the mount see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from ..cache.blocks import BlockCache
+from ..drivers.base import ChangeEvent, ChangeKind, split
+from ..vfs.inodes import InodeTable
+from ..vfs.metadata import MetadataCache
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+"""Events taken from the channel per pass: a storm is coalesced, never queued per event."""
+
+
+@dataclass(frozen=True)
+class KernelNote:
+    """One kernel cache invalidation: an entry (``name`` under ``parent``, with the
+    ``deleted`` inode for a deletion) or an inode's attributes and data (``name`` None)."""
+
+    inode: int
+    name: str | None = None
+    deleted: int = 0
+
+
+class Invalidator:
+    """Consumes :class:`ChangeEvent` s; counts what it did for ``assetfs status``."""
+
+    def __init__(
+        self, metadata: MetadataCache, cache: BlockCache, inodes: InodeTable,
+        kernel_version: dict[int, str],
+    ) -> None:
+        self.metadata = metadata
+        self.cache = cache
+        self.inodes = inodes
+        self.kernel_version = kernel_version
+        self.applied = 0
+
+    async def run(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
+        """Apply events until the channel closes or the task is cancelled."""
+        async for first in receive:
+            batch = {first.path: first}
+            with contextlib.suppress(trio.WouldBlock):
+                while len(batch) < BATCH:
+                    event = receive.receive_nowait()
+                    batch.pop(event.path, None)
+                    batch[event.path] = event
+            notes: list[KernelNote] = []
+            for event in batch.values():
+                notes.extend(self.apply(event))
+            self.applied += len(batch)
+            if notes:
+                await trio.to_thread.run_sync(notify_kernel, notes)
+            await trio.sleep(0)
+
+    def apply(self, event: ChangeEvent) -> list[KernelNote]:
+        """Update the caches for one event; return the kernel invalidations it needs."""
+        if event.kind is ChangeKind.RESYNC:
+            return self._resync()
+        path = event.path
+        parent, name = split(path)
+        cached = self.metadata.entry(path)
+        unchanged = event.entry is not None and cached == event.entry
+        if event.kind is not ChangeKind.DELETED and unchanged:
+            return []
+        parent_inode = self.inodes.get(parent)
+        inode = self.inodes.get(path)
+        replaced = (
+            isinstance(cached, type(event.entry))
+            and event.entry is not None
+            and cached.kind is not event.entry.kind
+        )
+        gone = event.kind is ChangeKind.DELETED or replaced
+        item = self.cache.items.get(path)
+        if item is not None and not item.dirty and not item.writers and (
+            event.entry is None or event.entry.version != item.base_version
+        ):
+            self.cache.drop(path)
+        if gone:
+            self.metadata.forget_tree(path)
+        else:
+            self.metadata.forget(path)
+        self.metadata.forget_listing(parent)
+        if event.kind is ChangeKind.DELETED:
+            self.metadata.put(path, None)
+        elif event.entry is not None:
+            self.metadata.put(path, event.entry)
+        notes: list[KernelNote] = []
+        if gone and inode is not None:
+            self.inodes.detach(path)
+            self.kernel_version.pop(inode, None)
+        if parent_inode is not None:
+            if gone or inode is None:
+                notes.append(KernelNote(parent_inode, name, inode if gone and inode else 0))
+            notes.append(KernelNote(parent_inode))
+        if not gone and inode is not None:
+            notes.append(KernelNote(inode))
+        return notes
+
+    def _resync(self) -> list[KernelNote]:
+        self.metadata.clear()
+        for path, item in list(self.cache.items.items()):
+            if not item.dirty and not item.writers:
+                self.cache.drop(path)
+        notes = []
+        for path in self.inodes.known_paths():
+            inode = self.inodes.get(path)
+            if inode is not None:
+                notes.append(KernelNote(inode))
+        return notes
+
+
+def notify_kernel(notes: list[KernelNote]) -> None:
+    """Send invalidations to the kernel (run in a worker thread, never in a handler).
+
+    ENOENT means the kernel had nothing cached for that entry or inode: not an error."""
+    for note in notes:
+        try:
+            if note.name is None:
+                pyfuse3.invalidate_inode(note.inode)
+            else:
+                pyfuse3.invalidate_entry(note.inode, os.fsencode(note.name), note.deleted)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
+                log.debug("invalidation %s failed: %s", note, exc)

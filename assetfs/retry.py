@@ -1,0 +1,66 @@
+"""Deadlines and retries for every remote call (design.md, Concurrency rules).
+
+A request handler never waits on the network without a deadline: :func:`call` runs one
+driver call with a per-attempt timeout, retries :class:`~assetfs.errors.Unavailable` with
+capped exponential backoff and full jitter, and gives up at an overall deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from . import errors
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Timing of :func:`call`, all in seconds.
+
+    ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
+    backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter").
+    """
+
+    attempt_timeout: float = 30.0
+    deadline: float = 60.0
+    base: float = 0.2
+    cap: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+async def call(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str = "remote call"
+) -> T:
+    """Run ``fn()`` under ``policy``.
+
+    Returns its result; re-raises non-retryable :class:`~assetfs.errors.AssetFSError` at
+    once; raises :class:`~assetfs.errors.TimedOut` when an attempt overruns and the
+    deadline is spent, or the last :class:`~assetfs.errors.Unavailable` otherwise.
+    """
+    attempt = 0
+    last: errors.AssetFSError = errors.TimedOut(f"{what}: no answer in {policy.deadline:g}s")
+    with trio.move_on_after(policy.deadline):
+        while True:
+            try:
+                with trio.fail_after(policy.attempt_timeout):
+                    return await fn()
+            except trio.TooSlowError:
+                last = errors.TimedOut(f"{what}: no answer in {policy.attempt_timeout:g}s")
+            except errors.Unavailable as exc:
+                last = exc
+            delay = policy.backoff(attempt)
+            attempt += 1
+            log.debug("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
+            await trio.sleep(delay)
+    raise last

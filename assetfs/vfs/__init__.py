@@ -1,0 +1,1 @@
+"""The virtual filesystem: pyfuse3 operations over inodes, metadata and the block cache."""

@@ -1,0 +1,496 @@
+"""pyfuse3 request handlers: POSIX in, errno out.
+
+Each handler resolves inodes to driver paths, asks the :class:`Namespace` what exists, and
+sends data through the block cache; project exceptions become ``FUSEError(exc.errno)`` in
+one place (:func:`_errno`). Handlers never call ``pyfuse3.invalidate_*`` (that deadlocks
+the mount, design.md); the invalidator task does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from .. import errors, retry
+from ..cache.blocks import BlockCache, CacheItem
+from ..cache.writeback import WriteBack
+from ..drivers.base import Driver, Entry, Kind, join, split
+from .inodes import ROOT_INODE, InodeTable
+from .metadata import MetadataCache
+from .namespace import Namespace
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+XATTR_PREFIX = "user.assetfs."
+BLKSIZE = 1 << 20
+"""st_blksize: cp and friends size their buffers from it; 1 MiB requests suit FUSE."""
+
+
+def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Translate project exceptions and local OS errors into ``pyfuse3.FUSEError``."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            try:
+                return await handler(*args, **kwargs)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+        except errors.AssetFSError as exc:
+            if exc.errno in (errno.EIO, errno.ETIMEDOUT):
+                log.warning("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.warning("%s: local error %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except (pyfuse3.FUSEError, trio.Cancelled):
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first project error in a (nested) exception group from a nursery, else the
+    first leaf: a handler fails with one errno, not with a group."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for leaf in leaves:
+        if isinstance(leaf, errors.AssetFSError):
+            return leaf
+    return leaves[0]
+
+
+@dataclass(eq=False)
+class Handle:
+    """An open file: its inode, cache item and whether it may write."""
+
+    inode: int
+    item: CacheItem
+    writable: bool
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Kernel cache lifetimes in seconds: dentries (``entry``), attributes (``attr``) and
+    negative dentries (``negative``, 0 = not cached)."""
+
+    entry: float
+    attr: float
+    negative: float
+
+
+class Operations(pyfuse3.Operations):
+    """The filesystem of one mount."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        driver: Driver,
+        namespace: Namespace,
+        metadata: MetadataCache,
+        cache: BlockCache,
+        writeback: WriteBack,
+        inodes: InodeTable,
+        timeouts: Timeouts,
+        status: Callable[[], dict[str, Any]],
+        read_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.driver = driver
+        self.ns = namespace
+        self.metadata = metadata
+        self.cache = cache
+        self.writeback = writeback
+        self.inodes = inodes
+        self.timeouts = timeouts
+        self.status = status
+        self.read_only = read_only or not driver.capabilities.writable
+        self.kernel_version: dict[int, str] = {}
+        """inode -> content version the kernel page cache holds (keep_cache on open)."""
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, tuple[str, list[tuple[str, Entry]]]] = {}
+        self._next_fh = 1
+        self.uid, self.gid = os.getuid(), os.getgid()
+
+    # --- helpers --------------------------------------------------------------------
+    def attributes(self, inode: int, entry: Entry) -> pyfuse3.EntryAttributes:
+        """``struct stat`` for ``entry`` at ``inode``."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.generation = 0
+        attr.entry_timeout = self.timeouts.entry
+        attr.attr_timeout = self.timeouts.attr
+        attr.st_mode = entry.st_mode
+        if self.read_only:
+            attr.st_mode &= ~0o222
+        attr.st_nlink = 2 if entry.is_dir else 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_rdev = 0
+        attr.st_size = entry.size
+        attr.st_blksize = BLKSIZE
+        attr.st_blocks = (entry.size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
+        return attr
+
+    def _path(self, inode: int) -> str:
+        return self.inodes.path(inode)
+
+    def _child(self, parent: int, name: bytes) -> str:
+        text = os.fsdecode(name)
+        if "/" in text or text in (".", ".."):
+            raise errors.InvalidName(text)
+        return join(self._path(parent), text)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise errors.ReadOnly()
+
+    def _known(self, path: str, entry: Entry) -> pyfuse3.EntryAttributes:
+        """Count a kernel lookup of ``path`` and return its attributes."""
+        inode = self.inodes.lookup(path)
+        if entry.is_dir:
+            self.driver.watch(path)
+        return self.attributes(inode, entry)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    # --- metadata -------------------------------------------------------------------
+    @_errno
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        await self.ns.folder(self._path(parent_inode))
+        entry = await self.ns.find(path)
+        if entry is None:
+            if self.timeouts.negative > 0:
+                attr = pyfuse3.EntryAttributes()
+                attr.st_ino = 0
+                attr.entry_timeout = self.timeouts.negative
+                return attr
+            raise errors.NotFound()
+        return self._known(path, entry)
+
+    @_errno
+    async def getattr(
+        self, inode: int, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(inode, await self.ns.entry(self._path(inode)))
+
+    @_errno
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        path = self._path(inode)
+        entry = await self.ns.entry(path)
+        if fields.update_size or fields.update_mtime:
+            self._writable()
+        if fields.update_size:
+            if entry.is_dir:
+                raise errors.IsADirectory()
+            handle = self._handles.get(fh) if fh is not None else None
+            item = handle.item if handle else self.cache.get(path, entry)
+            await self.cache.truncate(item, attr.st_size)
+            if not item.writers:
+                self.writeback.schedule(item)
+        if fields.update_mtime and not entry.is_dir:
+            item = self.cache.items.get(path)
+            if item is not None and (item.dirty or item.writers):
+                item.mtime_ns = attr.st_mtime_ns
+        # chmod/chown/atime: the stores keep no POSIX owners or modes; accepted and ignored
+        # so that cp -p and rsync -a work (as rclone mount and gcsfuse do).
+        return self.attributes(inode, await self.ns.entry(path))
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            path = self.inodes.forget(inode, count)
+            if path is not None:
+                self.kernel_version.pop(inode, None)
+                self.driver.unwatch(path)
+
+    @_errno
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(self.cache.root)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = disk.f_frsize
+        data.f_blocks = disk.f_blocks
+        data.f_bfree = data.f_bavail = disk.f_bavail
+        data.f_files = 1 << 32
+        data.f_ffree = data.f_favail = 1 << 31
+        data.f_namemax = 255
+        return data
+
+    # --- folders --------------------------------------------------------------------
+    @_errno
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        path = self._path(inode)
+        await self.ns.folder(path)
+        self.driver.watch(path)
+        fh = self._new_fh()
+        self._dirs[fh] = (path, sorted((await self.ns.listing(path)).items()))
+        return fh
+
+    @_errno
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        folder, entries = self._dirs[fh]
+        for index in range(start_id, len(entries)):
+            name, entry = entries[index]
+            path = join(folder, name)
+            inode = self.inodes.lookup(path)
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(name), self.attributes(inode, entry), index + 1
+            ):
+                self.inodes.forget(inode, 1)
+                break
+            if entry.is_dir:
+                self.driver.watch(path)
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_errno
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        path = self._child(parent_inode, name)
+        await self.ns.folder(self._path(parent_inode))
+        if await self.ns.find(path) is not None:
+            raise errors.AlreadyExists()
+        entry = await self.driver.mkdir(path)
+        self.metadata.put(path, entry)
+        self.metadata.put_listing(path, [])
+        return self._known(path, entry)
+
+    @_errno
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        path = self._child(parent_inode, name)
+        await self.ns.folder(path)
+        if await self.ns.listing(path):
+            raise errors.DirectoryNotEmpty()
+        await self.driver.remove(path, Kind.DIR)
+        self.metadata.forget_tree(path)
+        self.metadata.put(path, None)
+        self.driver.unwatch(path)
+        self.inodes.detach(path)
+
+    @_errno
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        path = self._child(parent_inode, name)
+        entry = await self.ns.entry(path)
+        if entry.is_dir:
+            raise errors.IsADirectory()
+        if await self.ns.remote(path) is not None:
+            with contextlib.suppress(errors.NotFound):
+                await self.driver.remove(path, Kind.FILE)
+        self.cache.unlinked(path)
+        self.metadata.put(path, None)
+        self.inodes.detach(path)
+
+    @_errno
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise errors.InvalidName("RENAME_EXCHANGE is not supported")
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        source = await self.ns.entry(old)
+        await self.ns.folder(self._path(parent_inode_new))
+        if old == new:
+            return
+        if source.is_dir and (new + "/").startswith(old + "/"):
+            raise errors.InvalidName("cannot move a folder into itself")
+        target = await self.ns.find(new)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise errors.AlreadyExists()
+            if source.is_dir and not target.is_dir:
+                raise errors.NotADirectory()
+            if target.is_dir and not source.is_dir:
+                raise errors.IsADirectory()
+            if target.is_dir:
+                if await self.ns.listing(new):
+                    raise errors.DirectoryNotEmpty()
+                await self.driver.remove(new, Kind.DIR)
+        on_store = await self.ns.remote(old) is not None
+        if on_store:
+            if not self.driver.capabilities.rename:
+                raise errors.NotSupported("the store cannot rename")
+            await self.driver.rename(old, new)
+        elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
+            await self.driver.remove(new, Kind.DIR)
+        self.cache.moved(old, new)
+        for path in (old, new):
+            self.metadata.forget_tree(path)
+            self.metadata.forget_listing(split(path)[0])
+        self.metadata.put(old, None)
+        self.inodes.move(old, new)
+        for item in self.cache.items.values():
+            if item.dirty and not item.writers and (item.path + "/").startswith(new + "/"):
+                self.writeback.schedule(item)
+
+    # --- files ----------------------------------------------------------------------
+    def _open_handle(self, inode: int, item: CacheItem, writable: bool) -> pyfuse3.FileInfo:
+        item.handles += 1
+        if writable:
+            item.writers += 1
+        fh = self._new_fh()
+        self._handles[fh] = Handle(inode, item, writable)
+        info = pyfuse3.FileInfo(fh=fh)
+        version = item.base_version if not item.dirty else f"local:{item.key}"
+        info.keep_cache = self.kernel_version.get(inode) == version
+        self.kernel_version[inode] = version
+        return info
+
+    @_errno
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        path = self._path(inode)
+        entry = await self.ns.entry(path)
+        if entry.is_dir:
+            raise errors.IsADirectory()
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            self._writable()
+        item = self.cache.get(path, entry)
+        if flags & os.O_TRUNC and writable:
+            await self.cache.truncate(item, 0)
+        return self._open_handle(inode, item, writable)
+
+    @_errno
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        path = self._child(parent_inode, name)
+        await self.ns.folder(self._path(parent_inode))
+        existing = await self.ns.find(path)
+        if existing is not None and existing.is_dir:
+            raise errors.IsADirectory()
+        item = self.cache.new_file(path)
+        if existing is not None:
+            item.base_version = existing.version
+        entry = item.entry(existing, split(path)[1])
+        attr = self._known(path, entry)
+        return self._open_handle(attr.st_ino, item, True), attr
+
+    @_errno
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.cache.read(self._handles[fh].item, off, size)
+
+    @_errno
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if not handle.writable:
+            raise errors.PermissionDenied()
+        return await self.cache.write(handle.item, off, buf)
+
+    @_errno
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        item = self._handles[fh].item
+        self.cache.fsync(item)
+        await self.writeback.flush(item)
+
+    @_errno
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_errno
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        item = handle.item
+        if handle.writable:
+            item.writers -= 1
+        if item.dirty and not item.writers:
+            self.writeback.schedule(item)
+        self.cache.closed(item)
+
+    # --- extended attributes: store metadata, control actions, status ------------------
+    @_errno
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        entry = await self.ns.entry(self._path(inode))
+        names = [XATTR_PREFIX + key for key in entry.metadata]
+        if not entry.is_dir:
+            names += [XATTR_PREFIX + key for key in self.driver.lazy_xattrs]
+        if inode == ROOT_INODE:
+            names.append(XATTR_PREFIX + "status")
+        return [os.fsencode(n) for n in names]
+
+    @_errno
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        key = os.fsdecode(name)
+        if inode == ROOT_INODE and key == XATTR_PREFIX + "status":
+            return json.dumps(self.status(), indent=1).encode()
+        path = self._path(inode)
+        entry = await self.ns.entry(path)
+        if key.startswith(XATTR_PREFIX):
+            short = key[len(XATTR_PREFIX):]
+            if short in entry.metadata:
+                return entry.metadata[short].encode()
+            if short in self.driver.lazy_xattrs and not entry.is_dir:
+                value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
+                                         f"{short} of {self.driver.describe(path)}")
+                if value is not None:
+                    return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_errno
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        key = os.fsdecode(name)
+        if not key.startswith(XATTR_PREFIX):
+            raise errors.NotSupported("only user.assetfs.* attributes can be set")
+        action = key[len(XATTR_PREFIX):]
+        if inode == ROOT_INODE and action == "flush":
+            with trio.move_on_after(float(value or b"3600")):
+                await self.writeback.drain()
+                return
+            raise errors.TimedOut(f"{len(self.writeback.pending())} files still to upload")
+        await self.driver.control(self._path(inode), action, value)
+        self.metadata.forget(self._path(inode))
+
+    @_errno
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise errors.NotSupported("store metadata cannot be removed")
+
