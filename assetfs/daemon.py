@@ -138,6 +138,7 @@ class Mount:
                 "watched_folders": len(self.driver.watched),
             },
             "inodes": len(self.inodes),
+            "requests": dict(self.ops.requests),
         }
 
     async def serve(self, ready: Callable[[], None]) -> None:

@@ -8,6 +8,7 @@ the mount, design.md); the invalidator task does.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -40,8 +41,13 @@ BLKSIZE = 1 << 20
 def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Translate project exceptions and local OS errors into ``pyfuse3.FUSEError``."""
 
+    name = handler.__name__
+
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        requests = getattr(args[0], "requests", None)
+        if requests is not None:
+            requests[name] += 1
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -133,6 +139,8 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, tuple[str, list[tuple[str, Entry]]]] = {}
         self._next_fh = 1
+        self.requests: collections.Counter[str] = collections.Counter()
+        """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
         self.uid, self.gid = os.getuid(), os.getgid()
 
     # --- helpers --------------------------------------------------------------------
