@@ -86,6 +86,15 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return leaves[0]
 
 
+def entry_attributes(entry: Entry) -> dict[str, str]:
+    """The ``user.assetfs.*`` attributes of an entry: its store metadata plus ``version``
+    (the etag the cache keys content by)."""
+    values = dict(entry.metadata)
+    if entry.version and not entry.is_dir:
+        values.setdefault("version", entry.version)
+    return values
+
+
 @dataclass(eq=False)
 class Handle:
     """An open file: its inode, cache item and whether it may write."""
@@ -457,7 +466,7 @@ class Operations(pyfuse3.Operations):
     @_errno
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         entry = await self.ns.entry(self._path(inode))
-        names = [XATTR_PREFIX + key for key in entry.metadata]
+        names = [XATTR_PREFIX + key for key in entry_attributes(entry)]
         if not entry.is_dir:
             names += [XATTR_PREFIX + key for key in self.driver.lazy_xattrs]
         if inode == ROOT_INODE:
@@ -473,8 +482,9 @@ class Operations(pyfuse3.Operations):
         entry = await self.ns.entry(path)
         if key.startswith(XATTR_PREFIX):
             short = key[len(XATTR_PREFIX):]
-            if short in entry.metadata:
-                return entry.metadata[short].encode()
+            values = entry_attributes(entry)
+            if short in values:
+                return values[short].encode()
             if short in self.driver.lazy_xattrs and not entry.is_dir:
                 value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
                                          f"{short} of {self.driver.describe(path)}")
