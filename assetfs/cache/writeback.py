@@ -134,7 +134,10 @@ class WriteBack:
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
-        except errors.AssetFSError as exc:
+        except (errors.AssetFSError, OSError, RuntimeError, BufferError) as exc:
+            if not isinstance(exc, errors.AssetFSError):
+                log.exception("upload of %s failed unexpectedly", item.path)
+                exc = errors.AssetFSError(str(exc))
             attempt = self._attempts.get(item, 0)
             self._attempts[item] = attempt + 1
             self.stats.retries += 1

@@ -19,8 +19,6 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import logging
-import mmap
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -195,17 +193,16 @@ class NucleusDriver(Driver):
         return str(local)
 
     async def write(self, path: str, source: str, size: int) -> Entry:
-        """Whole-file upload with ``write_file_ex`` from a memory map of ``source``."""
+        """Upload with ``copy`` from the ``file:`` URL of the cache file: the library streams
+        it (a Nucleus upload; a file copy on ``file:``) without the whole content in Python
+        memory. ``write_file`` would need a buffer, and omni.client keeps buffers it was
+        given exported after the callback, so an mmap of the cache file cannot be closed."""
         url = self.url_of(path)
-        with open(source, "rb") as f:
-            length = os.fstat(f.fileno()).st_size
-            content: Any = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) if length else b""
-            try:
-                result, _info = await self._call(oc.write_file_ex_with_callback, url, content)
-            finally:
-                if length:
-                    content.close()
-        check(result, url, "write_file")
+        (result,) = await self._call(
+            oc.copy_with_callback, "file:" + quote(source, safe="/"), url,
+            behavior=oc.CopyBehavior.OVERWRITE,
+        )
+        check(result, url, "upload")
         return await self.stat(path)
 
     async def mkdir(self, path: str) -> Entry:
