@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_stat_shows_sizes_mtimes_kinds_and_modes(mount: Mount, store: Path) -> N
         assert oct(ours.st_mode) == "0o100644"
     folder = (mount.path / "Scenes").stat()
     assert oct(folder.st_mode) == "0o40755"
-    assert sorted(os.listdir(mount.path / "Scenes")) == sorted(NAMES + ["Küche"])
+    assert sorted(os.listdir(mount.path / "Scenes")) == sorted([*NAMES, "Küche"])
 
 
 def test_ordinary_tools_read_the_mount(mount: Mount, store: Path, tmp_path: Path) -> None:
@@ -333,7 +334,7 @@ def test_missing_omni_client_library_fails_cleanly(store: Path, tmp_path: Path) 
     (tmp_path / "mnt").mkdir()
     code = ("import sys; sys.modules['omni'] = None; from assetfs.cli import main; "
             f"sys.exit(main(['mount', 'file://{store}', '{tmp_path / 'mnt'}']))")
-    result = subprocess.run(["python3" if False else os.sys.executable, "-c", code],
+    result = subprocess.run([sys.executable, "-c", code],
                             capture_output=True, text=True, timeout=60)
     assert_clean_failure(result, "pip install 'assetfs[nucleus]'", tmp_path / "mnt")
 
