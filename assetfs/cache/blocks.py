@@ -117,12 +117,16 @@ class BlockCache:
     def used_bytes(self) -> int:
         """Bytes the cache files take on disk (allocated blocks, so sparse files count
         only what was fetched)."""
-        total = 0
-        for item in self._all_items():
+        return sum(self._allocated(item) for item in self._all_items())
+
+    def _allocated(self, item: CacheItem) -> int:
+        """Bytes the cache file of ``item`` takes on disk (0 if it has none)."""
+        try:
             if item.fd is not None:
-                with contextlib.suppress(OSError):
-                    total += os.fstat(item.fd).st_blocks * 512
-        return total
+                return os.fstat(item.fd).st_blocks * 512
+            return os.stat(self.data / item.key).st_blocks * 512
+        except OSError:
+            return 0
 
     def dirty_bytes(self) -> int:
         """Bytes of content not yet on the store."""
@@ -216,11 +220,24 @@ class BlockCache:
             self._discard(item)
 
     def closed(self, item: CacheItem) -> None:
-        """A handle on ``item`` was released."""
+        """A handle on ``item`` was released. The last close of a clean item closes its
+        file descriptors (a tree walk must not pile them up); an item that holds no cached
+        bytes (served from the library's local copy) is forgotten altogether."""
         item.handles -= 1
-        if item.handles == 0 and item in self._orphans and not item.dirty:
+        if item.handles or item.dirty:
+            return
+        if item in self._orphans:
             self._orphans.remove(item)
             self._discard(item)
+            return
+        for fd in (item.fd, item.source_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        item.fd = item.source_fd = None
+        cached_nothing = not (item.complete or item.blocks or item.stream_started)
+        if cached_nothing and self.items.get(item.path) is item:
+            del self.items[item.path]
 
     def mark_uploaded(self, item: CacheItem, generation: int, entry: Entry) -> None:
         """The upload of ``item`` at ``generation`` succeeded and the store now has
@@ -264,14 +281,13 @@ class BlockCache:
         if used + incoming <= self.max_bytes:
             return
         victims = sorted(
-            (i for i in self.items.values() if not i.dirty and not i.handles and i.fd is not None),
+            (i for i in self.items.values() if not i.dirty and not i.handles),
             key=lambda i: i.last_used,
         )
         for item in victims:
             if used + incoming <= self.max_bytes:
                 break
-            with contextlib.suppress(OSError):
-                used -= os.fstat(item.fd).st_blocks * 512 if item.fd is not None else 0
+            used -= self._allocated(item)
             self.items.pop(item.path, None)
             self._discard(item)
 

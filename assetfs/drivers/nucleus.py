@@ -125,10 +125,12 @@ class NucleusDriver(Driver):
                 raise errors.BadURL(
                     f"file URLs take an absolute path (file:/abs or file:///abs), not {url!r}"
                 )
-            self._base = "file:" + quote(unquote(parts.path).rstrip("/") or "/", safe="/")
+            self._local_root: str | None = unquote(parts.path).rstrip("/")
+            self._base = "file:" + quote(self._local_root or "/", safe="/")
         else:
             if not parts.netloc:
                 raise errors.BadURL(f"no server in {url!r} (expected {parts.scheme}://HOST/...)")
+            self._local_root = None
             self._base = f"{parts.scheme}://{parts.netloc}" + parts.path.rstrip("/")
         self._token: trio.lowlevel.TrioToken | None = None
         self._subscriptions: dict[str, Any] = {}
@@ -187,6 +189,10 @@ class NucleusDriver(Driver):
         return [to_entry(item.relative_path, item) for item in items]
 
     async def local_path(self, path: str) -> str:
+        """The library's local copy of ``path``; on ``file:`` that is the file itself
+        (backends/nucleus.md), so no library round trip is made for it."""
+        if self._local_root is not None:
+            return self._local_root + path if path != "/" else self._local_root or "/"
         url = self.url_of(path)
         result, local = await self._call(oc.get_local_file_with_callback, url, True)
         check(result, url, "get_local_file")
