@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +21,19 @@ def is_mounted(mountpoint: Path) -> bool:
     with open("/proc/mounts") as mounts:
         for line in mounts:
             fields = line.split()
-            if len(fields) > 2 and fields[2].startswith("fuse"):
-                if fields[1].encode().decode("unicode_escape") == target:
-                    return True
+            if (len(fields) > 2 and fields[2].startswith("fuse")
+                    and fields[1].encode().decode("unicode_escape") == target):
+                return True
     return False
+
+
+def serving_pid(mountpoint: Path) -> int | None:
+    """The pid of the assetfs daemon answering on ``mountpoint`` (None for a dead endpoint
+    or another filesystem): /proc/mounts alone cannot tell a live mount from a crashed one."""
+    try:
+        return int(json.loads(os.getxattr(mountpoint, "user.assetfs.status"))["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 @dataclass
@@ -58,7 +69,11 @@ def mounted(
 ) -> Iterator[Mount]:
     """Mount ``url`` on ``mountpoint`` with ``assetfs mount --foreground``; unmount and kill
     the daemon by pid on exit, even when the test failed."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a dead endpoint left by a killed daemon: the mount clears it
+        if exc.errno != errno.ENOTCONN:
+            raise
     opts = ",".join(k if v is None else f"{k}={v}" for k, v in (options or {}).items())
     argv = assetfs_command("mount", url, str(mountpoint), "--foreground")
     if opts:
@@ -71,7 +86,7 @@ def mounted(
     mount = Mount(mountpoint, proc, log)
     try:
         deadline = time.monotonic() + ready_timeout
-        while not is_mounted(mountpoint):
+        while not (is_mounted(mountpoint) and serving_pid(mountpoint) == proc.pid):
             if proc.poll() is not None:
                 raise RuntimeError(f"assetfs exited {proc.returncode}: {mount.output()}")
             if time.monotonic() > deadline:
