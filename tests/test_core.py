@@ -371,3 +371,28 @@ def test_fusermount_unmount_stops_the_daemon(store: Path, tmp_path: Path) -> Non
     subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
     assert not is_mounted(mnt)
+
+
+def test_unreachable_server_fails_within_the_timeout(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    started = time.monotonic()
+    result = cli("mount", "omniverse://127.0.0.1:9/Projects", str(tmp_path / "mnt"),
+                 "-o", f"timeout=2,cache_dir={tmp_path}/cache")
+    assert time.monotonic() - started < 30
+    assert_clean_failure(result, "no answer in 2s", tmp_path / "mnt")
+
+
+def test_fstab_mount_helper(store: Path, tmp_path: Path) -> None:
+    """What `mount -t fuse.assetfs URL MP -o ...` runs: fstab-only options are dropped."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    helper = Path(sys.executable).parent / "mount.fuse.assetfs"
+    result = subprocess.run([str(helper), f"file://{store}", str(mnt), "-o",
+                             f"rw,noauto,_netdev,cache_dir={tmp_path}/cache"],
+                            capture_output=True, text=True, timeout=60)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert (mnt / "Scenes/Küche/deep/mesh.usda").read_text() == "#usda 1.0\n"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    wait_for(lambda: not is_mounted(mnt))
