@@ -60,6 +60,9 @@ def check_mountpoint(path: Path) -> None:
     FUSE endpoint left by a crashed daemon ("Transport endpoint is not connected")."""
     try:
         st = os.stat(path)
+        # stat of a dead endpoint's root can come from the kernel's attribute cache; statfs
+        # always reaches the daemon, so it is the call that fails with ENOTCONN
+        os.statvfs(path)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             log.info("clearing the dead FUSE mount on %s", path)
