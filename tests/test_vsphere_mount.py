@@ -1,0 +1,214 @@
+"""Real mounts of a vSphere content library served by vcsim (issue 6).
+
+Arrange and check through the REST API (peers/vcsim_peer.py), act through the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mounting import assetfs_command, mounted
+from peers.vcsim_peer import PASSWORD, USER, Vcsim, running
+
+from assetfs.drivers.vsphere import PASSWORD_ENV
+
+POLL = 1.0
+"""``-o poll_interval`` of every mount here, seconds."""
+
+
+def _fuse_usable() -> str | None:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        return "no /dev/fuse or fusermount3"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError:
+        return "pyfuse3 is not installed"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+
+
+@pytest.fixture
+def sim() -> Iterator[Vcsim]:
+    with running() as peer:
+        yield peer
+
+
+@pytest.fixture
+def library(sim: Vcsim) -> str:
+    """Library ``lib`` with item ``iso`` holding ``a.txt`` and an empty item ``empty``."""
+    lid = sim.create_library("lib")
+    sim.upload(sim.create_item(lid, "iso"), "a.txt", b"hello world")
+    sim.create_item(lid, "empty", "ovf")
+    return lid
+
+
+def mount_vsphere(
+    sim: Vcsim, tmp_path: Path, name: str = "mnt", url_path: str = "/", **extra: Any
+) -> Any:
+    """``mounted()`` for the simulator, with a cache of its own per mount ``name``."""
+    options: dict[str, str | None] = {
+        "http": None,
+        "poll_interval": str(POLL),
+        "cache_dir": str(tmp_path / f"{name}-cache"),
+        "write_back_delay": "0",
+    }
+    options.update(extra)
+    env = {PASSWORD_ENV: PASSWORD}
+    return mounted(f"vsphere://{USER}@{sim.host}{url_path}", tmp_path / name, options, env)
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check()`` every 50 ms until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def remote_file(sim: Vcsim, library: str, item: str, name: str) -> dict[str, Any] | None:
+    item_id = sim.find_item(library, item)
+    if item_id is None:
+        return None
+    return next((f for f in sim.files(item_id) if f["name"] == name), None)
+
+
+def test_browse_read_and_xattrs(sim: Vcsim, library: str, tmp_path: Path) -> None:
+    with mount_vsphere(sim, tmp_path) as m:
+        root: Path = m.path
+        assert os.listdir(root) == ["lib"]
+        assert sorted(os.listdir(root / "lib")) == ["empty", "iso"]
+        assert os.listdir(root / "lib" / "iso") == ["a.txt"]
+        assert os.stat(root / "lib" / "iso" / "a.txt").st_size == 11
+        assert (root / "lib" / "iso" / "a.txt").read_bytes() == b"hello world"
+        assert os.getxattr(root / "lib" / "iso", "user.assetfs.type") == b"iso"
+        assert os.getxattr(root / "lib" / "empty", "user.assetfs.type") == b"ovf"
+
+
+def test_cp_64mib_then_check_through_rest_and_fresh_mount(
+    sim: Vcsim, library: str, tmp_path: Path
+) -> None:
+    data = os.urandom(64 * 1024 * 1024)
+    src = tmp_path / "big.iso"
+    src.write_bytes(data)
+    expected = (len(data), hashlib.sha256(data).hexdigest())
+    with mount_vsphere(sim, tmp_path, "first") as m:
+        subprocess.run(["cp", str(src), str(m.path / "lib" / "iso") + "/"], check=True)
+        listed = wait_for(
+            lambda: (f := remote_file(sim, library, "iso", "big.iso")) and f["size"] == len(data),
+            30,
+            "the upload through the REST API",
+        )
+        assert listed
+    item = sim.find_item(library, "iso")
+    assert item is not None
+    assert [f["name"] for f in sim.files(item)].count("big.iso") == 1
+    assert sim.download_sha256(item, "big.iso") == expected
+    with mount_vsphere(sim, tmp_path, "second") as m:
+        assert file_sha256(m.path / "lib" / "iso" / "big.iso") == expected
+
+
+def test_overwrite_through_mount_leaves_one_file(sim: Vcsim, library: str, tmp_path: Path) -> None:
+    with mount_vsphere(sim, tmp_path) as m:
+        target = m.path / "lib" / "iso" / "a.txt"
+        target.write_bytes(b"second version")
+        wait_for(
+            lambda: (f := remote_file(sim, library, "iso", "a.txt")) and f["size"] == 14,
+            30,
+            "the overwrite through the REST API",
+        )
+    item = sim.find_item(library, "iso")
+    assert item is not None
+    assert [f["name"] for f in sim.files(item)] == ["a.txt"]
+    assert sim.download_sha256(item, "a.txt")[1] == hashlib.sha256(b"second version").hexdigest()
+
+
+def test_remote_change_visible_within_poll_interval(
+    sim: Vcsim, library: str, tmp_path: Path
+) -> None:
+    with mount_vsphere(sim, tmp_path) as m:
+        folder = m.path / "lib" / "iso"
+        assert os.listdir(folder) == ["a.txt"]
+        item = sim.find_item(library, "iso")
+        assert item is not None
+        sim.upload(item, "remote.txt", b"from REST")
+        started = time.monotonic()
+        wait_for(lambda: "remote.txt" in os.listdir(folder), 3 * POLL, "new remote file")
+        seen_after = time.monotonic() - started
+        assert (folder / "remote.txt").read_bytes() == b"from REST"
+        sim.create_item(library, "new-item")
+        wait_for(lambda: "new-item" in os.listdir(m.path / "lib"), 3 * POLL, "new remote item")
+    assert seen_after <= 3 * POLL
+
+
+def test_folders_remove_and_rename(sim: Vcsim, library: str, tmp_path: Path) -> None:
+    with mount_vsphere(sim, tmp_path) as m:
+        lib = m.path / "lib"
+        os.mkdir(lib / "made")
+        assert sim.find_item(library, "made")
+        with pytest.raises(OSError) as info:
+            os.mkdir(lib / "made" / "sub")
+        assert info.value.errno in (errno.EOPNOTSUPP, errno.EPERM)
+        os.rename(lib / "made", lib / "renamed")
+        assert sim.find_item(library, "renamed") and not sim.find_item(library, "made")
+        with pytest.raises(OSError) as info:
+            os.rename(lib / "iso" / "a.txt", lib / "iso" / "b.txt")
+        assert info.value.errno in (errno.EOPNOTSUPP, errno.EXDEV)
+        os.remove(lib / "iso" / "a.txt")
+        wait_for(lambda: remote_file(sim, library, "iso", "a.txt") is None, 30, "file removal")
+        subprocess.run(["rm", "-r", str(lib / "iso")], check=True)
+        wait_for(lambda: sim.find_item(library, "iso") is None, 30, "item removal")
+        os.rmdir(lib / "renamed")
+        assert sim.find_item(library, "renamed") is None
+
+
+def _mount_fails(sim: Vcsim, tmp_path: Path, url_path: str = "/", **env: str) -> str:
+    """Run ``assetfs mount`` (daemonizing) expecting failure; its one-line stderr."""
+    (tmp_path / "mp").mkdir(exist_ok=True)
+    proc = subprocess.run(
+        assetfs_command(
+            "mount",
+            f"vsphere://{USER}@{sim.host}{url_path}",
+            str(tmp_path / "mp"),
+            "-o",
+            f"http,cache_dir={tmp_path / 'c'}",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_mount_time_errors_are_one_line(sim: Vcsim, library: str, tmp_path: Path) -> None:
+    assert "login refused" in _mount_fails(sim, tmp_path, **{PASSWORD_ENV: "wrong"})
+    assert "no content library named 'nolib'" in _mount_fails(
+        sim, tmp_path, "/nolib", **{PASSWORD_ENV: PASSWORD}
+    )
