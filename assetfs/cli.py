@@ -202,11 +202,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs; an exited daemon its parent has not reaped yet (a
+    zombie: ``--foreground`` under a supervisor or a test) counts as gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         return False
-    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:
