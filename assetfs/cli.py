@@ -176,7 +176,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
     if mountpoint not in fuse_mounts():
         raise UsageError(f"{mountpoint} is not an assetfs mount")
-    if not args.no_flush:
+    if args.no_flush:  # the daemon must not upload them on its way out either
+        os.setxattr(mountpoint, "user.assetfs.umount_timeout", b"0")
+    else:
         status = _status_of(mountpoint)
         dirty = status.get("dirty_files") or []
         if dirty:

@@ -75,6 +75,7 @@ class Mount:
             self.cache, driver, self.policy, config.write_back_delay, self._uploaded,
             self.events_send,
         )
+        self.writeback.exit_timeout = config._float("umount_timeout", 30.0)
         timeouts = Timeouts(
             entry=config.kernel_timeout("entry_timeout", caps.push_events, driver.poll_interval),
             attr=ttl,
@@ -190,7 +191,11 @@ class Mount:
         pending = self.writeback.pending()
         if not pending:
             return
-        limit = float(self.config.options.get("umount_timeout", 30))
+        limit = self.writeback.exit_timeout
+        if limit <= 0:
+            log.info("not uploading %d dirty files before exit: they stay in the journal and "
+                     "upload at the next mount", len(pending))
+            return
         log.info("uploading %d dirty files before exit (up to %gs)", len(pending), limit)
         with trio.move_on_after(limit):
             async with trio.open_nursery() as nursery:

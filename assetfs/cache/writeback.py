@@ -76,6 +76,9 @@ class WriteBack:
         self._finished: dict[CacheItem, trio.Event] = {}
         self._errors: dict[CacheItem, errors.AssetFSError] = {}
         self._forced: set[CacheItem] = set()
+        self.exit_timeout = 30.0
+        """Seconds the daemon uploads dirty files for when it stops (``-o umount_timeout``;
+        0 after ``assetfs umount --no-flush``: they stay in the journal for the next mount)."""
 
     def schedule(self, item: CacheItem, delay: float | None = None) -> None:
         """Upload ``item`` after ``delay`` seconds (default: the write-back delay)."""

@@ -505,6 +505,12 @@ class Operations(pyfuse3.Operations):
                 await self.writeback.drain()
                 return
             raise errors.TimedOut(f"{len(self.writeback.pending())} files still to upload")
+        if inode == ROOT_INODE and action == "umount_timeout":  # umount --no-flush sets 0
+            try:
+                self.writeback.exit_timeout = float(value)
+            except ValueError:
+                raise errors.InvalidName("umount_timeout takes seconds") from None
+            return
         await self.driver.control(self._path(inode), action, value)
         self.metadata.forget(self._path(inode))
 
