@@ -195,6 +195,21 @@ class BlockCache:
         else:
             self._discard(item)
 
+    def rebase(self, item: CacheItem, entry: Entry) -> bool:
+        """The store's content of clean ``item`` changed (a remote change event) while
+        handles have it open. If the item holds no copied bytes (it is served from the
+        library's local copy, or nothing was read yet), take the new version and size, so
+        open handles read the new content to its new end; return True. Return False when
+        it holds copied bytes (the caller drops it: open handles keep the old content)."""
+        if item.dirty or item.writers or item.complete or item.blocks or item.stream_started:
+            return False
+        item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
+        if item.source_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(item.source_fd)
+            item.source_fd = None  # reopened on the next read: the local copy may be new
+        return True
+
     def moved(self, old: str, new: str) -> None:
         """Paths under ``old`` are now under ``new`` (a rename on the store)."""
         prefix = old.rstrip("/") + "/"

@@ -134,6 +134,8 @@ class NucleusDriver(Driver):
             self._base = f"{parts.scheme}://{parts.netloc}" + parts.path.rstrip("/")
         self._token: trio.lowlevel.TrioToken | None = None
         self._subscriptions: dict[str, Any] = {}
+        self._folders: set[str] = set()
+        """Folders the kernel knows (subscribed while :meth:`run_events` runs)."""
         self._sink: EventSink | None = None
 
     def url_of(self, path: str) -> str:
@@ -249,6 +251,9 @@ class NucleusDriver(Driver):
 
     # --- push events: one list subscription per folder the kernel knows ------------
     def watch(self, folder: str) -> None:
+        """Subscribe to the children of ``folder`` (now, or when :meth:`run_events`
+        starts: folders the kernel learns before that are remembered)."""
+        self._folders.add(folder)
         if folder in self._subscriptions or self._sink is None or self._token is None:
             return
         sink, token = self._sink, self._token
@@ -258,7 +263,12 @@ class NucleusDriver(Driver):
 
         def on_event(result: Any, event: Any, item: Any) -> None:
             kind = _EVENTS.get(event)
-            if kind is None or result != oc.Result.OK:
+            if result != oc.Result.OK:
+                # ERROR_ACCESS_LOST / NOT_FOUND: the folder itself went away (observed on
+                # file: when the watched folder is deleted); the subscription is dead.
+                token.run_sync_soon(self._ended, folder, result)
+                return
+            if kind is None:
                 return
             name = item.relative_path.rstrip("/")
             path = join(folder, name)
@@ -266,6 +276,8 @@ class NucleusDriver(Driver):
             change = ChangeEvent(kind, path, entry)
 
             def deliver() -> None:
+                if kind is ChangeKind.DELETED:
+                    self._forget_folder(path)  # a folder re-created there needs a new one
                 try:
                     sink.send_nowait(change)
                 except trio.WouldBlock:
@@ -279,7 +291,20 @@ class NucleusDriver(Driver):
             self.url_of(folder), on_list, on_event
         )
 
+    def _ended(self, folder: str, result: Any) -> None:
+        log.debug("subscription of %s ended: %s", self.describe(folder), result)
+        self._forget_folder(folder)
+
+    def _forget_folder(self, path: str) -> None:
+        """Drop the subscriptions of ``path`` and of every folder under it (deleted on
+        the store: a dead subscription would otherwise hide a folder made again there)."""
+        prefix = path.rstrip("/") + "/"
+        for folder in [f for f in self._folders if f == path or f.startswith(prefix)]:
+            self._folders.discard(folder)
+            self._subscriptions.pop(folder, None)
+
     def unwatch(self, folder: str) -> None:
+        self._folders.discard(folder)
         self._subscriptions.pop(folder, None)
 
     @property
@@ -288,8 +313,11 @@ class NucleusDriver(Driver):
 
     async def run_events(self, sink: EventSink) -> None:
         """Keep list subscriptions for watched folders until cancelled (events arrive by
-        callback, see :meth:`watch`)."""
+        callback, see :meth:`watch`); folders watched before the start are subscribed
+        now."""
         self._sink = sink
+        for folder in sorted(self._folders):
+            self.watch(folder)
         self.events_ready.set()
         try:
             await trio.sleep_forever()

@@ -19,7 +19,7 @@ import pyfuse3
 import trio
 
 from ..cache.blocks import BlockCache
-from ..drivers.base import ChangeEvent, ChangeKind, split
+from ..drivers.base import ChangeEvent, ChangeKind, Entry, split
 from ..vfs.inodes import InodeTable
 from ..vfs.metadata import MetadataCache
 
@@ -91,8 +91,13 @@ class Invalidator:
         if item is not None and not item.dirty and not item.writers and (
             event.entry is None or event.entry.version != item.base_version
         ):
-            self.cache.drop(path)
-        if gone:
+            # A reader holding the file open must see the new content to its new end, not
+            # the size it had at open (issue 4): rebase the item when it holds no copy.
+            keep = not gone and item.handles and event.entry is not None
+            if not (keep and self.cache.rebase(item, event.entry)):
+                self.cache.drop(path)
+        was_file = isinstance(cached, Entry) and not cached.is_dir
+        if gone and not was_file:
             self.metadata.forget_tree(path)
         else:
             self.metadata.forget(path)
@@ -102,9 +107,16 @@ class Invalidator:
         elif event.entry is not None:
             self.metadata.put(path, event.entry)
         notes: list[KernelNote] = []
-        if gone and inode is not None:
-            self.inodes.detach(path)
-            self.kernel_version.pop(inode, None)
+        if gone:
+            # Everything known under a deleted or replaced folder is gone too: a new
+            # object at one of those paths must get a fresh inode, not the old one. (Only
+            # folders are searched: an event storm deletes files by the thousand.)
+            prefix = path.rstrip("/") + "/"
+            under = [] if was_file else self.inodes.known_paths()
+            for known in [path, *(p for p in under if p.startswith(prefix))]:
+                detached = self.inodes.detach(known)
+                if detached is not None:
+                    self.kernel_version.pop(detached, None)
         if parent_inode is not None:
             if gone or inode is None:
                 notes.append(KernelNote(parent_inode, name, inode if gone and inode else 0))

@@ -147,6 +147,8 @@ class Operations(pyfuse3.Operations):
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, tuple[str, list[tuple[str, Entry]]]] = {}
+        self._listed: set[int] = set()
+        """Folder handles already read from: a new read at offset 0 is a rewinddir."""
         self._next_fh = 1
         self.requests: collections.Counter[str] = collections.Counter()
         """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
@@ -281,6 +283,12 @@ class Operations(pyfuse3.Operations):
     @_errno
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         folder, entries = self._dirs[fh]
+        if start_id == 0 and fh in self._listed:
+            # rewinddir() on a handle held open (a file manager, os.listdir(fd)): POSIX
+            # wants the folder as it is now, not the snapshot taken at opendir (issue 4).
+            entries = sorted((await self.ns.listing(folder)).items())
+            self._dirs[fh] = (folder, entries)
+        self._listed.add(fh)
         for index in range(start_id, len(entries)):
             name, entry = entries[index]
             path = join(folder, name)
@@ -295,6 +303,7 @@ class Operations(pyfuse3.Operations):
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
+        self._listed.discard(fh)
 
     @_errno
     async def mkdir(
