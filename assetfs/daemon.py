@@ -51,9 +51,7 @@ class Mount:
     def __init__(self, config: MountConfig, driver: Driver) -> None:
         self.config = config
         self.driver = driver
-        self.policy = retry.RetryPolicy(
-            attempt_timeout=config.timeout, deadline=config.timeout * 2
-        )
+        self.policy = retry.RetryPolicy(attempt_timeout=config.timeout, deadline=config.timeout)
         caps = driver.capabilities
         cache_dir = config.cache_dir
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
@@ -19,6 +19,37 @@ from . import errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PROBE = 1.0
+"""Seconds one attempt may take while the breaker is open."""
+
+
+class Breaker:
+    """Fail fast while the store is known not to answer.
+
+    After a call spent its whole deadline failing, calls within ``window`` seconds make a
+    single probe attempt of at most ``PROBE`` seconds instead of retrying for a whole
+    deadline: a reader of a file whose server went away gets EIO at once per request, not a
+    request queue that drains at one deadline per page; and the first probe that succeeds
+    (the server is back) closes the breaker, so the mount recovers by itself.
+    """
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+        self.reason = ""
+
+    @property
+    def open(self) -> bool:
+        """True while the store counts as down."""
+        return trio.current_time() < self.down_until
+
+    def trip(self, window: float, reason: str) -> None:
+        """The store just failed to answer in time."""
+        self.down_until = trio.current_time() + window
+        self.reason = reason
+
+    def reset(self) -> None:
+        """The store answered."""
+        self.down_until = 0.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +64,7 @@ class RetryPolicy:
     deadline: float = 60.0
     base: float = 0.2
     cap: float = 5.0
+    breaker: Breaker = field(default_factory=Breaker, compare=False)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -48,13 +80,23 @@ async def call(
     once; raises :class:`~assetfs.errors.TimedOut` when an attempt overruns and the
     deadline is spent, or the last :class:`~assetfs.errors.Unavailable` otherwise.
     """
+    if policy.breaker.open:
+        try:
+            with trio.fail_after(min(PROBE, policy.attempt_timeout)):
+                result = await fn()
+        except trio.TooSlowError:
+            raise errors.TimedOut(f"{what}: {policy.breaker.reason}") from None
+        policy.breaker.reset()
+        return result
     attempt = 0
     last: errors.AssetFSError = errors.TimedOut(f"{what}: no answer in {policy.deadline:g}s")
     with trio.move_on_after(policy.deadline):
         while True:
             try:
                 with trio.fail_after(policy.attempt_timeout):
-                    return await fn()
+                    result = await fn()
+                policy.breaker.reset()
+                return result
             except trio.TooSlowError:
                 last = errors.TimedOut(f"{what}: no answer in {policy.attempt_timeout:g}s")
             except errors.Unavailable as exc:
@@ -63,4 +105,5 @@ async def call(
             attempt += 1
             log.debug("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
             await trio.sleep(delay)
+    policy.breaker.trip(min(policy.deadline, 10.0), str(last))
     raise last

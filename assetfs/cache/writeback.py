@@ -11,6 +11,7 @@ the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -24,6 +25,8 @@ from ..drivers.base import ChangeEvent, ChangeKind, Driver, Entry, split
 from .blocks import BlockCache, CacheItem
 
 log = logging.getLogger(__name__)
+MIN_RATE = 1 << 20
+"""Bytes per second an upload must at least reach before it counts as stuck."""
 
 
 @dataclass
@@ -173,8 +176,8 @@ class WriteBack:
                 target = conflict_name(path)
         self.stats.in_progress[path] = size
         source = self.cache.cache_file(item)
-        entry = await retry.call(lambda: self.driver.write(target, source, size), self.policy,
-                                 f"upload of {target}")
+        entry = await retry.call(lambda: self.driver.write(target, source, size),
+                                 self.upload_policy(size), f"upload of {target}")
         self.stats.files += 1
         self.stats.bytes += size
         if target != path:
@@ -183,6 +186,13 @@ class WriteBack:
         self.cache.mark_uploaded(item, generation, entry)
         if item.path == path:
             self.on_uploaded(path, entry)
+
+    def upload_policy(self, size: int) -> retry.RetryPolicy:
+        """The deadline of an upload grows with its size (at least ``MIN_RATE`` bytes/s must
+        move) and its timeouts never trip the read path's breaker."""
+        limit = self.policy.attempt_timeout + size / MIN_RATE
+        return dataclasses.replace(self.policy, attempt_timeout=limit, deadline=limit,
+                                   breaker=retry.Breaker())
 
     async def _conflict(
         self, item: CacheItem, path: str, target: str, generation: int, entry: Entry
