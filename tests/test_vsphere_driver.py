@@ -213,6 +213,14 @@ async def test_overwrite_keeps_other_files(
     assert item is not None
     assert sorted(f["name"] for f in sim.files(item)) == ["a.txt", "other.bin"]
     assert sim.download_sha256(item, "other.bin")[1] == hashlib.sha256(other).hexdigest()
+    # with the quirk known, replacing and removing go straight to the rebuild
+    await driver.write("/lib/iso/a.txt", source_file(tmp_path, "a", b"v3"), 2)
+    await driver.remove("/lib/iso/other.bin", Kind.FILE)
+    item = sim.find_item(library, "iso")
+    assert item is not None
+    assert [f["name"] for f in sim.files(item)] == ["a.txt"]
+    assert sim.download_sha256(item, "a.txt")[1] == hashlib.sha256(b"v3").hexdigest()
+    assert not sim.call("GET", "/rest/com/vmware/content/library/item/update-session")
 
 
 async def test_write_outside_an_item_is_refused(

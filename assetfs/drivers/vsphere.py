@@ -1001,7 +1001,13 @@ class VsphereDriver(Driver):
 
         Raises AssetFSError with the server's message when the session ends in ERROR."""
         endpoint = f"{_CL}/library/item/update-session/id:{sid}"
-        await self._call("POST", endpoint, "complete upload", path, params={"~action": "complete"})
+        # Once the bytes are sent, finishing must not be half-done by a cancellation: the
+        # complete call is shielded (bounded by the call timeout); callers never cancel a
+        # session after this point.
+        with trio.CancelScope(shield=True):
+            await self._call(
+                "POST", endpoint, "complete upload", path, params={"~action": "complete"}
+            )
         deadline = time.monotonic() + self.prepare_timeout
         delay = 0.05
         while True:
@@ -1042,8 +1048,6 @@ class VsphereDriver(Driver):
     async def _remove_in_session(self, sid: str, name: str, path: str) -> bool:
         """Remove file ``name`` within update session ``sid``. False when the server
         dropped the session instead (vcsim): nothing changed and ``sid`` is gone."""
-        if self.remove_kills_session:
-            return False
         await self._call(
             "POST",
             f"{_CL}/library/item/updatesession/file/id:{sid}",
@@ -1122,10 +1126,10 @@ class VsphereDriver(Driver):
                     try:
                         for file_name, source, size in uploads:
                             await self._add_file(sid, file_name, source, size, path)
-                        await self._complete(sid, path)
                     except BaseException:
                         await self._abort(sid, path)
                         raise
+                    await self._complete(sid, path)
             await self._call("DELETE", f"{_CL}/library/item/id:{old_id}", "delete item", path)
         except BaseException:
             with trio.move_on_after(5) as scope:
@@ -1172,18 +1176,22 @@ class VsphereDriver(Driver):
         async with self._lock(str(item["id"])):
             item = await self._item(library, str(item["name"]), path)
             existing = await self._files(item, path)
-            sid = await self._open_update(str(item["id"]), path)
-            try:
-                if name in existing and not await self._remove_in_session(sid, name, path):
-                    sid = ""  # vcsim dropped it
-                    await self._rebuild(library, item, path, name, (name, source, size))
+            if name in existing and self.remove_kills_session:
+                await self._rebuild(library, item, path, name, (name, source, size))
+            else:
+                sid = await self._open_update(str(item["id"]), path)
+                try:
+                    if name in existing and not await self._remove_in_session(sid, name, path):
+                        sid = ""  # vcsim dropped it
+                        await self._rebuild(library, item, path, name, (name, source, size))
+                    else:
+                        await self._add_file(sid, name, source, size, path)
+                except BaseException:
+                    if sid:
+                        await self._abort(sid, path)
+                    raise
                 if sid:
-                    await self._add_file(sid, name, source, size, path)
                     await self._complete(sid, path)
-            except BaseException:
-                if sid:
-                    await self._abort(sid, path)
-                raise
             item = await self._item(library, str(item["name"]), path)
             file = (await self._files(item, path)).get(name)
             if file is None:
@@ -1286,14 +1294,16 @@ class VsphereDriver(Driver):
             name = where.names[2]
             if name not in files:
                 raise errors.NotFound(url=self.describe(path))
-            sid = await self._open_update(str(item["id"]), path)
-            try:
-                removed = await self._remove_in_session(sid, name, path)
+            removed = False
+            if not self.remove_kills_session:
+                sid = await self._open_update(str(item["id"]), path)
+                try:
+                    removed = await self._remove_in_session(sid, name, path)
+                except BaseException:
+                    await self._abort(sid, path)
+                    raise
                 if removed:
                     await self._complete(sid, path)
-            except BaseException:
-                await self._abort(sid, path)
-                raise
             if not removed:
                 await self._rebuild(library, item, path, name, None)
 
