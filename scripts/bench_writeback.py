@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Write-back speed (issue 3), ratios measured in one run.
+
+1. ``dd if=/dev/zero bs=1M count=1024`` into an assetfs mount of a ``file:`` store vs the
+   same dd into a file on the disk that holds the cache (target: ratio >= 0.70);
+2. the ``close()`` time of a freshly written 100 MiB file on the mount (target < 50 ms: it
+   must not wait for the upload).
+
+Uploads are held back (``write_back_delay=600``) and skipped at exit (``umount_timeout=0``)
+so that only the local write path is measured. Everything lives in a temporary folder next
+to the cache (``--dir``, default the system temp dir) and the daemon is stopped by pid.
+
+    .venv/bin/python scripts/bench_writeback.py [--dir /tmp] [--count 1024] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+def dd(target: Path, count: int) -> float:
+    """Seconds ``dd bs=1M count=COUNT`` takes to write ``target`` (page cache, no fsync,
+    the same for both sides)."""
+    started = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}"],
+                   check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def mounted_pid(mountpoint: Path) -> int | None:
+    try:
+        return int(json.loads(os.getxattr(mountpoint, "user.assetfs.status"))["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def start(store: Path, mnt: Path, cache: Path, log: Path) -> subprocess.Popen[bytes]:
+    options = f"cache_dir={cache},write_back_delay=600,umount_timeout=0,timeout=10"
+    argv = [sys.executable, "-m", "assetfs.cli", "mount", f"file://{store}", str(mnt),
+            "--foreground", "-o", options]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while mounted_pid(mnt) != proc.pid:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc, mnt)
+            raise SystemExit(f"mount failed: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
+    """Unmount and end the daemon we started, by its pid."""
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def close_time(path: Path, size: int) -> float:
+    """Seconds ``close()`` takes after writing ``size`` fresh bytes to ``path``."""
+    chunk = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // MiB):
+            os.write(fd, chunk)
+    finally:
+        started = time.perf_counter()
+        os.close(fd)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to work")
+    parser.add_argument("--count", type=int, default=1024, help="MiB written by dd")
+    parser.add_argument("--runs", type=int, default=2, help="dd runs per side (best counts)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-writeback-", dir=args.dir))
+    store, mnt, cache = work / "store", work / "mnt", work / "cache"
+    for folder in (store, mnt, cache):
+        folder.mkdir()
+    proc = None
+    try:
+        proc = start(store, mnt, cache, work / "daemon.log")
+        local_times, mount_times = [], []
+        for run in range(args.runs):  # alternate, so neither side gets a warmer disk
+            local = cache / f"baseline{run}.bin"
+            local_times.append(dd(local, args.count))
+            local.unlink()
+            mount_times.append(dd(mnt / f"dd{run}.bin", args.count))
+        closes = [close_time(mnt / f"close{i}.bin", 100 * MiB) for i in range(3)]
+        status = json.loads(os.getxattr(mnt, "user.assetfs.status"))
+    finally:
+        if proc is not None:
+            stop(proc, mnt)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+    local_best, mount_best = min(local_times), min(mount_times)
+    size = args.count * MiB
+    requests = status["requests"].get("write", 0)
+    ratio = local_best / mount_best
+    print(f"dd bs=1M count={args.count} (best of {args.runs}):")
+    print(f"  cache disk: {size / local_best / MiB:8.0f} MiB/s  ({local_best:.2f} s)")
+    print(f"  mount:      {size / mount_best / MiB:8.0f} MiB/s  ({mount_best:.2f} s)")
+    print(f"  ratio mount/disk: {ratio:.2f}  (target >= 0.70)  "
+          f"[{requests} write requests, {args.runs * size / max(requests, 1) / 1024:.0f} KiB "
+          "each on average]")
+    print("close() of a freshly written 100 MiB file: "
+          + ", ".join(f"{t * 1000:.1f} ms" for t in closes)
+          + f"  (max {max(closes) * 1000:.1f} ms, target < 50 ms)")
+    print(f"uploads during the run: {status['uploads']['files']} (held back by the delay)")
+    return 0 if ratio >= 0.70 and max(closes) < 0.050 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
