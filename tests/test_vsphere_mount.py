@@ -80,6 +80,15 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+def fsync(path: Path) -> None:
+    """fsync a file on the mount: the daemon answers once its upload is done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def file_sha256(path: Path) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as stream:
@@ -117,12 +126,9 @@ def test_cp_64mib_then_check_through_rest_and_fresh_mount(
     expected = (len(data), hashlib.sha256(data).hexdigest())
     with mount_vsphere(sim, tmp_path, "first") as m:
         subprocess.run(["cp", str(src), str(m.path / "lib" / "iso") + "/"], check=True)
-        listed = wait_for(
-            lambda: (f := remote_file(sim, library, "iso", "big.iso")) and f["size"] == len(data),
-            30,
-            "the upload through the REST API",
-        )
-        assert listed
+        fsync(m.path / "lib" / "iso" / "big.iso")  # returns once the upload has finished
+        listed = remote_file(sim, library, "iso", "big.iso")
+        assert listed is not None and listed["size"] == len(data)
     item = sim.find_item(library, "iso")
     assert item is not None
     assert [f["name"] for f in sim.files(item)].count("big.iso") == 1
@@ -135,6 +141,7 @@ def test_overwrite_through_mount_leaves_one_file(sim: Vcsim, library: str, tmp_p
     with mount_vsphere(sim, tmp_path) as m:
         target = m.path / "lib" / "iso" / "a.txt"
         target.write_bytes(b"second version")
+        fsync(target)
         wait_for(
             lambda: (f := remote_file(sim, library, "iso", "a.txt")) and f["size"] == 14,
             30,
