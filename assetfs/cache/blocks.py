@@ -32,7 +32,7 @@ from pathlib import Path
 import trio
 
 from .. import errors, retry
-from ..drivers.base import Driver, Entry
+from ..drivers.base import Driver, Entry, Kind
 from .journal import Journal
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ class CacheItem:
 
     def entry(self, base: Entry | None, name: str) -> Entry:
         """The entry the kernel sees: the remote one with the local size and mtime."""
-        from ..drivers.base import Kind
-
         if base is None:
             return Entry(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
                          version=self.base_version)
