@@ -11,11 +11,13 @@ the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -79,6 +81,7 @@ class WriteBack:
         self._finished: dict[CacheItem, trio.Event] = {}
         self._errors: dict[CacheItem, errors.AssetFSError] = {}
         self._forced: set[CacheItem] = set()
+        self._held: collections.Counter[CacheItem] = collections.Counter()
         self.exit_timeout = 30.0
         """Seconds the daemon uploads dirty files for when it stops (``-o umount_timeout``;
         0 after ``assetfs umount --no-flush``: they stay in the journal for the next mount)."""
@@ -107,6 +110,23 @@ class WriteBack:
             if error is not None:
                 raise error
 
+    @contextlib.asynccontextmanager
+    async def held(self, items: Iterable[CacheItem]) -> AsyncIterator[None]:
+        """Wait for running uploads of ``items`` to end and start none of them until the
+        block exits: a rename or unlink on the store must not race an upload, which would
+        land at the old name after the rename, or bring a deleted file back."""
+        items = list(items)
+        self._held.update(items)
+        try:
+            for item in items:
+                while item in self._busy:
+                    await self._finished.setdefault(item, trio.Event()).wait()
+            yield
+        finally:
+            self._held.subtract(items)
+            self._held = +self._held
+            self._wake.set()
+
     async def drain(self) -> None:
         """Upload everything dirty now and return when nothing is dirty."""
         for item in self.pending():
@@ -122,7 +142,7 @@ class WriteBack:
                 now = time.monotonic()
                 ready = [
                     i for i, due in self._due.items()
-                    if due <= now and i not in self._busy
+                    if due <= now and i not in self._busy and not self._held[i]
                     and (not i.writers or i in self._forced)
                 ]
                 for item in ready:
@@ -130,7 +150,8 @@ class WriteBack:
                     self._forced.discard(item)
                     self._busy.add(item)
                     nursery.start_soon(self._upload, item, limiter)
-                waits = [d for i, d in self._due.items() if i not in self._busy and not i.writers]
+                waits = [d for i, d in self._due.items()
+                         if i not in self._busy and not i.writers and not self._held[i]]
                 self._wake = trio.Event()
                 with trio.move_on_after(max(0.0, min(waits) - now) if waits else 1.0):
                     await self._wake.wait()

@@ -339,10 +339,12 @@ class Operations(pyfuse3.Operations):
         entry = await self.ns.entry(path)
         if entry.is_dir:
             raise errors.IsADirectory()
-        if await self.ns.remote(path) is not None:
-            with contextlib.suppress(errors.NotFound):
-                await self.driver.remove(path, Kind.FILE)
-        self.cache.unlinked(path)
+        item = self.cache.items.get(path)
+        async with self.writeback.held([item] if item is not None else []):
+            if await self.ns.remote(path) is not None:
+                with contextlib.suppress(errors.NotFound):
+                    await self.driver.remove(path, Kind.FILE)
+            self.cache.unlinked(path)
         self.metadata.put(path, None)
         self.inodes.detach(path)
 
@@ -379,14 +381,17 @@ class Operations(pyfuse3.Operations):
                 if await self.ns.listing(new):
                     raise errors.DirectoryNotEmpty()
                 await self.driver.remove(new, Kind.DIR)
-        on_store = await self.ns.remote(old) is not None
-        if on_store:
-            if not self.driver.capabilities.rename:
-                raise errors.NotSupported("the store cannot rename")
-            await self.driver.rename(old, new)
-        elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
-            await self.driver.remove(new, Kind.DIR)
-        self.cache.moved(old, new)
+        moving = [i for p, i in self.cache.items.items()
+                  if any((p + "/").startswith(top + "/") for top in (old, new))]
+        async with self.writeback.held(moving):  # no upload to either name meanwhile
+            on_store = await self.ns.remote(old) is not None
+            if on_store:
+                if not self.driver.capabilities.rename:
+                    raise errors.NotSupported("the store cannot rename")
+                await self.driver.rename(old, new)
+            elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
+                await self.driver.remove(new, Kind.DIR)
+            self.cache.moved(old, new)
         for path in (old, new):
             self.metadata.forget_tree(path)
             self.metadata.forget_listing(split(path)[0])
