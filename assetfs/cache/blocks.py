@@ -67,6 +67,9 @@ class CacheItem:
     inflight: dict[int, trio.Event] = field(default_factory=dict)
     stream_started: bool = False
     stream_error: errors.AssetFSError | None = None
+    unlinked: bool = False
+    """Deleted or replaced by a rename on our side: open handles still read and write it,
+    but its content is never uploaded again."""
     arrived: trio.Event = field(default_factory=trio.Event)
     fill_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -214,16 +217,18 @@ class BlockCache:
         for path in [p for p in self.items if p == old or p.startswith(prefix)]:
             item = self.items.pop(path)
             item.path = new + path[len(old):]
-            self.drop(item.path)
+            self.unlinked(item.path)  # a rename replaces its target, unsaved content and all
             self.items[item.path] = item
             if item.dirty:
                 self.journal.moved(item.key, item.path)
 
     def unlinked(self, path: str) -> None:
-        """``path`` was deleted on our side: its dirty content will not be uploaded."""
+        """``path`` was deleted (or replaced by a rename) on our side: its content will not
+        be uploaded, not even what open handles write to it later."""
         item = self.items.pop(path, None)
         if item is None:
             return
+        item.unlinked = True
         if item.dirty:
             item.dirty = False
             self.journal.mark_clean(item.key)
@@ -280,7 +285,7 @@ class BlockCache:
     def _mark_dirty(self, item: CacheItem) -> None:
         item.generation += 1
         item.mtime_ns = time.time_ns()
-        if not item.dirty:
+        if not item.dirty and not item.unlinked:
             self.journal.mark_dirty(item.key, item.path, item.base_version)
             item.dirty = True
 
