@@ -265,3 +265,60 @@ def test_umount_no_flush_leaves_uploads_to_the_next_mount(store: Path, tmp_path:
         assert status(again)["uploads"]["files"] == 5
     for name, data in files.items():
         assert sha256((store / name).read_bytes()) == sha256(data), name
+
+
+# --- renames and deletions racing an upload ------------------------------------------------------
+def wait_until_uploading(mount: Mount, path: str) -> None:
+    wait_for(lambda: path in status(mount)["uploads"]["in_progress"], 10, f"upload of {path}")
+
+
+@pytest.mark.parametrize("action", ["unlink", "rename"])
+def test_delete_or_rename_during_the_upload(action: str, store: Path, tmp_path: Path) -> None:
+    """An editor renames (or a user deletes) a file while its upload is running: the store
+    ends with exactly what the mount shows, not the old name too."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    data = os.urandom(16 * MiB) * 16  # 256 MiB: the upload takes a moment
+    with mounted(url, mnt, options(tmp_path, write_back_delay="0.1")) as m:
+        (mnt / "big.tmp").write_bytes(data)
+        wait_until_uploading(m, "/big.tmp")
+        if action == "unlink":
+            os.unlink(mnt / "big.tmp")
+        else:
+            os.rename(mnt / "big.tmp", mnt / "big.bin")
+        wait_for(lambda: not status(m)["dirty_files"] and not status(m)["uploads"][
+            "in_progress"], 30, "uploads")
+        time.sleep(0.3)
+        shown = sorted(os.listdir(mnt))
+    assert sorted(os.listdir(store)) == shown == ([] if action == "unlink" else ["big.bin"])
+    if action == "rename":
+        assert sha256((store / "big.bin").read_bytes()) == sha256(data)
+
+
+def test_save_over_a_dirty_file_still_open(store: Path, tmp_path: Path) -> None:
+    """An editor saves (write a temporary file, rename it over the original) while another
+    program still has the unsaved original open: the replaced content is never uploaded
+    over the saved one, now or after a restart."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    with mounted(url, mnt, options(tmp_path, write_back_delay="0.1")) as m:
+        with open(mnt / "doc.txt", "wb") as old:
+            old.write(b"old unsaved content\n")
+            old.flush()
+            (mnt / "doc.txt.tmp").write_bytes(b"saved content\n")
+            os.rename(mnt / "doc.txt.tmp", mnt / "doc.txt")
+            old.write(b"written to the replaced file\n")
+        with open(mnt / "scratch.bin", "wb") as scratch:  # deleted while open, then written
+            scratch.write(b"x" * 1000)
+            scratch.flush()
+            os.unlink(mnt / "scratch.bin")
+            scratch.write(b"y" * 1000)
+            scratch.flush()
+            scratch.seek(0)
+        flush(m)
+        time.sleep(0.5)
+        assert (mnt / "doc.txt").read_bytes() == b"saved content\n"
+        assert not status(m)["dirty_files"]
+    assert sorted(os.listdir(store)) == ["doc.txt"]
+    assert (store / "doc.txt").read_bytes() == b"saved content\n"
+    journal = Journal(tmp_path / "cache" / "journal.sqlite")
+    assert journal.records() == []
+    journal.close()
