@@ -132,6 +132,9 @@ async def test_stream_reads_whole_file_and_deletes_session(
     data = os.urandom(5 * 1024 * 1024 + 123)
     await driver.write("/lib/iso/big.bin", source_file(tmp_path, "big", data), len(data))
     assert await read_all(driver, "/lib/iso/big.bin") == data
+    start, size = 3 * 1024 * 1024 + 7, 1536 * 1024 + 3  # spans the driver's 1 MiB pieces
+    assert await driver.read("/lib/iso/big.bin", start, size) == data[start : start + size]
+    assert await driver.read("/lib/iso/big.bin", len(data) - 5, 100) == data[-5:]
     # an abandoned stream still deletes its session
     stream = driver.open_stream("/lib/iso/big.bin")
     assert await stream.__anext__()
