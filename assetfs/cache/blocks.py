@@ -33,7 +33,7 @@ import trio
 
 from .. import errors, retry
 from ..drivers.base import Driver, Entry, Kind
-from .journal import Journal
+from .journal import RESERVE, Journal
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,11 @@ class BlockCache:
         item.base_version = entry.version
         if generation == item.generation and item.dirty:
             item.dirty = False
-            self.journal.mark_clean(item.key)
+            try:
+                self.journal.mark_clean(item.key)
+            except errors.AssetFSError as exc:  # uploaded all the same; at worst the next
+                log.warning("%s; %s stays journaled and is uploaded again at the next mount",
+                            exc, item.path)
             if item in self._orphans and not item.handles:
                 self._orphans.remove(item)
                 self._discard(item)
@@ -295,6 +299,10 @@ class BlockCache:
         bound. Raises NoSpace if dirty data would pass it; clean fills just overshoot."""
         if for_dirty and self.dirty_bytes() + incoming > self.max_bytes:
             raise errors.NoSpace(f"cache full: dirty data would pass {self.max_bytes} bytes")
+        if for_dirty:  # keep room for the journal: a full disk must not make it unwritable
+            disk = os.statvfs(self.data)
+            if disk.f_bavail * disk.f_frsize < incoming + RESERVE:
+                raise errors.NoSpace(f"the cache disk is full ({self.data})")
         used = self.used_bytes()
         if used + incoming <= self.max_bytes:
             return

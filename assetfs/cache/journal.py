@@ -5,14 +5,39 @@ before the ``write``/``create``/``truncate`` that made the file dirty returns, s
 SIGKILL or a power cut the next mount of the same cache directory knows what to upload.
 The bytes themselves live in the cache file ``data/<key>``; the journal holds only
 ``key -> (path, base_version)``, so writes after the first touch no row.
+
+sqlite errors become project errors (a full disk is :class:`~assetfs.errors.NoSpace`, so the
+writer gets ENOSPC; anything else EIO): a journal that cannot be written never takes the
+daemon down. The WAL is checkpointed every ``WAL_PAGES`` pages, so the room it needs on the
+cache disk stays under :data:`RESERVE` bytes, which the block cache keeps free for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .. import errors
+
+WAL_PAGES = 100
+"""Pages (4 KiB) the write-ahead log grows to before sqlite checkpoints it."""
+RESERVE = 2 << 20
+"""Bytes the block cache leaves free on the cache disk for the journal (the WAL, the
+checkpoint) when it accepts dirty data."""
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise errors.NoSpace(f"the cache journal cannot grow: {exc}") from exc
+        raise errors.AssetFSError(f"cache journal: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,7 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS dirty ("
             " key TEXT PRIMARY KEY, path TEXT NOT NULL, base_version TEXT NOT NULL,"
@@ -41,19 +67,22 @@ class Journal:
 
     def mark_dirty(self, key: str, path: str, base_version: str) -> None:
         """Record (or update) that cache file ``key`` holds unsaved content for ``path``."""
-        self._db.execute(
-            "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
-            (key, path, base_version, time.time()),
-        )
+        with _translated():
+            self._db.execute(
+                "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
+                (key, path, base_version, time.time()),
+            )
 
     def moved(self, key: str, path: str) -> None:
         """The dirty file ``key`` was renamed to ``path``."""
-        self._db.execute("UPDATE dirty SET path=? WHERE key=?", (path, key))
+        with _translated():
+            self._db.execute("UPDATE dirty SET path=? WHERE key=?", (path, key))
 
     def mark_clean(self, key: str) -> None:
         """The content of ``key`` is on the store (or the file was deleted)."""
-        self._db.execute("DELETE FROM dirty WHERE key=?", (key,))
+        with _translated():
+            self._db.execute("DELETE FROM dirty WHERE key=?", (key,))
 
     def records(self) -> list[DirtyRecord]:
         """Every dirty file, oldest first (replayed at start)."""

@@ -162,7 +162,7 @@ class WriteBack:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
             self._errors.pop(item, None)  # an earlier failure is not this fsync's answer
-        except (errors.AssetFSError, OSError, RuntimeError, BufferError) as exc:
+        except Exception as exc:
             if not isinstance(exc, errors.AssetFSError):
                 log.exception("upload of %s failed unexpectedly", item.path)
                 exc = errors.AssetFSError(str(exc))
