@@ -322,3 +322,42 @@ def test_save_over_a_dirty_file_still_open(store: Path, tmp_path: Path) -> None:
     journal = Journal(tmp_path / "cache" / "journal.sqlite")
     assert journal.records() == []
     journal.close()
+
+
+def test_full_cache_disk_gives_enospc_and_keeps_what_was_written(
+    store: Path, tmp_path: Path
+) -> None:
+    """The cache disk itself fills up (a 12 MiB tmpfs; cache_max is far larger): writers get
+    ENOSPC, not EIO; what was written before stays readable and is uploaded intact."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12M", "tmpfs", str(disk)], check=True)
+    try:
+        url, mnt = f"file://{store}", tmp_path / "mnt"
+        opts = {"cache_dir": str(disk / "cache"), "write_back_delay": "60", "timeout": "3"}
+        with mounted(url, mnt, opts) as m:
+            kept = {f"k{i}.bin": os.urandom(MiB) for i in range(3)}
+            for name, data in kept.items():
+                (mnt / name).write_bytes(data)
+            accepted = 0
+            fd = os.open(mnt / "filler.bin", os.O_WRONLY | os.O_CREAT)
+            try:
+                with pytest.raises(OSError) as full:
+                    for _ in range(64):
+                        accepted += os.write(fd, os.urandom(256 * 1024))
+            finally:
+                os.close(fd)
+            assert full.value.errno == errno.ENOSPC, full.value
+            for name, data in kept.items():
+                assert (mnt / name).read_bytes() == data
+            assert os.path.getsize(mnt / "filler.bin") == accepted
+            flush(m)
+            assert not status(m)["dirty_files"]
+            (mnt / "after.bin").write_bytes(b"room again")  # uploaded files left the disk
+            flush(m)
+        for name, data in kept.items():
+            assert sha256((store / name).read_bytes()) == sha256(data), name
+        assert os.path.getsize(store / "filler.bin") == accepted
+        assert (store / "after.bin").read_bytes() == b"room again"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
