@@ -17,6 +17,7 @@ Quirks handled here (observed on omni.client 2.75.1):
 from __future__ import annotations
 
 import calendar
+import collections
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -136,6 +137,12 @@ class NucleusDriver(Driver):
         self._subscriptions: dict[str, Any] = {}
         self._folders: set[str] = set()
         """Folders the kernel knows (subscribed while :meth:`run_events` runs)."""
+        self._lost: set[str] = set()
+        """Folders whose events were dropped (queue full): sent as RESYNC when room is."""
+        self._lost_changed = trio.Event()
+        self._inbox: collections.deque[tuple[str, ChangeEvent]] = collections.deque()
+        """Events from the library's callback thread, drained on the trio thread."""
+        self._draining = False
         self._sink: EventSink | None = None
 
     def url_of(self, path: str) -> str:
@@ -256,40 +263,53 @@ class NucleusDriver(Driver):
         self._folders.add(folder)
         if folder in self._subscriptions or self._sink is None or self._token is None:
             return
-        sink, token = self._sink, self._token
+        token = self._token
 
         def on_list(result: Any, items: Any) -> None:
             del result, items
 
         def on_event(result: Any, event: Any, item: Any) -> None:
-            kind = _EVENTS.get(event)
             if result != oc.Result.OK:
                 # ERROR_ACCESS_LOST / NOT_FOUND: the folder itself went away (observed on
                 # file: when the watched folder is deleted); the subscription is dead.
                 token.run_sync_soon(self._ended, folder, result)
                 return
+            kind = _EVENTS.get(event)
             if kind is None:
                 return
             name = item.relative_path.rstrip("/")
-            path = join(folder, name)
             entry = None if kind is ChangeKind.DELETED else to_entry(name, item)
-            change = ChangeEvent(kind, path, entry)
-
-            def deliver() -> None:
-                if kind is ChangeKind.DELETED:
-                    self._forget_folder(path)  # a folder re-created there needs a new one
-                try:
-                    sink.send_nowait(change)
-                except trio.WouldBlock:
-                    log.warning("event queue full; dropping %s", change)
-                except trio.ClosedResourceError:
-                    pass
-
-            token.run_sync_soon(deliver)
+            # One trio hand-off per burst, not per event: a storm of thousands of events
+            # a second must leave the trio thread free for requests (issue 4).
+            self._inbox.append((folder, ChangeEvent(kind, join(folder, name), entry)))
+            if not self._draining:
+                self._draining = True
+                token.run_sync_soon(self._deliver)
 
         self._subscriptions[folder] = oc.list_subscribe_with_callback(
             self.url_of(folder), on_list, on_event
         )
+
+    def _deliver(self) -> None:
+        """Move the events the callback thread queued into the sink (on the trio thread)."""
+        self._draining = False
+        sink = self._sink
+        while self._inbox:
+            folder, change = self._inbox.popleft()
+            if change.kind is ChangeKind.DELETED:
+                self._forget_folder(change.path)  # a folder made again needs a new one
+            if sink is None:
+                continue
+            try:
+                sink.send_nowait(change)
+            except trio.WouldBlock:
+                # A storm outran the invalidator: re-validate the folder instead.
+                if not self._lost:
+                    log.warning("event queue full; re-listing %s", self.describe(folder))
+                self._lost.add(folder)
+                self._lost_changed.set()
+            except trio.ClosedResourceError:
+                pass
 
     def _ended(self, folder: str, result: Any) -> None:
         log.debug("subscription of %s ended: %s", self.describe(folder), result)
@@ -314,13 +334,18 @@ class NucleusDriver(Driver):
     async def run_events(self, sink: EventSink) -> None:
         """Keep list subscriptions for watched folders until cancelled (events arrive by
         callback, see :meth:`watch`); folders watched before the start are subscribed
-        now."""
+        now. Events dropped because the queue was full become a RESYNC of their folder."""
         self._sink = sink
         for folder in sorted(self._folders):
             self.watch(folder)
         self.events_ready.set()
         try:
-            await trio.sleep_forever()
+            while True:
+                await self._lost_changed.wait()
+                self._lost_changed = trio.Event()
+                lost, self._lost = self._lost, set()
+                for folder in sorted(lost):
+                    await sink.send(ChangeEvent(ChangeKind.RESYNC, folder))
         finally:
             self._sink = None
             self._subscriptions.clear()

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 BATCH = 2000
 """Events taken from the channel per pass: a storm is coalesced, never queued per event."""
 
+SLICE = 100
+"""Events applied between two checkpoints: a batch never holds up request handlers long."""
+
+GATHER = 0.02
+"""Seconds to let events gather after the first of a batch: a storm then costs one kernel
+round (a worker thread hand-off) per batch, not per few events; negligible latency."""
+
+
+def _key(event: ChangeEvent) -> tuple[bool, str]:
+    """Coalescing key: the last event per path wins; a RESYNC never merges with one."""
+    return event.kind is ChangeKind.RESYNC, event.path
+
 
 @dataclass(frozen=True)
 class KernelNote:
@@ -53,26 +65,34 @@ class Invalidator:
         self.applied = 0
 
     async def run(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
-        """Apply events until the channel closes or the task is cancelled."""
+        """Apply events until the channel closes or the task is cancelled.
+
+        Events gather for :data:`GATHER` seconds, then a batch of up to :data:`BATCH` of
+        them is taken, coalesced per path; the task yields every :data:`SLICE` events so
+        request handlers (a reader's FUSE reads) run in between, and each kernel
+        invalidation is sent once per batch."""
         async for first in receive:
-            batch = {first.path: first}
+            await trio.sleep(GATHER)
+            batch = {_key(first): first}
             with contextlib.suppress(trio.WouldBlock):
                 while len(batch) < BATCH:
                     event = receive.receive_nowait()
-                    batch.pop(event.path, None)
-                    batch[event.path] = event
+                    batch.pop(_key(event), None)
+                    batch[_key(event)] = event
             notes: list[KernelNote] = []
-            for event in batch.values():
+            for done, event in enumerate(batch.values(), 1):
                 notes.extend(self.apply(event))
+                if done % SLICE == 0:
+                    await trio.sleep(0)
             self.applied += len(batch)
             if notes:
-                await trio.to_thread.run_sync(notify_kernel, notes)
+                await trio.to_thread.run_sync(notify_kernel, list(dict.fromkeys(notes)))
             await trio.sleep(0)
 
     def apply(self, event: ChangeEvent) -> list[KernelNote]:
         """Update the caches for one event; return the kernel invalidations it needs."""
         if event.kind is ChangeKind.RESYNC:
-            return self._resync()
+            return self._resync(event.path)
         path = event.path
         parent, name = split(path)
         cached = self.metadata.entry(path)
@@ -125,16 +145,30 @@ class Invalidator:
             notes.append(KernelNote(inode))
         return notes
 
-    def _resync(self) -> list[KernelNote]:
-        self.metadata.clear()
+    def _resync(self, root: str) -> list[KernelNote]:
+        """Events under folder ``root`` ("/": everywhere) were lost: forget what is cached
+        there and make the kernel look everything up again (entries and attributes)."""
+        if root == "/":
+            self.metadata.clear()
+        else:
+            self.metadata.forget_tree(root)
+        prefix = root.rstrip("/") + "/"
+
+        def under(path: str) -> bool:
+            return path == root or path.startswith(prefix)
+
         for path, item in list(self.cache.items.items()):
-            if not item.dirty and not item.writers:
+            if under(path) and not item.dirty and not item.writers:
                 self.cache.drop(path)
         notes = []
         for path in self.inodes.known_paths():
             inode = self.inodes.get(path)
-            if inode is not None:
-                notes.append(KernelNote(inode))
+            if inode is None or not under(path):
+                continue
+            notes.append(KernelNote(inode))
+            parent_inode = self.inodes.get(split(path)[0])
+            if path != "/" and parent_inode is not None:
+                notes.append(KernelNote(parent_inode, split(path)[1]))
         return notes
 
 

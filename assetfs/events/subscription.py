@@ -63,7 +63,17 @@ class Subscription:
                     await send.send(ChangeEvent(ChangeKind.RESYNC, "/"))
 
     async def _forward(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
+        """Count events and pass them on; a burst goes without a checkpoint per event
+        (each would be a trip through the scheduler), waiting only when the sink is full."""
         async for event in receive:
-            self.status.events += 1
             self.status.last_event = time.time()
-            await self.sink.send(event)
+            while True:
+                self.status.events += 1
+                try:
+                    self.sink.send_nowait(event)
+                except trio.WouldBlock:
+                    await self.sink.send(event)
+                try:
+                    event = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
