@@ -131,6 +131,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="file size, MiB")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "-o", dest="options", default="", help="extra mount options, k=v,... (A/B runs)"
+    )
     args = parser.parse_args()
     size = args.size * CHUNK
     with tempfile.TemporaryDirectory(prefix="assetfs-bench-") as scratch, running() as sim:
@@ -146,7 +149,13 @@ def main() -> int:
         env = {PASSWORD_ENV: PASSWORD}
 
         def options(name: str) -> dict[str, str | None]:
-            return {"http": None, "cache_dir": str(tmp / f"cache-{name}"), "write_back_delay": "0"}
+            extra = dict(o.partition("=")[::2] for o in args.options.split(",") if o)
+            return {
+                "http": None,
+                "cache_dir": str(tmp / f"cache-{name}"),
+                "write_back_delay": "0",
+                **extra,
+            }
 
         direct_reads, mount_reads, direct_writes, mount_writes = [], [], [], []
         for run in range(args.repeat):

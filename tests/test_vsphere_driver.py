@@ -361,11 +361,35 @@ async def test_tls_needs_trust(password_env: None) -> None:
         with pytest.raises(errors.AssetFSError, match="ca_bundle"):
             await d.connect()
         await d.close()
+        lid = peer.create_library("lib")
+        peer.upload(peer.create_item(lid, "iso"), "a.txt", b"over TLS")
         for options in ({"ca_bundle": peer.ca_file}, {"insecure": ""}):
-            d = make_driver(peer, **options)
-            await d.connect()
-            assert await d.list("/") == []
-            await d.close()
+            for raw in ("1", "0"):
+                d = make_driver(peer, raw_download=raw, **options)
+                await d.connect()
+                assert [e.name for e in await d.list("/")] == ["lib"]
+                assert await read_all(d, "/lib/iso/a.txt") == b"over TLS"
+                await d.close()
+
+
+@pytest.mark.parametrize("raw", ["1", "0"])
+async def test_both_download_paths(
+    sim: Vcsim, library: str, password_env: None, tmp_path: Path, raw: str
+) -> None:
+    """The bare-socket download (default) and the httpx one give the same bytes."""
+    d = make_driver(sim, raw_download=raw)
+    await d.connect()
+    try:
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        await d.write("/lib/iso/b.bin", source_file(tmp_path, "b", data), len(data))
+        assert await read_all(d, "/lib/iso/b.bin") == data
+        assert await d.read("/lib/iso/b.bin", 1_000_000, 2_500_000) == data[1_000_000:3_500_000]
+        sim.expire_session(d.session_id or "")
+        assert await read_all(d, "/lib/iso/a.txt") == b"hello world"
+        with pytest.raises(errors.NotFound):
+            await read_all(d, "/lib/iso/missing")
+    finally:
+        await d.close()
 
 
 # --- change detection ----------------------------------------------------------------

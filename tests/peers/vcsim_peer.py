@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ class Vcsim:
     def client(self) -> httpx.Client:
         """A REST client logged in as :data:`USER`."""
         if self._client is None:
-            client = httpx.Client(base_url=self.url, verify=self.ca_file or True, timeout=30)
+            verify = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+            client = httpx.Client(base_url=self.url, verify=verify, timeout=30)
             resp = client.post("/rest/com/vmware/cis/session", auth=(USER, PASSWORD))
             resp.raise_for_status()
             client.headers["vmware-api-session-id"] = resp.json()["value"]
