@@ -32,7 +32,9 @@ MiB = 1 << 20
 
 def dd(target: Path, count: int) -> float:
     """Seconds ``dd bs=1M count=COUNT`` takes to write ``target`` (page cache, no fsync,
-    the same for both sides)."""
+    the same for both sides). Dirty pages of earlier runs are written out first, so
+    neither side pays for the other's writeback."""
+    os.sync()
     started = time.perf_counter()
     subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}"],
                    check=True, capture_output=True)
