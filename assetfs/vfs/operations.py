@@ -492,6 +492,10 @@ class Operations(pyfuse3.Operations):
         key = os.fsdecode(name)
         if inode == ROOT_INODE and key == XATTR_PREFIX + "status":
             return json.dumps(self.status(), indent=1).encode()
+        if not key.startswith(XATTR_PREFIX):
+            # The kernel asks for security.capability before every write (to drop file
+            # capabilities): answer without touching the namespace.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         path = self._path(inode)
         entry = await self.ns.entry(path)
         if key.startswith(XATTR_PREFIX):
