@@ -498,16 +498,15 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         path = self._path(inode)
         entry = await self.ns.entry(path)
-        if key.startswith(XATTR_PREFIX):
-            short = key[len(XATTR_PREFIX):]
-            values = entry_attributes(entry)
-            if short in values:
-                return values[short].encode()
-            if short in self.driver.lazy_xattrs and not entry.is_dir:
-                value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
-                                         f"{short} of {self.driver.describe(path)}")
-                if value is not None:
-                    return value
+        short = key[len(XATTR_PREFIX):]
+        values = entry_attributes(entry)
+        if short in values:
+            return values[short].encode()
+        if short in self.driver.lazy_xattrs and not entry.is_dir:
+            value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
+                                     f"{short} of {self.driver.describe(path)}")
+            if value is not None:
+                return value
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_errno
