@@ -443,3 +443,18 @@ async def test_failed_rebuild_leaves_the_item_intact(
     assert await read_all(driver, "/lib/iso/a.txt") == b"hello world"
     # no update session is left open either (cancelled and deleted)
     assert not sim.call("GET", "/rest/com/vmware/content/library/item/update-session")
+
+
+def test_check_create_refuses_what_the_store_cannot_hold(sim: Vcsim) -> None:
+    d = make_driver(sim)  # no I/O: not even connected
+    d.check_create("/lib/item/file.iso", Kind.FILE)
+    d.check_create("/lib/item", Kind.DIR)
+    d.check_create("/lib", Kind.DIR)
+    for path, kind in (("/lib/loose.txt", Kind.FILE), ("/lib/item/sub", Kind.DIR)):
+        with pytest.raises(errors.NotSupported) as info:
+            d.check_create(path, kind)
+        assert info.value.errno == errno.EOPNOTSUPP
+    one_library = make_driver(sim, "/lib")
+    one_library.check_create("/item/file.iso", Kind.FILE)
+    with pytest.raises(errors.NotSupported):
+        one_library.check_create("/loose.txt", Kind.FILE)

@@ -189,6 +189,12 @@ class Driver(ABC):
         the new entry. Raises PermissionDenied, NoSpace, Unavailable, ReadOnly."""
         raise errors.ReadOnly(url=self.describe(path))
 
+    def check_create(self, path: str, kind: Kind) -> None:  # noqa: B027 - optional hook
+        """Raise (NotSupported, InvalidName, ...) when the store cannot hold a new ``kind`` at
+        ``path`` at all (a file directly in a vSphere library, a folder inside an item), so
+        the VFS refuses a create/mkdir at once instead of failing its upload later. No I/O;
+        the default allows everything."""
+
     async def mkdir(self, path: str) -> Entry:
         """Create folder ``path``. Raises AlreadyExists, NotFound (parent), ReadOnly."""
         raise errors.ReadOnly(url=self.describe(path))

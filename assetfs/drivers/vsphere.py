@@ -95,7 +95,7 @@ import httpx
 import trio
 
 from .. import errors
-from .base import Capabilities, Driver, Entry, Kind
+from .base import Capabilities, Driver, Entry, Kind, split
 
 log = logging.getLogger(__name__)
 
@@ -1428,6 +1428,24 @@ class VsphereDriver(Driver):
                 url=self.describe(path),
             ) from exc
         self._item_ids[(lid, name)] = new_id
+
+    def check_create(self, path: str, kind: Kind) -> None:
+        """Files live only in items (``/LIBRARY/ITEM/FILE``) and folders only above them
+        (libraries, items): anything else raises NotSupported (EOPNOTSUPP). No I/O."""
+        depth = len(self._prefix) + len([p for p in path.split("/") if p])
+        if kind is Kind.FILE and depth != 3:
+            raise errors.NotSupported(
+                "files live inside items: /LIBRARY/ITEM/FILE", url=self.describe(path)
+            )
+        if kind is Kind.DIR and depth == 3:
+            raise errors.NotSupported(
+                "an item holds files only; folders inside an item are not possible",
+                url=self.describe(path),
+            )
+        if kind is Kind.DIR and split(path)[1].startswith(_REBUILD_PREFIX):
+            raise errors.InvalidName(
+                f"names starting with {_REBUILD_PREFIX} are reserved", url=self.describe(path)
+            )
 
     async def write(self, path: str, source: str, size: int) -> Entry:
         """Upload local file ``source`` (``size`` bytes) as file ``path`` of an item,
