@@ -26,6 +26,7 @@ from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
+from .vfs.mtimes import MtimeOverlay
 from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
 
@@ -68,7 +69,8 @@ class Mount:
         self.cache = BlockCache(cache_dir, driver, self.journal, self.policy, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
-        self.namespace = Namespace(driver, self.metadata, self.cache, self.policy)
+        self.mtimes = MtimeOverlay(self.journal)
+        self.namespace = Namespace(driver, self.metadata, self.cache, self.policy, self.mtimes)
         self.writeback = WriteBack(
             self.cache, driver, self.policy, config.write_back_delay, self._uploaded,
             self.events_send,
@@ -93,7 +95,10 @@ class Mount:
                 self.writeback.schedule(item, 0)
         self.cache.remove_strays()
 
-    def _uploaded(self, path: str, entry: Entry) -> None:
+    def _uploaded(self, path: str, entry: Entry, mtime_ns: int) -> None:
+        """The file written at ``path`` is on the store as ``entry``; it keeps showing the
+        local modification time ``mtime_ns`` (see vfs/mtimes.py)."""
+        self.mtimes.keep(path, entry.version, mtime_ns)
         self.metadata.put(path, entry)
         inode = self.inodes.get(path)
         if inode is not None:

@@ -396,3 +396,23 @@ def test_fstab_mount_helper(store: Path, tmp_path: Path) -> None:
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
     wait_for(lambda: not is_mounted(mnt))
+
+
+def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, tmp_path: Path) -> None:
+    """The store sets its own mtime on upload; what touch -d / rsync -a set is shown, so a
+    second rsync -a transfers nothing."""
+    source = tmp_path / "local"
+    make_tree(source)
+    subprocess.run(["rsync", "-a", f"{source}/", str(mount.path / "synced")], check=True)
+    settle(mount)
+    again = subprocess.run(["rsync", "-a", "--stats", f"{source}/", str(mount.path / "synced")],
+                           check=True, capture_output=True, text=True).stdout
+    assert "Number of regular files transferred: 0" in again, again
+    for rel in ("Scenes/with space.usd", "Textures/big.exr"):
+        assert (mount.path / "synced" / rel).stat().st_mtime_ns // 1000 == \
+            (source / rel).stat().st_mtime_ns // 1000
+    clean = mount.path / "Scenes/plain.txt"
+    os.utime(clean, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    assert clean.stat().st_mtime_ns == 1_600_000_000_000_000_000
+    (store / "Scenes/plain.txt").write_text("changed on the store")
+    wait_for(lambda: clean.stat().st_mtime_ns != 1_600_000_000_000_000_000)

@@ -286,6 +286,13 @@ class BlockCache:
             item.fd = os.open(self.data / item.key, flags, 0o600)
         return item.fd
 
+    def set_mtime(self, item: CacheItem, mtime_ns: int) -> None:
+        """Set the local modification time (ns) of dirty ``item``; the cache file carries it,
+        so a replay after a crash still knows it."""
+        item.mtime_ns = mtime_ns
+        with contextlib.suppress(OSError):
+            os.utime(self.data / item.key, ns=(mtime_ns, mtime_ns))
+
     def _mark_dirty(self, item: CacheItem) -> None:
         item.generation += 1
         item.mtime_ns = time.time_ns()

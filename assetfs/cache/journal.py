@@ -64,6 +64,10 @@ class Journal:
             " key TEXT PRIMARY KEY, path TEXT NOT NULL, base_version TEXT NOT NULL,"
             " since REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS mtimes ("
+            " path TEXT PRIMARY KEY, version TEXT NOT NULL, mtime_ns INTEGER NOT NULL)"
+        )
 
     def mark_dirty(self, key: str, path: str, base_version: str) -> None:
         """Record (or update) that cache file ``key`` holds unsaved content for ``path``."""
@@ -88,6 +92,24 @@ class Journal:
         """Every dirty file, oldest first (replayed at start)."""
         rows = self._db.execute("SELECT key, path, base_version, since FROM dirty ORDER BY since")
         return [DirtyRecord(*row) for row in rows]
+
+    def mtimes(self) -> dict[str, tuple[str, int]]:
+        """path -> (remote version, mtime in ns) of every modification time kept locally."""
+        rows = self._db.execute("SELECT path, version, mtime_ns FROM mtimes")
+        return {path: (version, mtime) for path, version, mtime in rows}
+
+    def set_mtime(self, path: str, version: str, mtime_ns: int) -> None:
+        """Keep ``mtime_ns`` for ``path`` while the store has ``version`` there."""
+        with _translated():
+            self._db.execute(
+                "INSERT OR REPLACE INTO mtimes (path, version, mtime_ns) VALUES (?, ?, ?)",
+                (path, version, mtime_ns),
+            )
+
+    def drop_mtimes(self, paths: list[str]) -> None:
+        """Forget the kept modification times of ``paths``."""
+        with _translated():
+            self._db.executemany("DELETE FROM mtimes WHERE path=?", [(p,) for p in paths])
 
     def close(self) -> None:
         """Checkpoint and close the database."""

@@ -60,7 +60,7 @@ class WriteBack:
         driver: Driver,
         policy: retry.RetryPolicy,
         delay: float,
-        on_uploaded: Callable[[str, Entry], None],
+        on_uploaded: Callable[[str, Entry, int], None],
         events: trio.MemorySendChannel[ChangeEvent] | None = None,
         workers: int = 4,
         max_backoff: float = 30.0,
@@ -185,7 +185,7 @@ class WriteBack:
     async def _upload_once(self, item: CacheItem) -> None:
         if not item.dirty:
             return
-        generation, path, size = item.generation, item.path, item.size
+        generation, path, size, mtime_ns = item.generation, item.path, item.size, item.mtime_ns
         target = path
         if item.base_version:
             try:
@@ -206,7 +206,7 @@ class WriteBack:
             return
         self.cache.mark_uploaded(item, generation, entry)
         if item.path == path:
-            self.on_uploaded(path, entry)
+            self.on_uploaded(path, entry, mtime_ns)
 
     def upload_policy(self, size: int) -> retry.RetryPolicy:
         """The deadline of an upload grows with its size (at least ``MIN_RATE`` bytes/s must

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 from .. import errors, retry
 from ..cache.blocks import BlockCache
-from ..drivers.base import Driver, Entry, split
+from ..drivers.base import Driver, Entry, join, split
 from .metadata import MISSING, MetadataCache
+from .mtimes import MtimeOverlay
 
 
 class Namespace:
     """The merged view the kernel sees: remote entries overlaid by local unsaved files."""
 
     def __init__(
-        self, driver: Driver, metadata: MetadataCache, cache: BlockCache, policy: retry.RetryPolicy
+        self,
+        driver: Driver,
+        metadata: MetadataCache,
+        cache: BlockCache,
+        policy: retry.RetryPolicy,
+        mtimes: MtimeOverlay,
     ) -> None:
+        self.mtimes = mtimes
         self.driver = driver
         self.metadata = metadata
         self.cache = cache
@@ -40,7 +47,7 @@ class Namespace:
         item = self.cache.items.get(path)
         if item is not None and (item.dirty or item.writers):
             return item.entry(remote, split(path)[1])
-        return remote
+        return None if remote is None else self.mtimes.apply(path, remote)
 
     async def entry(self, path: str) -> Entry:
         """Like :meth:`find`, raising NotFound."""
@@ -63,7 +70,7 @@ class Namespace:
             entries = await retry.call(lambda: self.driver.list(folder), self.policy,
                                        f"list of {self.driver.describe(folder)}")
             listing = self.metadata.put_listing(folder, entries)
-        merged = dict(listing)
+        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
         for path, item in self.cache.items.items():
             parent, name = split(path)
             if parent == folder and path != "/" and (item.dirty or item.writers):

@@ -245,8 +245,11 @@ class Operations(pyfuse3.Operations):
                 self.writeback.schedule(item)
         if fields.update_mtime and not entry.is_dir:
             item = self.cache.items.get(path)
+            remote = await self.ns.remote(path)
             if item is not None and (item.dirty or item.writers):
-                item.mtime_ns = attr.st_mtime_ns
+                self.cache.set_mtime(item, attr.st_mtime_ns)
+            elif remote is not None:
+                self.ns.mtimes.keep(path, remote.version, attr.st_mtime_ns)
         # chmod/chown/atime: the stores keep no POSIX owners or modes; accepted and ignored
         # so that cp -p and rsync -a work (as rclone mount and gcsfuse do).
         return self.attributes(inode, await self.ns.entry(path))
@@ -345,6 +348,7 @@ class Operations(pyfuse3.Operations):
                 with contextlib.suppress(errors.NotFound):
                     await self.driver.remove(path, Kind.FILE)
             self.cache.unlinked(path)
+        self.ns.mtimes.drop(path)
         self.metadata.put(path, None)
         self.inodes.detach(path)
 
@@ -392,6 +396,7 @@ class Operations(pyfuse3.Operations):
             elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
                 await self.driver.remove(new, Kind.DIR)
             self.cache.moved(old, new)
+            self.ns.mtimes.moved(old, new)
         for path in (old, new):
             self.metadata.forget_tree(path)
             self.metadata.forget_listing(split(path)[0])
