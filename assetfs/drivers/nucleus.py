@@ -269,10 +269,12 @@ class NucleusDriver(Driver):
             del result, items
 
         def on_event(result: Any, event: Any, item: Any) -> None:
-            if result != oc.Result.OK:
-                # ERROR_ACCESS_LOST / NOT_FOUND: the folder itself went away (observed on
-                # file: when the watched folder is deleted); the subscription is dead.
+            if result == oc.Result.ERROR_ACCESS_LOST:
+                # the folder itself went away (observed on file: when the watched folder
+                # is deleted): this subscription is dead
                 token.run_sync_soon(self._ended, folder, result)
+                return
+            if result != oc.Result.OK:
                 return
             kind = _EVENTS.get(event)
             if kind is None:
