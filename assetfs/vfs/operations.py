@@ -497,9 +497,14 @@ class Operations(pyfuse3.Operations):
         key = os.fsdecode(name)
         if inode == ROOT_INODE and key == XATTR_PREFIX + "status":
             return json.dumps(self.status(), indent=1).encode()
+        if not key.startswith("user."):
+            # security.* and system.* (SELinux labels, POSIX ACLs, file capabilities) are
+            # not supported: EOPNOTSUPP, not ENODATA, so that ls -l and friends remember it
+            # per filesystem instead of asking for every entry (coreutils caches an
+            # "unsupported" answer), and the kernel's capability check before each write
+            # costs no namespace lookup.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if not key.startswith(XATTR_PREFIX):
-            # The kernel asks for security.capability before every write (to drop file
-            # capabilities): answer without touching the namespace.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         path = self._path(inode)
         entry = await self.ns.entry(path)
