@@ -17,7 +17,7 @@ import trio
 
 from . import __version__, errors, retry
 from .cache.blocks import BlockCache
-from .cache.journal import Journal
+from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
 from .config import MountConfig
 from .drivers import driver_class
@@ -163,6 +163,7 @@ class Mount:
             async with trio.open_nursery() as nursery:
                 self.cache.start(nursery)
                 nursery.start_soon(self.writeback.run)
+                nursery.start_soon(self._sync_journal)
                 nursery.start_soon(self.subscription.run)
                 nursery.start_soon(self.invalidator.run, self.events_receive)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
@@ -182,6 +183,15 @@ class Mount:
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+
+    async def _sync_journal(self) -> None:
+        """Flush the journal to disk every SYNC_INTERVAL seconds (see cache/journal.py)."""
+        while True:
+            await trio.sleep(SYNC_INTERVAL)
+            try:
+                self.journal.sync()
+            except errors.AssetFSError as exc:
+                log.warning("journal flush failed: %s", exc)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -107,6 +107,9 @@ class BlockCache:
         self.items: dict[str, CacheItem] = {}
         self._orphans: list[CacheItem] = []
         self._nursery: trio.Nursery | None = None
+        self._sync_limiter = trio.CapacityLimiter(2)
+        self._used_hint = max_bytes  # the first make_room counts exactly
+        self._dirty_hint = max_bytes
         caps = driver.capabilities
         self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
 
@@ -299,20 +302,30 @@ class BlockCache:
         if not item.dirty and not item.unlinked:
             self.journal.mark_dirty(item.key, item.path, item.base_version)
             item.dirty = True
+            self._dirty_hint += item.size
 
     # --- eviction ----------------------------------------------------------------------
     def make_room(self, incoming: int, for_dirty: bool) -> None:
         """Evict clean, unopened items (LRU) until ``incoming`` more bytes fit under the
-        bound. Raises NoSpace if dirty data would pass it; clean fills just overshoot."""
-        if for_dirty and self.dirty_bytes() + incoming > self.max_bytes:
-            raise errors.NoSpace(f"cache full: dirty data would pass {self.max_bytes} bytes")
-        if for_dirty:  # keep room for the journal: a full disk must not make it unwritable
-            disk = os.statvfs(self.data)
+        bound. Raises NoSpace if dirty data would pass it; clean fills just overshoot.
+
+        Runs on every growing write, so it counts exactly (a walk over all items) only when
+        running totals say the bound may be reached: ``_dirty_hint`` and ``_used_hint`` only
+        ever over-estimate between exact counts."""
+        if for_dirty:
+            if self._dirty_hint + incoming > self.max_bytes:
+                self._dirty_hint = self.dirty_bytes()
+                if self._dirty_hint + incoming > self.max_bytes:
+                    raise errors.NoSpace(
+                        f"cache full: dirty data would pass {self.max_bytes} bytes")
+            self._dirty_hint += incoming
+            disk = os.statvfs(self.data)  # keep room for the journal on a full disk
             if disk.f_bavail * disk.f_frsize < incoming + RESERVE:
                 raise errors.NoSpace(f"the cache disk is full ({self.data})")
-        used = self.used_bytes()
-        if used + incoming <= self.max_bytes:
+        if self._used_hint + incoming <= self.max_bytes:
+            self._used_hint += incoming
             return
+        used = self.used_bytes()
         victims = sorted(
             (i for i in self.items.values() if not i.dirty and not i.handles),
             key=lambda i: i.last_used,
@@ -323,6 +336,7 @@ class BlockCache:
             used -= self._allocated(item)
             self.items.pop(item.path, None)
             self._discard(item)
+        self._used_hint = used + incoming
 
     # --- reads ---------------------------------------------------------------------------
     async def read(self, item: CacheItem, offset: int, size: int) -> bytes:
@@ -509,10 +523,30 @@ class BlockCache:
         """The local path of the item's cache file (the upload source)."""
         return str(self.data / item.key)
 
+    def sync_soon(self, item: CacheItem) -> None:
+        """Start writing the closed dirty ``item``'s cache file to disk in a worker thread.
+
+        close() returns before this (FUSE's release is asynchronous), so closing stays as
+        fast as on a local disk, and a machine crash soon after close loses nothing the
+        journal then promises (the journal row itself is already durable)."""
+        if self._nursery is None or item.fd is None:
+            return
+        self._nursery.start_soon(self._sync, os.dup(item.fd))
+
+    async def _sync(self, fd: int) -> None:
+        try:
+            async with self._sync_limiter:
+                await trio.to_thread.run_sync(os.fdatasync, fd)
+        except OSError as exc:
+            log.warning("cannot flush a cache file to disk: %s", exc)
+        finally:
+            os.close(fd)
+
     def fsync(self, item: CacheItem) -> None:
-        """Flush the item's cache file to disk (fsync on the mount)."""
+        """Flush the item's cache file and the journal to disk (fsync on the mount)."""
         if item.fd is not None:
             os.fsync(item.fd)
+        self.journal.sync()
 
     def close(self) -> None:
         """Close every file descriptor."""

@@ -1,8 +1,13 @@
-"""Crash-safe record of dirty files (sqlite in WAL mode, ``synchronous=FULL``).
+"""Crash-safe record of dirty files (sqlite in WAL mode).
 
 A row exists for every cache file whose content is not yet on the store. It is committed
 before the ``write``/``create``/``truncate`` that made the file dirty returns, so after a
-SIGKILL or a power cut the next mount of the same cache directory knows what to upload.
+SIGKILL the next mount of the same cache directory knows what to upload. Commits use
+``synchronous=NORMAL``: they reach the operating system at once (a killed daemon loses
+nothing) and the disk at the next :meth:`Journal.sync`, which the daemon runs every
+:data:`SYNC_INTERVAL` seconds and every ``fsync`` runs at once, so a machine crash loses at
+most the files closed in the last fraction of a second, while a ``cp -r`` of many small
+files does not wait for one disk flush per file (3000 files: 7 s with a flush each).
 The bytes themselves live in the cache file ``data/<key>``; the journal holds only
 ``key -> (path, base_version)``, so writes after the first touch no row.
 
@@ -23,6 +28,8 @@ from pathlib import Path
 
 from .. import errors
 
+SYNC_INTERVAL = 0.1
+"""Seconds between journal flushes to disk (see :meth:`Journal.sync`)."""
 WAL_PAGES = 100
 """Pages (4 KiB) the write-ahead log grows to before sqlite checkpoints it."""
 RESERVE = 2 << 20
@@ -57,7 +64,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._unsynced = False
         self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS dirty ("
@@ -71,6 +79,7 @@ class Journal:
 
     def mark_dirty(self, key: str, path: str, base_version: str) -> None:
         """Record (or update) that cache file ``key`` holds unsaved content for ``path``."""
+        self._unsynced = True
         with _translated():
             self._db.execute(
                 "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
@@ -80,11 +89,13 @@ class Journal:
 
     def moved(self, key: str, path: str) -> None:
         """The dirty file ``key`` was renamed to ``path``."""
+        self._unsynced = True
         with _translated():
             self._db.execute("UPDATE dirty SET path=? WHERE key=?", (path, key))
 
     def mark_clean(self, key: str) -> None:
         """The content of ``key`` is on the store (or the file was deleted)."""
+        self._unsynced = True
         with _translated():
             self._db.execute("DELETE FROM dirty WHERE key=?", (key,))
 
@@ -100,6 +111,7 @@ class Journal:
 
     def set_mtime(self, path: str, version: str, mtime_ns: int) -> None:
         """Keep ``mtime_ns`` for ``path`` while the store has ``version`` there."""
+        self._unsynced = True
         with _translated():
             self._db.execute(
                 "INSERT OR REPLACE INTO mtimes (path, version, mtime_ns) VALUES (?, ?, ?)",
@@ -108,8 +120,16 @@ class Journal:
 
     def drop_mtimes(self, paths: list[str]) -> None:
         """Forget the kept modification times of ``paths``."""
+        self._unsynced = True
         with _translated():
             self._db.executemany("DELETE FROM mtimes WHERE path=?", [(p,) for p in paths])
+
+    def sync(self) -> None:
+        """Flush committed rows to disk (a WAL checkpoint, which syncs the WAL first)."""
+        if self._unsynced:
+            self._unsynced = False
+            with _translated():
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Checkpoint and close the database."""

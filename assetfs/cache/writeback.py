@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -82,6 +83,8 @@ class WriteBack:
         self._errors: dict[CacheItem, errors.AssetFSError] = {}
         self._forced: set[CacheItem] = set()
         self._held: collections.Counter[CacheItem] = collections.Counter()
+        self._sleep_until = -math.inf
+        """When the dispatcher wakes by itself; earlier due uploads wake it (monotonic s)."""
         self.exit_timeout = 30.0
         """Seconds the daemon uploads dirty files for when it stops (``-o umount_timeout``;
         0 after ``assetfs umount --no-flush``: they stay in the journal for the next mount)."""
@@ -93,7 +96,8 @@ class WriteBack:
         due = time.monotonic() + (self.delay if delay is None else delay)
         current = self._due.get(item)
         self._due[item] = due if current is None or delay == 0 else max(due, current)
-        self._wake.set()
+        if self._due[item] < self._sleep_until:  # else the dispatcher wakes in time anyway
+            self._wake.set()
 
     def pending(self) -> list[CacheItem]:
         """Dirty items queued or being uploaded."""
@@ -153,8 +157,10 @@ class WriteBack:
                 waits = [d for i, d in self._due.items()
                          if i not in self._busy and not i.writers and not self._held[i]]
                 self._wake = trio.Event()
-                with trio.move_on_after(max(0.0, min(waits) - now) if waits else 1.0):
+                self._sleep_until = min(waits, default=now + 1.0)
+                with trio.move_on_after(max(0.0, self._sleep_until - now)):
                     await self._wake.wait()
+                self._sleep_until = -math.inf
 
     async def _upload(self, item: CacheItem, limiter: trio.CapacityLimiter) -> None:
         try:

@@ -477,6 +477,8 @@ class Operations(pyfuse3.Operations):
         item = handle.item
         if handle.writable:
             item.writers -= 1
+            if item.dirty:
+                self.cache.sync_soon(item)
         if item.dirty and not item.writers:
             self.writeback.schedule(item)
         self.cache.closed(item)
