@@ -37,7 +37,8 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> None:
     """Let the kernel send 1 MiB reads instead of 128 KiB ones by raising the mount's
     ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (design.md, Request sizes). Root only;
     silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
-    ``stat`` of the mount point would wait for this very daemon and hang."""
+    ``stat`` of the mount point from the daemon's own trio thread would hang. The kernel
+    resets the value when it gets the daemon's FUSE_INIT reply, so this runs after it."""
     target = os.path.abspath(mountpoint)
     with open("/proc/self/mountinfo") as info:
         devices = [line.split()[2] for line in info if line.split()[4] == target]
@@ -156,10 +157,8 @@ class Mount:
         if self.config.read_only:
             options.add("ro")
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
-        mounted = True
+        state = {"mounted": True}
         try:
-            raise_read_ahead(self.config.mountpoint,
-                             int(self.config.options.get("read_ahead_kb", 1024)))
             async with trio.open_nursery() as nursery:
                 self.cache.start(nursery)
                 nursery.start_soon(self.writeback.run)
@@ -167,22 +166,31 @@ class Mount:
                 nursery.start_soon(self.subscription.run)
                 nursery.start_soon(self.invalidator.run, self.events_receive)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(self._serve_requests, nursery.cancel_scope, state)
+                # A statfs from a worker thread returns once the kernel's FUSE_INIT has been
+                # answered: only then can the read-ahead be raised (INIT resets it).
+                await trio.to_thread.run_sync(os.statvfs, self.config.mountpoint)
+                raise_read_ahead(self.config.mountpoint,
+                                 int(self.config.options.get("read_ahead_kb", 1024)))
                 with trio.move_on_after(self.config.timeout):
                     await self.driver.events_ready.wait()
                 if not self.driver.events_ready.is_set():
                     log.warning("change events are not flowing yet; serving anyway")
                 ready()
                 log.info("mounted %s on %s", self.config.url, self.config.mountpoint)
-                await pyfuse3.main()
-                mounted = False
-                nursery.cancel_scope.cancel()
         finally:
-            pyfuse3.close(unmount=mounted)
+            pyfuse3.close(unmount=state["mounted"])
             with trio.CancelScope(shield=True):
                 await self._final_flush()
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+
+    async def _serve_requests(self, scope: trio.CancelScope, state: dict[str, bool]) -> None:
+        """Answer FUSE requests until the filesystem is unmounted, then stop the mount."""
+        await pyfuse3.main()
+        state["mounted"] = False
+        scope.cancel()
 
     async def _sync_journal(self) -> None:
         """Flush the journal to disk every SYNC_INTERVAL seconds (see cache/journal.py)."""
