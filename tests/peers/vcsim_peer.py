@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -180,3 +181,8 @@ def running(tls: bool = False, timeout: float = 20.0) -> Iterator[Vcsim]:
                 proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+        if sim is not None:  # left behind when the simulator was SIGKILLed by a fault test
+            shutil.rmtree(sim.datastore.split("@", 1)[0], ignore_errors=True)
+            if sim.ca_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(sim.ca_file)
