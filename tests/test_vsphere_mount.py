@@ -248,12 +248,6 @@ with open(sys.argv[1], "rb", buffering=0) as f:
 """
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="core: (1) cache/blocks.py _wait_stream hands a stream error to one waiter only, "
-    "so concurrent read-ahead waiters wait forever (reader hangs ~2 runs in 3); (2) a cached "
-    "listing is not served while the store is down (listdir -> EIO once it expires)",
-)
 def test_server_killed_mid_read_gives_eio_and_cached_data_stays(
     sim: Vcsim, library: str, tmp_path: Path
 ) -> None:
@@ -264,6 +258,7 @@ def test_server_killed_mid_read_gives_eio_and_cached_data_stays(
     with mount_vsphere(sim, tmp_path, timeout="5") as m:
         folder = m.path / "lib" / "iso"
         assert (folder / "a.txt").read_bytes() == b"hello world"
+        assert sorted(os.listdir(folder)) == ["a.txt", "big.iso"]  # listed: stays listable
         reader = subprocess.Popen(
             [sys.executable, "-c", READER, str(folder / "big.iso")],
             stdin=subprocess.PIPE,

@@ -66,6 +66,7 @@ class CacheItem:
     next_offset: int = 0
     inflight: dict[int, trio.Event] = field(default_factory=dict)
     stream_started: bool = False
+    stream_running: bool = False
     stream_error: errors.AssetFSError | None = None
     unlinked: bool = False
     """Deleted or replaced by a rename on our side: open handles still read and write it,
@@ -427,17 +428,18 @@ class BlockCache:
             await self._fetch_block(item, block)
 
     async def _wait_stream(self, item: CacheItem, end: int) -> None:
-        if not item.stream_started:
-            item.stream_started = True
-            item.stream_error = None
+        """Wait until the stream of ``item`` has passed offset ``end``; start (or restart,
+        after a failure) the stream if none is running. Every waiter of a failed stream
+        gets its error."""
+        if not item.stream_running and not item.complete and item.watermark < end:
             if self._nursery is None:
                 raise errors.Unavailable("cache not started")
+            item.stream_error = None
+            item.stream_running = item.stream_started = True
             self._nursery.start_soon(self._stream, item)
         while item.watermark < end and not item.complete:
-            if item.stream_error is not None:
-                error, item.stream_error = item.stream_error, None
-                item.stream_started = False
-                raise error
+            if not item.stream_running:
+                raise item.stream_error or errors.Unavailable(url=item.path)
             await item.arrived.wait()
 
     def _signal(self, item: CacheItem) -> None:
@@ -446,24 +448,35 @@ class BlockCache:
 
     async def _stream(self, item: CacheItem) -> None:
         """Fill ``item`` from offset 0 with :meth:`Driver.open_stream` (stores that ignore
-        HTTP Range: vcsim, NodeODX)."""
+        HTTP Range: vcsim, NodeODX). A restart after a failure downloads from 0 again (there
+        is no range) but rewrites nothing below the watermark. The deadline is a stall
+        timeout: each chunk must come within ``policy.attempt_timeout`` seconds, however
+        long the whole file takes."""
+        stall = self.policy.attempt_timeout
+        position = 0
         try:
-            with trio.fail_after(self.policy.deadline):
-                self.make_room(item.size, for_dirty=False)
-                item.watermark = 0
+            self.make_room(item.size, for_dirty=False)
+            with trio.CancelScope(deadline=trio.current_time() + stall) as scope:
                 async for chunk in self.driver.open_stream(item.path):  # type: ignore[attr-defined]
-                    self._pwrite(item, chunk, item.watermark)
-                    item.watermark += len(chunk)
-                    self._signal(item)
-            item.complete = True
-        except trio.TooSlowError:
-            item.stream_error = errors.TimedOut(f"download of {item.path} took too long")
+                    scope.deadline = trio.current_time() + stall
+                    end = position + len(chunk)
+                    if end > item.watermark:
+                        skip = max(0, item.watermark - position)
+                        self._pwrite(item, chunk[skip:], position + skip)
+                        item.watermark = end
+                        self._signal(item)
+                    position = end
+            if scope.cancelled_caught:
+                item.stream_error = errors.TimedOut(f"download of {item.path} stalled")
+            else:
+                item.complete = True
         except errors.AssetFSError as exc:
             item.stream_error = exc
         except OSError as exc:
             item.stream_error = errors.NoSpace(str(exc)) if exc.errno == errno.ENOSPC else \
                 errors.AssetFSError(str(exc))
         finally:
+            item.stream_running = False
             self._signal(item)
 
     async def fill_all(self, item: CacheItem) -> None:

@@ -4,6 +4,11 @@ Entries and listings expire after ``ttl`` seconds (cachetools TTL+LRU). With a p
 store the TTL is long, because the invalidator drops what changes; with a polling store it
 follows the poll interval. A negative entry (``None``) records that a name does not exist,
 because file managers and shells probe many names that are not there.
+
+What expired is kept aside (``stale_entry``/``stale_listing``, LRU-bounded) until an event
+or a change of ours says it changed: while the store cannot be reached, folders already
+listed stay listable and files already seen keep their attributes (stale-if-error, as
+HTTP caches do, and as design.md asks of a mount whose backend is down).
 """
 
 from __future__ import annotations
@@ -26,6 +31,26 @@ class MetadataCache:
         self._listings: cachetools.TTLCache[str, dict[str, Entry]] = cachetools.TTLCache(
             max_entries // 10 or 1, ttl
         )
+        self._stale_entries: cachetools.LRUCache[str, Entry | None] = cachetools.LRUCache(
+            max_entries
+        )
+        self._stale_listings: cachetools.LRUCache[str, dict[str, Entry]] = cachetools.LRUCache(
+            max_entries // 10 or 1
+        )
+
+    def stale_entry(self, path: str) -> Entry | object | None:
+        """The last entry known for ``path`` even if expired (``MISSING`` if none)."""
+        found = self._stale_entries.get(path, _MISSING)
+        if found is _MISSING and path != "/":
+            parent, name = split(path)
+            listing = self._stale_listings.get(parent)
+            if listing is not None:
+                return listing.get(name)
+        return found
+
+    def stale_listing(self, folder: str) -> dict[str, Entry] | None:
+        """The last listing known for ``folder`` even if expired."""
+        return self._stale_listings.get(folder)
 
     def entry(self, path: str) -> Entry | object | None:
         """The cached entry, ``None`` if known absent, or :data:`MISSING` if unknown."""
@@ -44,9 +69,9 @@ class MetadataCache:
 
     def put(self, path: str, entry: Entry | None) -> None:
         """Record ``entry`` at ``path`` (``None``: absent), keeping the parent listing true."""
-        self._entries[path] = entry
+        self._entries[path] = self._stale_entries[path] = entry
         parent, name = split(path)
-        listing = self._listings.get(parent)
+        listing = self._stale_listings.get(parent)
         if listing is not None and path != "/":
             if entry is None:
                 listing.pop(name, None)
@@ -56,36 +81,44 @@ class MetadataCache:
     def put_listing(self, folder: str, entries: list[Entry]) -> dict[str, Entry]:
         """Record the children of ``folder`` (and each child's entry)."""
         listing = {e.name: e for e in entries}
-        self._listings[folder] = listing
+        self._listings[folder] = self._stale_listings[folder] = listing
         for e in entries:
-            self._entries[join(folder, e.name)] = e
+            self._entries[join(folder, e.name)] = self._stale_entries[join(folder, e.name)] = e
         return listing
 
     def forget(self, path: str) -> None:
         """Drop what is known about ``path`` and, if it is a folder, its listing."""
-        self._entries.pop(path, None)
-        self._listings.pop(path, None)
         parent, name = split(path)
-        listing = self._listings.get(parent)
-        if listing is not None:
-            listing.pop(name, None)
+        for entries, listings in self._layers:
+            entries.pop(path, None)
+            listings.pop(path, None)
+            listing = listings.get(parent)
+            if listing is not None:
+                listing.pop(name, None)
 
     def forget_tree(self, path: str) -> None:
         """Drop ``path`` and everything cached under it (rename or delete of a folder)."""
         prefix = path.rstrip("/") + "/"
-        for cache in (self._entries, self._listings):
-            for key in [k for k in cache if k == path or k.startswith(prefix)]:
-                cache.pop(key, None)
+        for layer in self._layers:
+            for cache in layer:
+                for key in [k for k in cache if k == path or k.startswith(prefix)]:
+                    cache.pop(key, None)
         self.forget(path)
 
     def forget_listing(self, folder: str) -> None:
         """Drop the listing of ``folder`` only (its children changed)."""
         self._listings.pop(folder, None)
+        self._stale_listings.pop(folder, None)
 
     def clear(self) -> None:
         """Drop everything (events were lost)."""
-        self._entries.clear()
-        self._listings.clear()
+        for layer in self._layers:
+            for cache in layer:
+                cache.clear()
+
+    @property
+    def _layers(self) -> tuple[tuple[cachetools.Cache, cachetools.Cache], ...]:  # type: ignore[type-arg]
+        return ((self._entries, self._listings), (self._stale_entries, self._stale_listings))
 
 
 MISSING = _MISSING

@@ -36,6 +36,11 @@ class Namespace:
                                           f"stat of {self.driver.describe(path)}")
             except errors.NotFound:
                 cached = None
+            except errors.Unavailable:
+                cached = self.metadata.stale_entry(path)
+                if cached is MISSING:
+                    raise
+                return cached  # type: ignore[return-value]  # the store is down: last known
             self.metadata.put(path, cached)
         assert cached is None or isinstance(cached, Entry)
         return cached
@@ -67,9 +72,15 @@ class Namespace:
         """The children of ``folder``, with local unsaved files merged in."""
         listing = self.metadata.listing(folder)
         if listing is None:
-            entries = await retry.call(lambda: self.driver.list(folder), self.policy,
-                                       f"list of {self.driver.describe(folder)}")
-            listing = self.metadata.put_listing(folder, entries)
+            try:
+                entries = await retry.call(lambda: self.driver.list(folder), self.policy,
+                                           f"list of {self.driver.describe(folder)}")
+            except errors.Unavailable:
+                listing = self.metadata.stale_listing(folder)
+                if listing is None:
+                    raise
+            else:
+                listing = self.metadata.put_listing(folder, entries)
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
         for path, item in self.cache.items.items():
             parent, name = split(path)
