@@ -194,6 +194,11 @@ def test_folders_remove_and_rename(sim: Vcsim, library: str, tmp_path: Path) -> 
         with pytest.raises(OSError) as info:
             os.rename(lib / "iso" / "a.txt", lib / "iso" / "b.txt")
         assert info.value.errno in (errno.EOPNOTSUPP, errno.EXDEV)
+        for place in (m.path / "top.txt", lib / "loose.txt"):  # files live in items only
+            with pytest.raises(OSError) as info:
+                place.write_bytes(b"x")
+            assert info.value.errno == errno.EOPNOTSUPP
+        assert "loose.txt" not in os.listdir(lib) and "top.txt" not in os.listdir(m.path)
         os.remove(lib / "iso" / "a.txt")
         wait_for(lambda: remote_file(sim, library, "iso", "a.txt") is None, 30, "file removal")
         subprocess.run(["rm", "-r", str(lib / "iso")], check=True)

@@ -317,6 +317,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(self._path(parent_inode))
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
+        self.driver.check_create(path, Kind.DIR)
         entry = await self.driver.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
@@ -373,6 +374,7 @@ class Operations(pyfuse3.Operations):
             return
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
+        self.driver.check_create(new, source.kind)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -443,6 +445,7 @@ class Operations(pyfuse3.Operations):
         existing = await self.ns.find(path)
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
+        self.driver.check_create(path, Kind.FILE)
         item = self.cache.new_file(path)
         if existing is not None:
             item.base_version = existing.version
