@@ -6,21 +6,13 @@ VCSIM_APT := golang-go golang-github-vmware-govmomi-dev
 VCSIM_SRC := tests/peers/vcsim/main.go
 VCSIM_DIR := .cache/vcsim
 VCSIM_BIN := $(VCSIM_DIR)/vcsim
-VCSIM_SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: vcsim vcsim-packages
 
 vcsim: $(VCSIM_BIN)
 
 vcsim-packages:
-	@missing=""; for p in $(VCSIM_APT); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(VCSIM_SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(VCSIM_SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt_install,$(VCSIM_APT))
 
 # GOPATH style, offline: the package lives in a private GOPATH entry so `go build` finds
 # govmomi in /usr/share/gocode without any module download.
