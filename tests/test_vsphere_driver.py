@@ -368,20 +368,18 @@ async def test_tls_needs_trust(password_env: None) -> None:
         lid = peer.create_library("lib")
         peer.upload(peer.create_item(lid, "iso"), "a.txt", b"over TLS")
         for options in ({"ca_bundle": peer.ca_file}, {"insecure": ""}):
-            for raw in ("1", "0"):
-                d = make_driver(peer, raw_download=raw, **options)
-                await d.connect()
-                assert [e.name for e in await d.list("/")] == ["lib"]
-                assert await read_all(d, "/lib/iso/a.txt") == b"over TLS"
-                await d.close()
+            d = make_driver(peer, **options)
+            await d.connect()
+            assert [e.name for e in await d.list("/")] == ["lib"]
+            assert await read_all(d, "/lib/iso/a.txt") == b"over TLS"
+            await d.close()
 
 
-@pytest.mark.parametrize("raw", ["1", "0"])
-async def test_both_download_paths(
-    sim: Vcsim, library: str, password_env: None, tmp_path: Path, raw: str
+async def test_download_whole_and_ranged(
+    sim: Vcsim, library: str, password_env: None, tmp_path: Path
 ) -> None:
-    """The bare-socket download (default) and the httpx one give the same bytes."""
-    d = make_driver(sim, raw_download=raw)
+    """Whole and ranged reads give the stored bytes, across a session expiry."""
+    d = make_driver(sim)
     await d.connect()
     try:
         data = os.urandom(3 * 1024 * 1024 + 5)

@@ -20,15 +20,9 @@ Options (``-o``):
 - ``item_type=TYPE`` (``file``): the type of items created by ``mkdir``;
 - ``datastore=ID``: datastore id for libraries created by ``mkdir`` at the top level (else
   the storage backing of an existing library is reused);
-- ``spool_dir=PATH``: scratch space for the simulator's item rebuild (see below);
-- ``raw_download=0``: read download bodies through httpx instead of the bare-socket reader.
+- ``spool_dir=PATH``: scratch space for the simulator's item rebuild (see below).
 
-Transport: every REST call and upload goes through one ``httpx.AsyncClient``. The bulk
-download GET uses :class:`_RawBody`, a minimal HTTP/1.1 reader on a trio socket (TLS with
-the same context), because httpx/h11 parse a body in 64 KiB pieces at ~0.3 s CPU per
-256 MiB, in the daemon's only trio thread; measured on vcsim, the mount's cold sequential
-read went from ~0.95-1.14 s to ~0.52-0.78 s per 256 MiB. httpx is used instead when a proxy
-applies to the endpoint or with ``-o raw_download=0``.
+Transport: every REST call, upload and download goes through one ``httpx.AsyncClient``.
 
 Units: sizes in bytes, times in seconds unless a name says ``_ns``.
 
@@ -85,7 +79,6 @@ import ssl
 import stat as stat_module
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -187,191 +180,6 @@ class _HttpxBody:
         return self._resp
 
 
-class _RawBody:
-    """One ``GET`` of a download endpoint over a bare trio socket (TLS or not).
-
-    The bulk download path only: httpx parses a body in 64 KiB reads through h11, which costs
-    ~0.3 s CPU per 256 MiB in the daemon's one trio thread; this reads up to 1 MiB per
-    receive and de-chunks with ``bytes.find``. HTTP/1.1, ``Connection: close``, no
-    redirects, no proxies (the driver uses httpx when a proxy applies). Transport failures
-    are raised as the matching ``httpx`` exceptions (cause chained), so they are translated
-    in the driver's one place like every other error.
-    """
-
-    _RECEIVE = 1 << 20
-    _HEAD_LIMIT = 64 * 1024
-
-    def __init__(self, stream: trio.abc.Stream, timeout: float) -> None:
-        self._stream = stream
-        self._timeout = timeout
-        self._buf = bytearray()
-        self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self._mode = "close"
-        self._left = 0  # bytes left: of the body ("length") or of the chunk ("chunked")
-        self._crlf = False  # a chunk's trailing CRLF is still to be consumed
-        self._done = False
-
-    @classmethod
-    async def open(
-        cls,
-        uri: str,
-        headers: Mapping[str, str],
-        context: ssl.SSLContext | None,
-        timeout: float,
-    ) -> _RawBody:
-        """Connect, send the request, read the status line and headers."""
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        try:
-            with trio.fail_after(timeout):
-                tcp = await trio.open_tcp_stream(host, port)
-        except trio.TooSlowError as exc:
-            raise httpx.ConnectTimeout(f"connect to {host}:{port}") from exc
-        except OSError as exc:
-            raise httpx.ConnectError(f"{host}:{port}: {exc.strerror or exc}") from exc
-        stream: trio.abc.Stream = tcp
-        body = cls(stream, timeout)
-        try:
-            if tls:
-                ssl_stream = trio.SSLStream(
-                    tcp,
-                    context or ssl.create_default_context(),
-                    server_hostname=host,
-                    https_compatible=True,
-                )
-                try:
-                    with trio.fail_after(timeout):
-                        await ssl_stream.do_handshake()
-                except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                    raise httpx.ConnectError("TLS handshake failed") from (
-                        exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-                    )
-                body._stream = ssl_stream
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
-            lines = [f"GET {target or '/'} HTTP/1.1", f"Host: {parts.netloc}"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            lines += ["Accept-Encoding: identity", "Connection: close", "User-Agent: assetfs"]
-            await body._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            await body._read_head()
-        except BaseException:
-            await body.aclose()
-            raise
-        return body
-
-    async def _send(self, data: bytes) -> None:
-        try:
-            with trio.fail_after(self._timeout):
-                await self._stream.send_all(data)
-        except trio.TooSlowError as exc:
-            raise httpx.WriteTimeout("sending the request") from exc
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise httpx.WriteError(f"sending the request: {exc}") from exc
-
-    async def _fill(self) -> bool:
-        """Receive more into the buffer; False at the end of the connection."""
-        try:
-            with trio.fail_after(self._timeout):
-                data = await self._stream.receive_some(self._RECEIVE)
-        except trio.TooSlowError as exc:
-            raise httpx.ReadTimeout(f"no data in {self._timeout:g}s") from exc
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise httpx.ReadError(f"connection lost: {exc}") from exc
-        self._buf += data
-        return bool(data)
-
-    async def _need(self, size: int) -> None:
-        while len(self._buf) < size:
-            if not await self._fill():
-                raise httpx.RemoteProtocolError("the server closed the connection mid-body")
-
-    async def _line_end(self, start: int = 0) -> int:
-        while (end := self._buf.find(b"\r\n", start)) < 0:
-            if len(self._buf) > self._HEAD_LIMIT:
-                raise httpx.RemoteProtocolError("header line too long")
-            if not await self._fill():
-                raise httpx.RemoteProtocolError("the server closed the connection mid-header")
-        return end
-
-    async def _read_head(self) -> None:
-        while (end := self._buf.find(b"\r\n\r\n")) < 0:
-            if len(self._buf) > self._HEAD_LIMIT:
-                raise httpx.RemoteProtocolError("reply header too long")
-            if not await self._fill():
-                raise httpx.RemoteProtocolError("the server closed the connection")
-        head = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
-        del self._buf[: end + 4]
-        fields = head[0].split(" ", 2)
-        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-            raise httpx.RemoteProtocolError(f"not an HTTP reply: {head[0][:80]!r}")
-        self.status = int(fields[1])
-        for line in head[1:]:
-            key, _, value = line.partition(":")
-            self.headers.append((key.strip().lower(), value.strip()))
-        fields_by_name = dict(self.headers)
-        if "chunked" in fields_by_name.get("transfer-encoding", "").lower():
-            self._mode = "chunked"
-        elif "content-length" in fields_by_name:
-            self._mode, self._left = "length", int(fields_by_name["content-length"])
-
-    async def next_piece(self) -> bytes:
-        """The next piece of the body (up to 1 MiB); ``b""`` at its end. Raises
-        ``httpx.RemoteProtocolError`` when the connection ends before the body does."""
-        if self._done:
-            return b""
-        if self._mode == "length":
-            if self._left == 0:
-                self._done = True
-                return b""
-            await self._need(1)
-            return self._take(self._left)
-        if self._mode == "close":
-            if not self._buf and not await self._fill():
-                self._done = True
-                return b""
-            return self._take(len(self._buf))
-        if self._left == 0:  # chunked: between chunks
-            if self._crlf:
-                await self._need(2)
-                del self._buf[:2]
-                self._crlf = False
-            end = await self._line_end()
-            size = int(bytes(self._buf[:end]).split(b";")[0].strip() or b"0", 16)
-            del self._buf[: end + 2]
-            if size == 0:
-                self._done = True
-                return b""
-            self._left = size
-        await self._need(1)
-        piece = self._take(self._left)
-        self._crlf = self._left == 0
-        return piece
-
-    def _take(self, limit: int) -> bytes:
-        count = min(limit, len(self._buf))
-        with memoryview(self._buf) as view:
-            piece = bytes(view[:count])
-        del self._buf[:count]
-        if self._mode != "close":
-            self._left -= count
-        return piece
-
-    async def error_response(self) -> httpx.Response:
-        """The reply, with up to 64 KiB of its body, for :meth:`VsphereDriver._error`."""
-        content = b""
-        with contextlib.suppress(httpx.HTTPError):
-            while len(content) < self._HEAD_LIMIT and (piece := await self.next_piece()):
-                content += piece
-        return httpx.Response(self.status, headers=self.headers, content=content)
-
-    async def aclose(self) -> None:
-        """Close the connection (at once, also when cancelled)."""
-        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await trio.aclose_forcefully(self._stream)
-
-
 @dataclass
 class _Window:
     """Cuts ``[skip, skip+remaining)`` out of a body that arrives in pieces (``remaining``
@@ -446,9 +254,6 @@ class VsphereDriver(Driver):
         self._password: str | None = None
         self._client: httpx.AsyncClient | None = None
         self._ssl_context: ssl.SSLContext | None = None
-        self.raw_download = not (set(options) & {"raw_download"}) or _flag(options, "raw_download")
-        """Download bodies over a bare socket (:class:`_RawBody`) unless ``-o raw_download=0``
-        or a proxy applies to the endpoint; else through httpx."""
         self._session: str | None = None
         self._login_lock = trio.Lock()
         self._library_ids: dict[str, str] = {}
@@ -1063,22 +868,10 @@ class VsphereDriver(Driver):
                 log.debug("vsphere: %s", exc)
 
     @contextlib.asynccontextmanager
-    async def _open_get(
-        self, uri: str, headers: Mapping[str, str]
-    ) -> AsyncIterator[_HttpxBody | _RawBody]:
-        """A GET of a transfer endpoint, as a body read piece by piece: over a bare socket
-        when :attr:`raw_download` holds and no proxy applies, else through httpx."""
-        host = urlsplit(uri).hostname or ""
-        proxied = urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
-        if self.raw_download and not proxied:
-            body = await _RawBody.open(uri, headers, self._ssl_context, self.timeout)
-            try:
-                yield body
-            finally:
-                await body.aclose()
-        else:
-            async with self._http().stream("GET", uri, headers=headers) as resp:
-                yield _HttpxBody(resp)
+    async def _open_get(self, uri: str, headers: Mapping[str, str]) -> AsyncIterator[_HttpxBody]:
+        """A GET of a transfer endpoint, as a body read piece by piece."""
+        async with self._http().stream("GET", uri, headers=headers) as resp:
+            yield _HttpxBody(resp)
 
     async def _download(
         self,
