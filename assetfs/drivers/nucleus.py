@@ -144,6 +144,8 @@ class NucleusDriver(Driver):
         """Events from the library's callback thread, drained on the trio thread."""
         self._draining = False
         self._sink: EventSink | None = None
+        self._reconnect = False
+        """The connection was lost: ask the library to reconnect before subscribing."""
 
     def url_of(self, path: str) -> str:
         """The omni.client URL of a driver path (percent-encoded: ``#``, ``?``, ``%`` work)."""
@@ -336,21 +338,49 @@ class NucleusDriver(Driver):
     async def run_events(self, sink: EventSink) -> None:
         """Keep list subscriptions for watched folders until cancelled (events arrive by
         callback, see :meth:`watch`); folders watched before the start are subscribed
-        now. Events dropped because the queue was full become a RESYNC of their folder."""
+        now. Events dropped because the queue was full become a RESYNC of their folder.
+
+        A lost server connection (the library's connection status callback says
+        DISCONNECTED or CONNECT_ERROR) ends this call with Unavailable: the subscription
+        supervisor waits with backoff, sends a RESYNC of everything (events were missed),
+        and calls again, which first asks the library to ``reconnect`` (it does not by
+        itself, backends/nucleus.md) and then subscribes every watched folder anew."""
+        if self._reconnect:
+            await trio.to_thread.run_sync(oc.reconnect, self._base)
+            self._reconnect = False
         self._sink = sink
+        disconnected = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def on_status(url: str, status: Any) -> None:
+            if status in (oc.ConnectionStatus.DISCONNECTED, oc.ConnectionStatus.CONNECT_ERROR):
+                log.warning("omni.client: connection to %s: %s", url, status.name)
+                token.run_sync_soon(disconnected.set)
+
+        registration = oc.register_connection_status_callback(on_status)
         for folder in sorted(self._folders):
             self.watch(folder)
         self.events_ready.set()
         try:
-            while True:
-                await self._lost_changed.wait()
-                self._lost_changed = trio.Event()
-                lost, self._lost = self._lost, set()
-                for folder in sorted(lost):
-                    await sink.send(ChangeEvent(ChangeKind.RESYNC, folder))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._resync_lost, sink)
+                await disconnected.wait()
+                nursery.cancel_scope.cancel()
+            self._reconnect = True
+            raise errors.Unavailable("connection to the server lost", url=self.url)
         finally:
+            del registration
             self._sink = None
             self._subscriptions.clear()
+
+    async def _resync_lost(self, sink: EventSink) -> None:
+        """Turn folders whose events were dropped (full queue) into RESYNC events."""
+        while True:
+            await self._lost_changed.wait()
+            self._lost_changed = trio.Event()
+            lost, self._lost = self._lost, set()
+            for folder in sorted(lost):
+                await sink.send(ChangeEvent(ChangeKind.RESYNC, folder))
 
     async def close(self) -> None:
         self._subscriptions.clear()
