@@ -367,6 +367,9 @@ class BlockCache:
                                              self.policy, f"local copy of {item.path}")
                     item.local_source = local
                     item.source_fd = os.open(local, os.O_RDONLY)
+                    # readers through FUSE come in 1 MiB requests, one at a time: let the
+                    # kernel read ahead on the local copy in big steps meanwhile
+                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         return item.source_fd
 
     def _blocks(self, start: int, end: int) -> range:
