@@ -122,6 +122,12 @@ def test_partial_reads_at_any_offset(mount: Mount, store: Path) -> None:
             assert f.read(70000) == data[offset : offset + 70000]
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 # --- writing ------------------------------------------------------------------------
 def test_create_overwrite_append_truncate(mount: Mount, store: Path) -> None:
     target = mount.path / "Scenes" / "new ü.txt"
@@ -149,6 +155,7 @@ def test_fsync_uploads_before_returning(mount: Mount, store: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
         assert (store / "fsynced.bin").read_bytes() == payload
+    assert (store / "fsynced.bin").stat().st_mode & 0o777 == 0o644 & ~current_umask()
 
 
 def test_tools_write_through_the_mount(mount: Mount, store: Path, tmp_path: Path) -> None:

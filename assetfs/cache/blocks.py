@@ -287,7 +287,9 @@ class BlockCache:
     def _open_cache_file(self, item: CacheItem, create: bool) -> int:
         if item.fd is None:
             flags = os.O_RDWR | (os.O_CREAT if create else 0)
-            item.fd = os.open(self.data / item.key, flags, 0o600)
+            # 0644, not 0600: omni.client's copy (the upload) carries the mode over to the
+            # store's file; the cache directory itself is private (0700).
+            item.fd = os.open(self.data / item.key, flags, 0o644)
         return item.fd
 
     def set_mtime(self, item: CacheItem, mtime_ns: int) -> None:
