@@ -1,0 +1,313 @@
+"""The REST session of the vSphere driver: login (again on 401), calls with deadlines, and
+the one place where HTTP statuses, vAPI error types and transport failures become
+:mod:`assetfs.errors` types. A mixin of :class:`~.driver.VsphereDriver`, whose
+``__init__`` sets the state it uses (``base_url``, ``user``, ``timeout``, ``_client``...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import stat as stat_module
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+import trio
+
+from ... import errors
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "ASSETFS_VSPHERE_PASSWORD"
+"""Environment variable holding the password (when no ``credentials`` file is given)."""
+
+SESSION_HEADER = "vmware-api-session-id"
+SESSION_API = "/rest/com/vmware/cis/session"
+CONTENT_API = "/rest/com/vmware/content"
+REBUILD_PREFIX = ".assetfs-rebuild-"
+_LOGIN = "log in"
+CHUNK = 1 << 20
+_LIST_PARALLEL = 8
+_FALSE = {"0", "false", "no", "off"}
+_T = TypeVar("_T")
+
+
+def flag(options: Mapping[str, Any], name: str) -> bool:
+    """True when option ``name`` is present as a bare flag or with a true-ish value."""
+    if name not in options:
+        return False
+    value = options[name]
+    return value is None or str(value).strip().lower() not in _FALSE
+
+
+class HttpxBody:
+    """A streamed httpx GET reply, read piece by piece."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self.status = resp.status_code
+        self._resp = resp
+        self._pieces = resp.aiter_raw().__aiter__()
+
+    async def next_piece(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end."""
+        try:
+            return await self._pieces.__anext__()
+        except StopAsyncIteration:
+            return b""
+
+    async def error_response(self) -> httpx.Response:
+        """The reply with its body read, for :meth:`VsphereDriver._error`."""
+        await self._resp.aread()
+        return self._resp
+
+
+class RestClient:
+    """Login, calls and error translation for :class:`~.driver.VsphereDriver`."""
+
+    def _read_password(self) -> str:
+        """The password from ``-o credentials=PATH`` (mode 0600) or ``$ASSETFS_VSPHERE_PASSWORD``.
+
+        Raises PermissionDenied when there is none or the file is readable by others."""
+        path = self.options.get("credentials")
+        if path:
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                raise errors.PermissionDenied(
+                    f"cannot read credentials file {path}: {exc.strerror}"
+                ) from exc
+            if info.st_mode & 0o077:
+                raise errors.PermissionDenied(
+                    f"credentials file {path} has mode {stat_module.S_IMODE(info.st_mode):04o};"
+                    f" it must not be readable by others: chmod 600 {path}"
+                )
+            if info.st_uid != os.getuid():
+                raise errors.PermissionDenied(f"credentials file {path} is not yours")
+            with open(path, encoding="utf-8") as stream:
+                lines = [line.strip() for line in stream if line.strip()]
+            fields = dict(line.split("=", 1) for line in lines if "=" in line)
+            if "password" in fields:
+                if not self.user and fields.get("user"):
+                    self.user = fields["user"].strip()
+                return fields["password"].strip()
+            if lines:
+                return lines[0]
+            raise errors.PermissionDenied(f"credentials file {path} holds no password")
+        password = os.environ.get(PASSWORD_ENV)
+        if password:
+            return password
+        raise errors.PermissionDenied(
+            f"no password: set ${PASSWORD_ENV} or pass -o credentials=PATH (a mode 0600 file)"
+        )
+
+    def _make_client(self) -> httpx.AsyncClient:
+        """The httpx client; its TLS context (system CAs, ``ca_bundle`` or ``insecure``) is
+        shared with the raw download path."""
+        bundle = self.options.get("ca_bundle")
+        try:
+            context = ssl.create_default_context(cafile=bundle or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.AssetFSError(f"cannot load CA bundle {bundle}: {exc}") from exc
+        if flag(self.options, "insecure"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._ssl_context = context
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=context,
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=False,
+        )
+
+    @property
+    def session_id(self) -> str | None:
+        """The REST session id in use (tests expire it server-side)."""
+        return self._session
+
+    async def _login(self, stale: str | None) -> str:
+        """Log in (again, if ``stale`` is still the current session) and return the id."""
+        async with self._login_lock:
+            if self._session is not None and self._session != stale:
+                return self._session
+            client = self._http()
+            try:
+                resp = await client.post(
+                    SESSION_API,
+                    auth=(self.user, self._password or ""),
+                    headers={"vmware-use-header-authn": "true"},
+                )
+            except httpx.HTTPError as exc:
+                raise self._error(exc, _LOGIN) from exc
+            value = self._value(resp, _LOGIN)
+            if not isinstance(value, str) or not value:
+                raise errors.AssetFSError("log in: the server sent no session id", url=self.url)
+            if stale is not None:
+                log.info("vsphere: REST session expired; logged in again at %s", self.base_url)
+            self._session = value
+            return value
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise errors.Unavailable("not connected", url=self.url)
+        return self._client
+
+    def _error(
+        self, problem: httpx.Response | Exception, what: str, path: str = "/"
+    ) -> errors.AssetFSError:
+        """The project's exception for a failed HTTP exchange: THE one place where this
+        driver translates wire-level errors (module docstring lists the mapping).
+
+        ``problem`` is a non-2xx response (its body already read), an ``httpx`` exception
+        or a ``ValueError`` from a reply that is not the expected JSON."""
+        url = self.describe(path)
+        if isinstance(problem, httpx.TimeoutException):
+            return errors.TimedOut(f"{what}: no answer from {self.base_url} in time", url=url)
+        if isinstance(problem, httpx.ConnectError):
+            cause: BaseException | None = problem
+            while cause is not None and not isinstance(cause, ssl.SSLError):
+                cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return errors.AssetFSError(
+                    f"{what}: TLS certificate of {self.base_url} not trusted "
+                    f"({cause.verify_message}); pass -o ca_bundle=PATH or -o insecure",
+                    url=url,
+                )
+            if isinstance(cause, ssl.SSLError):
+                return errors.AssetFSError(
+                    f"{what}: TLS handshake with {self.base_url} failed ({cause.reason}); "
+                    "is it http? then pass -o http",
+                    url=url,
+                )
+            text = str(problem) or repr(problem.__cause__ or problem.__context__)
+            return errors.Unavailable(f"{what}: cannot reach {self.base_url}: {text}", url=url)
+        if isinstance(problem, httpx.TransportError):
+            return errors.Unavailable(
+                f"{what}: connection to {self.base_url} failed: "
+                f"{problem.__class__.__name__}: {problem}",
+                url=url,
+            )
+        if isinstance(problem, httpx.HTTPError):
+            return errors.AssetFSError(f"{what}: {problem}", url=url)
+        if isinstance(problem, ValueError):
+            return errors.AssetFSError(f"{what}: unexpected reply: {problem}", url=url)
+        if not isinstance(problem, httpx.Response):
+            return errors.AssetFSError(f"{what}: {problem}", url=url)
+        status = problem.status_code
+        kind, message = "", ""
+        try:
+            body = problem.json()
+            if isinstance(body, dict):
+                kind = str(body.get("type") or "")
+                value = body.get("value")
+                if isinstance(value, dict):
+                    kind = kind or str(value.get("error_type") or "")
+                    messages = value.get("messages") or []
+                    message = "; ".join(
+                        str(m.get("default_message", m)) if isinstance(m, dict) else str(m)
+                        for m in messages
+                    )
+        except (ValueError, UnicodeDecodeError):
+            message = problem.text.strip()[:200]
+        kind = kind.rsplit(".", 1)[-1].lower()
+        detail = (
+            f"{what}: HTTP {status}"
+            + (f" {kind}" if kind else "")
+            + (f": {message}" if message else "")
+        )
+        by_kind: dict[str, type[errors.AssetFSError]] = {
+            "already_exists": errors.AlreadyExists,
+            "not_found": errors.NotFound,
+            "invalid_argument": errors.InvalidName,
+            "invalid_element_type": errors.InvalidName,
+            "unauthorized": errors.PermissionDenied,
+            "unauthenticated": errors.PermissionDenied,
+            "resource_busy": errors.Locked,
+            "concurrent_change": errors.Locked,
+            "not_allowed_in_current_state": errors.Locked,
+            "unsupported": errors.NotSupported,
+            "service_unavailable": errors.Unavailable,
+            "timed_out": errors.TimedOut,
+        }
+        if kind in by_kind:
+            return by_kind[kind](detail, url=url)
+        if status in (401, 403) and what == _LOGIN:
+            return errors.PermissionDenied(
+                f"login refused for user {self.user!r} (wrong user name or password)",
+                url=self.base_url,
+            )
+        if status in (401, 403):
+            return errors.PermissionDenied(detail, url=url)
+        if status == 404:
+            return errors.NotFound(detail, url=url)
+        if status == 409:
+            return errors.AlreadyExists(detail, url=url)
+        if status in (502, 503, 504, 429):
+            return errors.Unavailable(detail, url=url)
+        if status == 500 and "no such file" in message.lower():
+            return errors.NotFound(detail, url=url)
+        return errors.AssetFSError(detail, url=url)
+
+    def _value(self, resp: httpx.Response, what: str, path: str = "/") -> Any:
+        """The ``value`` of a 2xx ``{"value": ...}`` reply (None for an empty body);
+        raises the translated error for any other reply."""
+        if not resp.is_success:
+            raise self._error(resp, what, path)
+        if not resp.content.strip():
+            return None
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise self._error(exc, what, path) from exc
+        return body.get("value") if isinstance(body, dict) else body
+
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        what: str,
+        path: str = "/",
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One REST call with the session header; logs in again once on 401.
+
+        Returns the reply's ``value``. Every call is bounded by ``timeout``."""
+        stale: str | None = None
+        for _ in range(2):
+            session = self._session if stale is None else await self._login(stale)
+            if session is None:
+                session = await self._login(None)
+            try:
+                resp = await self._http().request(
+                    method,
+                    endpoint,
+                    json=body,
+                    params=params,
+                    headers={SESSION_HEADER: session},
+                )
+            except httpx.HTTPError as exc:
+                raise self._error(exc, what, path) from exc
+            if resp.status_code == 401 and stale is None:
+                stale = session
+                continue
+            return self._value(resp, what, path)
+        raise errors.PermissionDenied(
+            f"{what}: refused after logging in again", url=self.describe(path)
+        )
+
+    async def _gather(self, fns: list[Callable[[], Awaitable[_T]]]) -> list[_T]:
+        """Run ``fns`` at most ``_LIST_PARALLEL`` at a time; results in order."""
+        results: list[Any] = [None] * len(fns)
+        limiter = trio.CapacityLimiter(_LIST_PARALLEL)
+
+        async def one(index: int) -> None:
+            async with limiter:
+                results[index] = await fns[index]()
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(fns)):
+                nursery.start_soon(one, index)
+        return results

@@ -1,0 +1,450 @@
+"""Moving bytes through vSphere transfer sessions: download sessions (prepare, wait for
+PREPARED, GET, delete), update sessions (add, PUT, complete; remove in session) and, for
+vcsim whose ``remove`` deletes the session instead of the file, rebuilding an item. A mixin
+of :class:`~.driver.VsphereDriver`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from ... import errors
+from .rest import CHUNK, CONTENT_API, REBUILD_PREFIX, SESSION_HEADER, HttpxBody
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Window:
+    """Cuts ``[skip, skip+remaining)`` out of a body that arrives in pieces (``remaining``
+    None: to the end). Used when a server ignores Range and sends the whole file."""
+
+    skip: int
+    remaining: int | None
+
+    def take(self, data: bytes) -> bytes:
+        """The part of the next piece ``data`` inside the window."""
+        if self.skip:
+            if len(data) <= self.skip:
+                self.skip -= len(data)
+                return b""
+            data, self.skip = data[self.skip :], 0
+        if self.remaining is not None:
+            data = data[: self.remaining]
+            self.remaining -= len(data)
+        return data
+
+    @property
+    def done(self) -> bool:
+        """True once the window is full."""
+        return self.remaining == 0
+
+
+class Transfers:
+    """Download and update sessions for :class:`~.driver.VsphereDriver`."""
+
+    async def _wait_prepared(self, sid: str, name: str, path: str) -> str:
+        """Prepare ``name`` in download session ``sid``; poll until PREPARED (at most
+        ``prepare_timeout`` s) and return its download URI. Raises TimedOut, AssetFSError."""
+        endpoint = f"{CONTENT_API}/library/item/downloadsession/file/id:{sid}"
+        info = await self._call(
+            "POST",
+            endpoint,
+            "prepare download",
+            path,
+            params={"~action": "prepare"},
+            body={"file_name": name},
+        )
+        deadline = time.monotonic() + self.prepare_timeout
+        delay = 0.05
+        while True:
+            info = info or {}
+            status = str(info.get("status") or "")
+            uri = (info.get("download_endpoint") or {}).get("uri")
+            if status == "PREPARED" and uri:
+                return str(uri)
+            if status == "ERROR":
+                message = (info.get("error_message") or {}).get("default_message", "")
+                raise errors.AssetFSError(
+                    f"download of {name!r} failed to prepare: {message}", url=self.describe(path)
+                )
+            if time.monotonic() > deadline:
+                raise errors.TimedOut(
+                    f"download of {name!r} not PREPARED after {self.prepare_timeout:g}s "
+                    f"(status {status or 'unknown'})",
+                    url=self.describe(path),
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            info = await self._call(
+                "POST",
+                endpoint,
+                "download status",
+                path,
+                params={"~action": "get"},
+                body={"file_name": name},
+            )
+
+    async def _end_session(self, kind: str, sid: str, path: str) -> None:
+        """Delete a transfer session (``kind`` is ``download`` or ``update``) within 5 s,
+        even when cancelled; failures are logged, not raised."""
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                await self._call(
+                    "DELETE",
+                    f"{CONTENT_API}/library/item/{kind}-session/id:{sid}",
+                    f"delete {kind} session",
+                    path,
+                )
+            except errors.NotFound:
+                pass
+            except errors.AssetFSError as exc:
+                log.debug("vsphere: %s", exc)
+
+    async def _keep_alive(self, kind: str, sid: str, path: str) -> None:
+        """Extend a transfer session. Short deadline and errors ignored: on vcsim the
+        call waits for the global lock held by the transfer itself."""
+        with trio.move_on_after(min(5.0, self.timeout)):
+            try:
+                await self._call(
+                    "POST",
+                    f"{CONTENT_API}/library/item/{kind}-session/id:{sid}",
+                    f"keep {kind} session alive",
+                    path,
+                    params={"~action": "keep-alive"},
+                )
+            except errors.AssetFSError as exc:
+                log.debug("vsphere: %s", exc)
+
+    @contextlib.asynccontextmanager
+    async def _open_get(self, uri: str, headers: Mapping[str, str]) -> AsyncIterator[HttpxBody]:
+        """A GET of a transfer endpoint, as a body read piece by piece."""
+        async with self._http().stream("GET", uri, headers=headers) as resp:
+            yield HttpxBody(resp)
+
+    async def _download(
+        self,
+        item_id: str,
+        name: str,
+        path: str,
+        expected: int | None,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``[offset, offset+length)`` of file ``name`` of item ``item_id`` (all when
+        ``length`` is None) through a download session: create, prepare, wait PREPARED, GET,
+        delete. Ranged when the server honours Range, else by skipping (vcsim).
+        Raises Unavailable when the body is cut short of ``expected`` bytes."""
+        sid = await self._call(
+            "POST",
+            f"{CONTENT_API}/library/item/download-session",
+            "create download session",
+            path,
+            body={"create_spec": {"library_item_id": item_id}},
+        )
+        try:
+            uri = await self._wait_prepared(str(sid), name, path)
+            headers = {}
+            ranged = offset > 0 or length is not None
+            if ranged:
+                end = "" if length is None else str(offset + length - 1)
+                headers["Range"] = f"bytes={offset}-{end}"
+            stale: str | None = None
+            for _ in range(2):
+                session = await self._login(stale) if stale else self._session or ""
+                headers[SESSION_HEADER] = session
+                try:
+                    async with self._open_get(uri, headers) as resp:
+                        if resp.status == 401 and stale is None:
+                            stale = session
+                            continue
+                        if not 200 <= resp.status < 300:
+                            reply = await resp.error_response()
+                            raise self._error(reply, f"download {name!r}", path)
+                        skip = 0
+                        if ranged:
+                            self.range_honoured = resp.status == 206
+                            skip = 0 if self.range_honoured else offset
+                        window = _Window(skip, length)
+                        received, last_alive = 0, time.monotonic()
+                        # Coalesce the transport's small pieces (vcsim sends ~32 KiB chunks)
+                        # into CHUNK-sized ones with one join: fewer, larger cache writes.
+                        pieces: list[bytes] = []
+                        pending = 0
+                        while piece := await resp.next_piece():
+                            received += len(piece)
+                            pieces.append(piece)
+                            pending += len(piece)
+                            if pending < CHUNK:
+                                continue
+                            chunk = window.take(b"".join(pieces))
+                            pieces.clear()
+                            pending = 0
+                            if chunk:
+                                yield chunk
+                            if window.done:
+                                return
+                            if time.monotonic() - last_alive > self.keepalive_interval:
+                                await self._keep_alive("download", str(sid), path)
+                                last_alive = time.monotonic()
+                        chunk = window.take(b"".join(pieces))
+                        if chunk:
+                            yield chunk
+                        if not ranged and expected is not None and received != expected:
+                            raise errors.Unavailable(
+                                f"download of {name!r} ended at byte {received} of {expected}",
+                                url=self.describe(path),
+                            )
+                        return
+                except httpx.HTTPError as exc:
+                    raise self._error(exc, f"download {name!r}", path) from exc
+            raise errors.PermissionDenied(
+                f"download {name!r}: refused after logging in again", url=self.describe(path)
+            )
+        finally:
+            await self._end_session("download", str(sid), path)
+
+    def _lock(self, key: str) -> trio.Lock:
+        return self._item_locks.setdefault(key, trio.Lock())
+
+    async def _file_chunks(self, source: str, size: int) -> AsyncIterator[bytes]:
+        async with await trio.open_file(source, "rb") as stream:
+            left = size
+            while left > 0:
+                chunk = await stream.read(min(4 * CHUNK, left))
+                if not chunk:
+                    raise errors.AssetFSError(f"{source} is shorter than {size} bytes")
+                left -= len(chunk)
+                yield chunk
+
+    async def _put(self, uri: str, source: str, size: int, name: str, path: str) -> None:
+        """PUT ``size`` bytes of local file ``source`` to an upload endpoint."""
+        stale: str | None = None
+        for _ in range(2):
+            session = await self._login(stale) if stale else self._session or ""
+            try:
+                resp = await self._http().put(
+                    uri,
+                    content=self._file_chunks(source, size),
+                    headers={
+                        SESSION_HEADER: session,
+                        "Content-Length": str(size),
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+            except httpx.HTTPError as exc:
+                raise self._error(exc, f"upload {name!r}", path) from exc
+            if resp.status_code == 401 and stale is None:
+                stale = session
+                continue
+            if not resp.is_success:
+                raise self._error(resp, f"upload {name!r}", path)
+            return
+        raise errors.PermissionDenied(
+            f"upload {name!r}: refused after logging in again", url=self.describe(path)
+        )
+
+    async def _open_update(self, item_id: str, path: str) -> str:
+        sid = await self._call(
+            "POST",
+            f"{CONTENT_API}/library/item/update-session",
+            "create update session",
+            path,
+            body={"create_spec": {"library_item_id": item_id}},
+        )
+        return str(sid)
+
+    async def _add_file(self, sid: str, name: str, source: str, size: int, path: str) -> None:
+        """Add a PUSH file to update session ``sid`` and upload ``source`` to it."""
+        info = (
+            await self._call(
+                "POST",
+                f"{CONTENT_API}/library/item/updatesession/file/id:{sid}",
+                "add file",
+                path,
+                params={"~action": "add"},
+                body={"file_spec": {"name": name, "source_type": "PUSH", "size": size}},
+            )
+            or {}
+        )
+        uri = (info.get("upload_endpoint") or {}).get("uri")
+        if not uri:
+            raise errors.AssetFSError(
+                f"add {name!r}: the server gave no upload endpoint", url=self.describe(path)
+            )
+        await self._put(str(uri), source, size, name, path)
+
+    async def _complete(self, sid: str, path: str) -> None:
+        """Complete update session ``sid``, wait (``prepare_timeout``) until DONE, delete it.
+
+        Raises AssetFSError with the server's message when the session ends in ERROR."""
+        endpoint = f"{CONTENT_API}/library/item/update-session/id:{sid}"
+        # Once the bytes are sent, finishing must not be half-done by a cancellation: the
+        # complete call is shielded (bounded by the call timeout); callers never cancel a
+        # session after this point.
+        with trio.CancelScope(shield=True):
+            await self._call(
+                "POST", endpoint, "complete upload", path, params={"~action": "complete"}
+            )
+        deadline = time.monotonic() + self.prepare_timeout
+        delay = 0.05
+        while True:
+            try:
+                info = await self._call("GET", endpoint, "upload status", path) or {}
+            except errors.NotFound:
+                return  # finished sessions may be removed at once
+            state = str(info.get("state") or "")
+            if state in ("DONE", ""):
+                await self._end_session("update", sid, path)  # vcsim keeps it for an hour
+                return
+            if state in ("ERROR", "CANCELED"):
+                message = (info.get("error_message") or {}).get("default_message", "")
+                raise errors.AssetFSError(
+                    f"upload {state.lower()}: {message}", url=self.describe(path)
+                )
+            if time.monotonic() > deadline:
+                raise errors.TimedOut(
+                    f"upload not DONE after {self.prepare_timeout:g}s", url=self.describe(path)
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _abort(self, sid: str, path: str) -> None:
+        """Cancel and delete an update session (best effort, shielded, 5 s)."""
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            with contextlib.suppress(errors.AssetFSError):
+                await self._call(
+                    "POST",
+                    f"{CONTENT_API}/library/item/update-session/id:{sid}",
+                    "cancel upload",
+                    path,
+                    params={"~action": "cancel"},
+                )
+        await self._end_session("update", sid, path)
+
+    async def _remove_in_session(self, sid: str, name: str, path: str) -> bool:
+        """Remove file ``name`` within update session ``sid``. False when the server
+        dropped the session instead (vcsim): nothing changed and ``sid`` is gone."""
+        await self._call(
+            "POST",
+            f"{CONTENT_API}/library/item/updatesession/file/id:{sid}",
+            "remove file",
+            path,
+            params={"~action": "remove"},
+            body={"file_name": name},
+        )
+        try:
+            await self._call(
+                "GET", f"{CONTENT_API}/library/item/update-session/id:{sid}", "upload status", path
+            )
+        except errors.NotFound:
+            if not self.remove_kills_session:
+                log.info(
+                    "vsphere: server drops the update session on file removal (vcsim); "
+                    "replacing and removing files rebuild the item"
+                )
+            self.remove_kills_session = True
+            return False
+        self.remove_kills_session = False
+        return True
+
+    async def _create_item(
+        self, library_id: str, name: str, item_type: str, description: str, path: str
+    ) -> str:
+        spec: dict[str, Any] = {"library_id": library_id, "name": name, "type": item_type}
+        if description:
+            spec["description"] = description
+        iid = await self._call(
+            "POST", f"{CONTENT_API}/library/item", "create item", path, body={"create_spec": spec}
+        )
+        return str(iid)
+
+    async def _rebuild(
+        self,
+        library: dict[str, Any],
+        item: dict[str, Any],
+        path: str,
+        drop: str,
+        add: tuple[str, str, int] | None,
+    ) -> None:
+        """Replace ``item`` by a copy without file ``drop`` and with ``add`` (name, local
+        source, size): the vcsim fallback for removing a file (module docstring).
+
+        The old item is deleted only once the copy is complete; if renaming the copy then
+        fails, the error names it."""
+        lid, old_id, name = str(library["id"]), str(item["id"]), str(item["name"])
+        files = await self._files(item, path)
+        keep = [f for f in files.values() if f.name != drop and (add is None or f.name != add[0])]
+        temp = f"{REBUILD_PREFIX}{secrets.token_hex(4)}-{name}"[:200]
+        new_id = await self._create_item(
+            lid,
+            temp,
+            str(item.get("type") or self.item_type),
+            str(item.get("description") or ""),
+            path,
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="assetfs-vsphere-", dir=self.spool_dir) as d:
+                uploads: list[tuple[str, str, int]] = []
+                for index, file in enumerate(keep):
+                    spool = os.path.join(d, str(index))
+                    stream = self._download(old_id, file.name, path, file.size)
+                    async with (
+                        await trio.open_file(spool, "wb") as out,
+                        contextlib.aclosing(stream) as chunks,  # type: ignore[type-var]
+                    ):
+                        async for chunk in chunks:
+                            await out.write(chunk)
+                    uploads.append((file.name, spool, file.size))
+                if add is not None:
+                    uploads.append(add)
+                if uploads:
+                    sid = await self._open_update(new_id, path)
+                    try:
+                        for file_name, source, size in uploads:
+                            await self._add_file(sid, file_name, source, size, path)
+                    except BaseException:
+                        await self._abort(sid, path)
+                        raise
+                    await self._complete(sid, path)
+            await self._call(
+                "DELETE", f"{CONTENT_API}/library/item/id:{old_id}", "delete item", path
+            )
+        except BaseException:
+            with trio.move_on_after(5) as scope:
+                scope.shield = True
+                try:
+                    await self._call(
+                        "DELETE", f"{CONTENT_API}/library/item/id:{new_id}", "delete item", path
+                    )
+                except errors.AssetFSError as exc:
+                    log.warning("vsphere: could not delete scratch item %s: %s", temp, exc)
+            raise
+        self._item_ids.pop((lid, name), None)
+        try:
+            await self._call(
+                "PATCH",
+                f"{CONTENT_API}/library/item/id:{new_id}",
+                "rename item",
+                path,
+                body={"update_spec": {"name": name}},
+            )
+        except errors.AssetFSError as exc:
+            raise errors.AssetFSError(
+                f"item {name!r} was rebuilt as {temp!r} but renaming it back failed: {exc}",
+                url=self.describe(path),
+            ) from exc
+        self._item_ids[(lid, name)] = new_id
