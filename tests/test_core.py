@@ -402,19 +402,27 @@ def test_fstab_mount_helper(store: Path, tmp_path: Path) -> None:
 
 def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, tmp_path: Path) -> None:
     """The store sets its own mtime on upload; what touch -d / rsync -a set is shown, so a
-    second rsync -a transfers nothing."""
+    second rsync -a transfers nothing; it survives a remount, until the store changes."""
     source = tmp_path / "local"
     make_tree(source)
     subprocess.run(["rsync", "-a", f"{source}/", str(mount.path / "synced")], check=True)
     settle(mount)
-    again = subprocess.run(["rsync", "-a", "--stats", f"{source}/", str(mount.path / "synced")],
+    rerun = subprocess.run(["rsync", "-a", "--stats", f"{source}/", str(mount.path / "synced")],
                            check=True, capture_output=True, text=True).stdout
-    assert "Number of regular files transferred: 0" in again, again
+    assert "Number of regular files transferred: 0" in rerun, rerun
     for rel in ("Scenes/with space.usd", "Textures/big.exr"):
         assert (mount.path / "synced" / rel).stat().st_mtime_ns // 1000 == \
             (source / rel).stat().st_mtime_ns // 1000
     clean = mount.path / "Scenes/plain.txt"
     os.utime(clean, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
     assert clean.stat().st_mtime_ns == 1_600_000_000_000_000_000
-    (store / "Scenes/plain.txt").write_text("changed on the store")
-    wait_for(lambda: clean.stat().st_mtime_ns != 1_600_000_000_000_000_000)
+    subprocess.run(["fusermount3", "-u", str(mount.path)], check=True)
+    mount.proc.wait(timeout=30)
+    options = {"cache_dir": str(tmp_path / "cache")}
+    with mounted(f"file://{store}", tmp_path / "again", options) as again:  # kept on disk
+        assert (again.path / "Scenes/plain.txt").stat().st_mtime_ns == 1_600_000_000_000_000_000
+        assert (again.path / "synced/Textures/big.exr").stat().st_mtime_ns // 1000 == \
+            (source / "Textures/big.exr").stat().st_mtime_ns // 1000
+        clean = again.path / "Scenes/plain.txt"
+        (store / "Scenes/plain.txt").write_text("changed on the store")
+        wait_for(lambda: clean.stat().st_mtime_ns != 1_600_000_000_000_000_000)
