@@ -177,6 +177,22 @@ def test_remote_change_under_a_dirty_file_gives_a_conflict_copy(
         assert sorted(os.listdir(mnt)) == ["doc.txt", copies[0].name]
 
 
+def test_remote_change_to_the_same_bytes_is_no_conflict(store: Path, tmp_path: Path) -> None:
+    """The store already holding exactly our bytes (another client saved the same content,
+    or a daemon was killed between an upload and its journal update) is not a conflict."""
+    (store / "doc.txt").write_bytes(b"original text\n")
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
+        (mnt / "doc.txt").write_bytes(b"the same new text\n")
+        time.sleep(0.05)
+        (store / "doc.txt").write_bytes(b"the same new text\n")
+        os.utime(store / "doc.txt", ns=(1_700_000_000_000_000_000,) * 2)  # a new version
+        flush(m)
+        assert sorted(os.listdir(store)) == ["doc.txt"]
+        assert status(m)["uploads"]["conflicts"] == 0 and not status(m)["dirty_files"]
+        assert (mnt / "doc.txt").read_bytes() == b"the same new text\n"
+
+
 # --- the cache bound ----------------------------------------------------------------------------
 def test_cache_stays_within_its_bound_and_dirty_overflow_is_enospc(
     store: Path, tmp_path: Path
