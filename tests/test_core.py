@@ -263,6 +263,9 @@ def test_store_metadata_and_unsupported_actions(mount: Mount) -> None:
     expect(errno.ENODATA, os.getxattr, target, "user.assetfs.nope")
     for action in ("checkpoint", "lock", "unlock"):
         expect(errno.EOPNOTSUPP, os.setxattr, target, f"user.assetfs.{action}", b"note")
+    for nucleus_only in ("acl", "checkpoints"):  # the file: provider has neither
+        expect(errno.EOPNOTSUPP, os.getxattr, target, f"user.assetfs.{nucleus_only}")
+        assert f"user.assetfs.{nucleus_only}" not in os.listxattr(target)
 
 
 def test_fsync_reports_upload_errors(mount: Mount, store: Path) -> None:

@@ -117,6 +117,7 @@ class NucleusDriver(Driver):
     capabilities = Capabilities(
         writable=True, local_path=True, push_events=True, checkpoints=True, locks=True
     )
+    lazy_xattrs = ("acl", "checkpoints")
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -144,8 +145,16 @@ class NucleusDriver(Driver):
         """Events from the library's callback thread, drained on the trio thread."""
         self._draining = False
         self._sink: EventSink | None = None
+        self._provider_features()
         self._reconnect = False
         """The connection was lost: ask the library to reconnect before subscribing."""
+
+    def _provider_features(self) -> None:
+        """The ``file:`` provider has no checkpoints, locks or ACLs (ERROR_NOT_SUPPORTED,
+        backends/nucleus.md): say so in the capabilities and do not list those xattrs."""
+        if self._local_root is not None:
+            self.capabilities = Capabilities(writable=True, local_path=True, push_events=True)
+            self.lazy_xattrs = ()
 
     def url_of(self, path: str) -> str:
         """The omni.client URL of a driver path (percent-encoded: ``#``, ``?``, ``%`` work)."""
@@ -257,6 +266,24 @@ class NucleusDriver(Driver):
         else:
             raise errors.NotSupported(f"unknown action {action!r}", url=url)
         check(result, url, action)
+
+    async def xattr(self, path: str, key: str) -> bytes | None:
+        """``acl``: one ``NAME:rwa`` line per ACL entry (read, write, admin: AccessFlags);
+        ``checkpoints``: one line per checkpoint (its query and comment). Nucleus only:
+        the ``file:`` provider answers ERROR_NOT_SUPPORTED, which becomes ENOTSUP. None for
+        other keys."""
+        url = self.url_of(path)
+        if key == "acl":
+            result, acls = await self._call(oc.get_acls_with_callback, url)
+            check(result, url, "get_acls")
+            return "".join(f"{a.name}:{_access_letters(a.access)}\n" for a in acls).encode()
+        if key == "checkpoints":
+            result, entries = await self._call(oc.list_checkpoints_with_callback, url)
+            check(result, url, "list_checkpoints")
+            return "".join(
+                f"{e.relative_path} {e.comment}".rstrip() + "\n" for e in entries
+            ).encode()
+        return None
 
     # --- push events: one list subscription per folder the kernel knows ------------
     def watch(self, folder: str) -> None:
@@ -384,6 +411,12 @@ class NucleusDriver(Driver):
 
     async def close(self) -> None:
         self._subscriptions.clear()
+
+
+def _access_letters(access: Any) -> str:
+    """AccessFlags bits as ``rwa`` letters (``-`` for a missing right)."""
+    flags = ((oc.AccessFlags.READ, "r"), (oc.AccessFlags.WRITE, "w"), (oc.AccessFlags.ADMIN, "a"))
+    return "".join(letter if access & flag else "-" for flag, letter in flags)
 
 
 def _library_log(thread: str, component: str, level: Any, message: str) -> None:

@@ -517,7 +517,7 @@ class Operations(pyfuse3.Operations):
         values = entry_attributes(entry)
         if short in values:
             return values[short].encode()
-        if short in self.driver.lazy_xattrs and not entry.is_dir:
+        if short not in entry.metadata:  # computed on demand; the driver may not know it
             value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
                                      f"{short} of {self.driver.describe(path)}")
             if value is not None:
