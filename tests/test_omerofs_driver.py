@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ import trio
 pytest.importorskip("Ice", reason="needs the omero extra: make omero")
 pytest.importorskip("fsServerFS", reason="needs omero-dropbox: make omero")
 
-from omerofs_peer import UNICODE_DIR, UNICODE_FILE, MiB, OmeroFS, make_tree
+from omerofs_fixtures import live, servers, tree  # noqa: F401 - pytest fixtures
+from omerofs_peer import UNICODE_DIR, UNICODE_FILE, MiB, OmeroFS
 
 from assetfs import errors
 from assetfs.drivers.base import ChangeEvent, ChangeKind, Kind
@@ -28,20 +28,8 @@ from assetfs.drivers.omerofs import OmeroFSDriver
 TIMEOUT = 2.0  # the driver's Ice invocation timeout in these tests, seconds
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("omero") / "tree"
-    return root, make_tree(root)
 
 
-@pytest.fixture
-def servers(tree: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[OmeroFS]:
-    peer = OmeroFS(tree[0], tmp_path)
-    try:
-        peer.start()
-        yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture
@@ -54,14 +42,6 @@ async def driver(servers: OmeroFS) -> AsyncIterator[OmeroFSDriver]:
         await drv.close()
 
 
-@pytest.fixture
-def live(tree: tuple[Path, dict[str, str]]) -> Iterator[Path]:
-    """A scratch folder inside the served tree for server-side changes."""
-    folder = tree[0] / "live"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def read_all(drv: OmeroFSDriver, path: str, chunk: int = 4 * MiB) -> bytes:

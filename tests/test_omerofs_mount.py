@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,34 +20,16 @@ pytest.importorskip("Ice", reason="needs the omero extra: make omero")
 pytest.importorskip("fsServerFS", reason="needs omero-dropbox: make omero")
 
 from mounting import Mount, mounted
-from omerofs_peer import UNICODE_DIR, UNICODE_FILE, MiB, OmeroFS, make_tree
+from omerofs_fixtures import live, servers, tree  # noqa: F401 - pytest fixtures
+from omerofs_peer import UNICODE_DIR, UNICODE_FILE, MiB, OmeroFS
 
 TIMEOUT = 3.0  # -o timeout: the deadline of one request through the mount, seconds
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("omero-mount") / "tree"
-    return root, make_tree(root)
 
 
-@pytest.fixture
-def servers(tree: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[OmeroFS]:
-    peer = OmeroFS(tree[0], tmp_path / "servers")
-    try:
-        peer.start()
-        yield peer
-    finally:
-        peer.stop()
 
 
-@pytest.fixture
-def live(tree: tuple[Path, dict[str, str]]) -> Iterator[Path]:
-    folder = tree[0] / "live"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
