@@ -429,3 +429,16 @@ def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, tmp_path: Path)
         clean = again.path / "Scenes/plain.txt"
         (store / "Scenes/plain.txt").write_text("changed on the store")
         wait_for(lambda: clean.stat().st_mtime_ns != 1_600_000_000_000_000_000)
+
+
+def test_unchanged_files_are_reread_from_the_page_cache(mount: Mount) -> None:
+    """open() keeps the kernel page cache while the version is unchanged (keep_cache): a
+    second read of a file sends no read request to the daemon; a change on our side does."""
+    big = mount.path / "Textures/big.exr"
+    first = big.read_bytes()
+    reads = status(mount)["requests"].get("read", 0)
+    assert big.read_bytes() == first
+    assert status(mount)["requests"].get("read", 0) == reads
+    with open(big, "r+b") as f:
+        f.write(b"NEW")
+    assert big.read_bytes()[:3] == b"NEW"
