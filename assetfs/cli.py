@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -73,9 +74,8 @@ def check_mountpoint(path: Path) -> None:
             raise UsageError(f"mount point {path} does not exist") from None
         else:
             raise UsageError(f"mount point {path}: {exc.strerror}") from None
-    if not os.path.isdir(path):
+    if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mount point {path} is not a directory")
-    del st
     if is_mountpoint(path):
         raise UsageError(f"{path} is already a mount point")
 

@@ -135,8 +135,8 @@ class Mount:
             },
             "events": {
                 "state": sub.state,
-                "last_event": sub.last_event,
-                "received": sub.events,
+                "last_event": self.invalidator.last_event,
+                "received": self.invalidator.received,
                 "applied": self.invalidator.applied,
                 "restarts": sub.restarts,
                 "last_error": sub.last_error,

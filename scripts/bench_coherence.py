@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mounting import is_mounted, mounted
+from mounting import is_mounted, mounted, stop_process
 from test_coherence import BIG, for_seconds, read_until, storm_read
 
 OP_LINE = re.compile(r": >(\w+): ")
@@ -164,13 +163,7 @@ def rclone_mount(store: Path, mnt: Path, log: Path) -> Iterator[subprocess.Popen
     finally:
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, timeout=15)
 
 
 def rclone_ops(log: Path, start: int) -> dict[str, int]:

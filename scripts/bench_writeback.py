@@ -20,12 +20,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from mounting import mounted
 
 MiB = 1 << 20
 
@@ -39,40 +41,6 @@ def dd(target: Path, count: int) -> float:
     subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}"],
                    check=True, capture_output=True)
     return time.perf_counter() - started
-
-
-def mounted_pid(mountpoint: Path) -> int | None:
-    try:
-        return int(json.loads(os.getxattr(mountpoint, "user.assetfs.status"))["pid"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def start(store: Path, mnt: Path, cache: Path, log: Path) -> subprocess.Popen[bytes]:
-    options = f"cache_dir={cache},write_back_delay=600,umount_timeout=0,timeout=10"
-    argv = [sys.executable, "-m", "assetfs.cli", "mount", f"file://{store}", str(mnt),
-            "--foreground", "-o", options]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while mounted_pid(mnt) != proc.pid:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc, mnt)
-            raise SystemExit(f"mount failed: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
-    """Unmount and end the daemon we started, by its pid."""
-    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def close_time(path: Path, size: int) -> float:
@@ -96,22 +64,21 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-writeback-", dir=args.dir))
     store, mnt, cache = work / "store", work / "mnt", work / "cache"
-    for folder in (store, mnt, cache):
+    for folder in (store, cache):
         folder.mkdir()
-    proc = None
+    options = {"cache_dir": str(cache), "write_back_delay": "600", "umount_timeout": "0",
+               "timeout": "10"}
     try:
-        proc = start(store, mnt, cache, work / "daemon.log")
-        local_times, mount_times = [], []
-        for run in range(args.runs):  # alternate, so neither side gets a warmer disk
-            local = cache / f"baseline{run}.bin"
-            local_times.append(dd(local, args.count))
-            local.unlink()
-            mount_times.append(dd(mnt / f"dd{run}.bin", args.count))
-        closes = [close_time(mnt / f"close{i}.bin", 100 * MiB) for i in range(3)]
-        status = json.loads(os.getxattr(mnt, "user.assetfs.status"))
+        with mounted(f"file://{store}", mnt, options):
+            local_times, mount_times = [], []
+            for run in range(args.runs):  # alternate, so neither side gets a warmer disk
+                local = cache / f"baseline{run}.bin"
+                local_times.append(dd(local, args.count))
+                local.unlink()
+                mount_times.append(dd(mnt / f"dd{run}.bin", args.count))
+            closes = [close_time(mnt / f"close{i}.bin", 100 * MiB) for i in range(3)]
+            status = json.loads(os.getxattr(mnt, "user.assetfs.status"))
     finally:
-        if proc is not None:
-            stop(proc, mnt)
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
     local_best, mount_best = min(local_times), min(mount_times)

@@ -97,16 +97,23 @@ def mounted(
         unmount(mount)
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM ``proc`` and wait up to ``timeout`` seconds; SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def unmount(mount: Mount) -> None:
     """Unmount (lazily if busy) and stop the daemon; SIGKILL it if it lingers."""
     if is_mounted(mount.path):
         subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)
-    if mount.proc.poll() is None:
-        mount.proc.send_signal(signal.SIGTERM)
-        try:
-            mount.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            mount.proc.kill()
-            mount.proc.wait(timeout=10)
+    stop_process(mount.proc)
     if is_mounted(mount.path):
         subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], check=False)

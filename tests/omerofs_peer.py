@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mounting import stop_process
+
 MiB = 1024 * 1024
 
 
@@ -96,13 +98,8 @@ class Server:
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            proc.send_signal(signal.SIGCONT)  # a paused server must be able to exit
+        stop_process(proc, timeout=10)
         # The port is free again once nothing listens (Ice sets SO_REUSEADDR).
         deadline = time.monotonic() + 5
         while _listening(self.port) and time.monotonic() < deadline:

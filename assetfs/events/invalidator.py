@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import pyfuse3
@@ -63,6 +64,9 @@ class Invalidator:
         self.inodes = inodes
         self.kernel_version = kernel_version
         self.applied = 0
+        self.received = 0
+        self.last_event: float | None = None
+        """Unix time of the last event received."""
 
     async def run(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
         """Apply events until the channel closes or the task is cancelled.
@@ -72,11 +76,14 @@ class Invalidator:
         request handlers (a reader's FUSE reads) run in between, and each kernel
         invalidation is sent once per batch."""
         async for first in receive:
+            self.last_event = time.time()
             await trio.sleep(GATHER)
             batch = {_key(first): first}
+            self.received += 1
             with contextlib.suppress(trio.WouldBlock):
                 while len(batch) < BATCH:
                     event = receive.receive_nowait()
+                    self.received += 1
                     batch.pop(_key(event), None)
                     batch[_key(event)] = event
             notes: list[KernelNote] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 import trio
@@ -28,14 +27,12 @@ class SubscriptionState:
     "reconnecting"; ``last_event`` a unix time or None; ``events`` a count."""
 
     state: str = "starting"
-    last_event: float | None = None
-    events: int = 0
     restarts: int = 0
     last_error: str | None = None
 
 
 class Subscription:
-    """Supervises ``driver.run_events`` and counts what passes through."""
+    """Supervises ``driver.run_events`` (the invalidator counts the events themselves)."""
 
     def __init__(self, driver: Driver, sink: trio.MemorySendChannel[ChangeEvent]) -> None:
         self.driver = driver
@@ -44,36 +41,17 @@ class Subscription:
 
     async def run(self) -> None:
         """Run the event source until cancelled, restarting it on failure."""
-        send, receive = trio.open_memory_channel[ChangeEvent](10_000)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward, receive)
-            attempt = 0
-            while True:
-                self.status.state = "live" if self.driver.capabilities.push_events else "polling"
-                try:
-                    await self.driver.run_events(send.clone())
-                    return
-                except (errors.AssetFSError, OSError) as exc:
-                    attempt += 1
-                    self.status.restarts += 1
-                    self.status.state = "reconnecting"
-                    self.status.last_error = str(exc)
-                    log.warning("event subscription lost (%s); reconnecting", exc)
-                    await trio.sleep(random.uniform(0.5, 1.0) * min(30.0, 0.5 * 2**attempt))
-                    await send.send(ChangeEvent(ChangeKind.RESYNC, "/"))
-
-    async def _forward(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
-        """Count events and pass them on; a burst goes without a checkpoint per event
-        (each would be a trip through the scheduler), waiting only when the sink is full."""
-        async for event in receive:
-            self.status.last_event = time.time()
-            while True:
-                self.status.events += 1
-                try:
-                    self.sink.send_nowait(event)
-                except trio.WouldBlock:
-                    await self.sink.send(event)
-                try:
-                    event = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
+        attempt = 0
+        while True:
+            self.status.state = "live" if self.driver.capabilities.push_events else "polling"
+            try:
+                await self.driver.run_events(self.sink.clone())
+                return
+            except (errors.AssetFSError, OSError) as exc:
+                attempt += 1
+                self.status.restarts += 1
+                self.status.state = "reconnecting"
+                self.status.last_error = str(exc)
+                log.warning("event subscription lost (%s); reconnecting", exc)
+                await trio.sleep(random.uniform(0.5, 1.0) * min(30.0, 0.5 * 2**attempt))
+                await self.sink.send(ChangeEvent(ChangeKind.RESYNC, "/"))

@@ -245,10 +245,9 @@ class Operations(pyfuse3.Operations):
                 self.writeback.schedule(item)
         if fields.update_mtime and not entry.is_dir:
             item = self.cache.items.get(path)
-            remote = await self.ns.remote(path)
             if item is not None and (item.dirty or item.writers):
                 self.cache.set_mtime(item, attr.st_mtime_ns)
-            elif remote is not None:
+            elif (remote := await self.ns.remote(path)) is not None:
                 self.ns.mtimes.keep(path, remote.version, attr.st_mtime_ns)
         # chmod/chown/atime: the stores keep no POSIX owners or modes; accepted and ignored
         # so that cp -p and rsync -a work (as rclone mount and gcsfuse do).

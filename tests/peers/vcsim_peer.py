@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from mounting import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / ".cache" / "vcsim" / "vcsim"
@@ -172,13 +172,7 @@ def running(tls: bool = False, timeout: float = 20.0) -> Iterator[Vcsim]:
     finally:
         if sim is not None:
             sim.close()
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
         if sim is not None:  # left behind when the simulator was SIGKILLed by a fault test
