@@ -277,6 +277,20 @@ def test_second_ls_lr_asks_the_daemon_for_no_entry(mount: Mount, store: Path) ->
     assert per_entry <= 8, (before, after)
 
 
+def test_folders_the_kernel_forgets_are_unwatched(mount: Mount, store: Path) -> None:
+    """Subscriptions follow what the kernel knows: listed folders are watched, and when the
+    kernel forgets their inodes (dentry cache dropped) their subscriptions go too."""
+    for d in range(5):
+        (store / f"w{d}").mkdir()
+    for d in range(5):
+        os.listdir(mount.path / f"w{d}")
+    watched = status(mount)["events"]["watched_folders"]
+    assert watched >= 5  # the five folders listed
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # reclaim dentries and inodes
+    eventually(lambda: status(mount)["events"]["watched_folders"] < watched)
+
+
 def read_until(path: Path, done: Callable[[], bool]) -> float:
     """Read ``path`` through the daemon in 1 MiB reads, over and over (its page cache
     dropped before each pass, so every byte is a FUSE read), until ``done()`` is true at
