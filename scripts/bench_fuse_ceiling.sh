@@ -6,7 +6,7 @@
 #   without it (every write a WRITE request to the daemon, multi-threaded C, splice),
 #   and close() of a freshly written 100 MiB file in both modes.
 #
-#   scripts/bench_fuse_ceiling.sh
+#   scripts/bench_fuse_ceiling.sh [--build-only]   (--build-only: fetch and build, print the tree, stop)
 #
 # Why: assetfs (pyfuse3 3.5.0 on Debian bookworm's libfuse 3.14) reaches 0.22-0.32 of the disk
 # (scripts/bench_writeback.py). This script shows that a C daemon without passthrough lands in the
@@ -36,6 +36,7 @@ if [ ! -x "$BIN" ]; then
   (cd "$TREE" && "$CACHE/meson-venv/bin/meson" setup build -Dexamples=true -Dutils=false -Dtests=false \
     >/dev/null && ninja -C build >/dev/null)
 fi
+if [ "${1:-}" = --build-only ]; then echo "$TREE"; exit 0; fi
 
 work="$(mktemp -d "$CACHE/ceiling.XXXXXX")"
 source_dir="$work/source" mnt="$work/mnt" pid=""

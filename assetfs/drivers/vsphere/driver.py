@@ -684,18 +684,12 @@ class VsphereDriver(Transfers, RestClient, Driver):
         library, item, _ = await self._resolve(where)
         text = value.decode("utf-8", "replace")
         if item is not None:
-            await self._call(
-                "PATCH",
-                f"{CONTENT_API}/library/item/id:{item['id']}",
-                "set description",
-                path,
-                body={"update_spec": {"description": text}},
-            )
+            endpoint = f"{CONTENT_API}/library/item/id:{item['id']}"
         elif library is not None:
-            await self._call(
-                "PATCH",
-                f"{CONTENT_API}/library/id:{library['id']}",
-                "set description",
-                path,
-                body={"update_spec": {"description": text}},
-            )
+            endpoint = f"{CONTENT_API}/library/id:{library['id']}"
+        else:
+            return
+        await self._call(
+            "PATCH", endpoint, "set description", path,
+            body={"update_spec": {"description": text}},
+        )

@@ -58,17 +58,13 @@ class Transfers:
         """Prepare ``name`` in download session ``sid``; poll until PREPARED (at most
         ``prepare_timeout`` s) and return its download URI. Raises TimedOut, AssetFSError."""
         endpoint = f"{CONTENT_API}/library/item/downloadsession/file/id:{sid}"
-        info = await self._call(
-            "POST",
-            endpoint,
-            "prepare download",
-            path,
-            params={"~action": "prepare"},
-            body={"file_name": name},
-        )
         deadline = time.monotonic() + self.prepare_timeout
         delay = 0.05
+        action, what = "prepare", "prepare download"
         while True:
+            info = await self._call(
+                "POST", endpoint, what, path, params={"~action": action}, body={"file_name": name}
+            )
             info = info or {}
             status = str(info.get("status") or "")
             uri = (info.get("download_endpoint") or {}).get("uri")
@@ -87,14 +83,7 @@ class Transfers:
                 )
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
-            info = await self._call(
-                "POST",
-                endpoint,
-                "download status",
-                path,
-                params={"~action": "get"},
-                body={"file_name": name},
-            )
+            action, what = "get", "download status"
 
     async def _end_session(self, kind: str, sid: str, path: str) -> None:
         """Delete a transfer session (``kind`` is ``download`` or ``update``) within 5 s,
