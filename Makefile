@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev attr rsync
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch python3-dev python3-venv \
+	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages venv demo test lint bench clean
@@ -26,9 +27,14 @@ endef
 system-packages:
 	$(call apt_install,$(APT_PACKAGES))
 
-$(VENV)/.installed: pyproject.toml
+# pyfuse3 comes first, as a wheel built (once, cached) with kernel FUSE passthrough against
+# libfuse 3.17.2 (scripts/build-pyfuse3-wheel.sh); pip then takes it as installed.
+$(VENV)/.installed: pyproject.toml scripts/build-pyfuse3-wheel.sh scripts/build-libfuse.sh \
+		scripts/patches/pyfuse3-3.5.0-passthrough.patch
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	wheel="$$(scripts/build-pyfuse3-wheel.sh $(PY) | tail -n1)" && \
+	  $(PY) -m pip install -q --force-reinstall --no-deps "$$wheel"
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -48,7 +48,7 @@ def mount_id(url: str) -> str:
 CORE_OPTIONS = {
     "cache_dir", "cache_max", "write_back_delay", "entry_timeout", "attr_timeout",
     "negative_timeout", "timeout", "ro", "allow_other", "debug", "read_ahead_kb",
-    "umount_timeout",
+    "umount_timeout", "passthrough",
 }
 
 
@@ -92,6 +92,15 @@ class MountConfig:
         """Kernel entry/attr cache lifetime: long with push events (events invalidate),
         the poll interval otherwise."""
         return self._float(key, 300.0 if push_events else min(poll_interval, 60.0))
+
+    @property
+    def passthrough(self) -> bool:
+        """Kernel FUSE passthrough for files whose whole content is cached (default on
+        where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
+        value = self.options.get("passthrough", "yes").lower()
+        if value not in ("yes", "no", "on", "off", "1", "0", "true", "false"):
+            raise errors.InvalidName("-o passthrough= takes yes or no")
+        return value in ("yes", "on", "1", "true")
 
     @property
     def read_only(self) -> bool:

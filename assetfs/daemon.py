@@ -84,10 +84,10 @@ class Mount:
         )
         self.ops = Operations(
             driver, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
-            timeouts, self.status, read_only=config.read_only,
+            timeouts, self.status, read_only=config.read_only, passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
-                                       self.ops.kernel_version)
+                                       self.ops.kernel_version, self.ops.passthrough)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
         for record in self.journal.records():
@@ -141,6 +141,10 @@ class Mount:
                 "restarts": sub.restarts,
                 "last_error": sub.last_error,
                 "watched_folders": len(self.driver.watched),
+            },
+            "passthrough": {
+                "enabled": self.ops.passthrough.enabled,
+                "opens": self.ops.passthrough.opens,
             },
             "inodes": len(self.inodes),
             "requests": dict(self.ops.requests),

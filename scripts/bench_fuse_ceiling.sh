@@ -6,37 +6,20 @@
 #   without it (every write a WRITE request to the daemon, multi-threaded C, splice),
 #   and close() of a freshly written 100 MiB file in both modes.
 #
-#   scripts/bench_fuse_ceiling.sh [--build-only]   (--build-only: fetch and build, print the tree, stop)
+#   scripts/bench_fuse_ceiling.sh
 #
-# Why: assetfs (pyfuse3 3.5.0 on Debian bookworm's libfuse 3.14) reaches 0.22-0.32 of the disk
-# (scripts/bench_writeback.py). This script shows that a C daemon without passthrough lands in the
-# same place, and that only passthrough (kernel >= 6.9, libfuse >= 3.16) meets the 0.70 target.
-# libfuse 3.17.2 is built from Debian trixie's source tarball (deb.debian.org is reachable here,
-# GitHub is not), checked against the md5 in trixie's Sources index, with meson from PyPI, into
-# ${XDG_CACHE_HOME:-$HOME/.cache}/assetfs/libfuse-3.17.2 (about 15 s on 2 cores; cached).
+# Why: a daemon that handles WRITE requests, even libfuse's multi-threaded C one, reaches about
+# a third of the disk here; only passthrough (kernel >= 6.9, libfuse >= 3.16) meets the 0.70
+# target, which is why assetfs uses it (scripts/build-pyfuse3-wheel.sh). libfuse 3.17.2 comes
+# from scripts/build-libfuse.sh (cached).
 # Needs root (passthrough's backing-file ioctl needs CAP_SYS_ADMIN), /dev/fuse, gcc, g++, ninja.
 set -euo pipefail
 
-VERSION=3.17.2
-MD5=55c21312d50b20190807bf053a08c558
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/assetfs"
-TREE="$CACHE/libfuse-$VERSION"
+PREFIX="$(bash "$(dirname "${BASH_SOURCE[0]}")/build-libfuse.sh" | tail -n1)"
+TREE="$(dirname "$PREFIX")"
 BIN="$TREE/build/example/passthrough_hp"
 
-log() { echo "bench_fuse_ceiling: $*" >&2; }
-
-if [ ! -x "$BIN" ]; then
-  mkdir -p "$CACHE"
-  tarball="$CACHE/fuse3_$VERSION.orig.tar.gz"
-  curl -fsS -o "$tarball" "http://deb.debian.org/debian/pool/main/f/fuse3/fuse3_$VERSION.orig.tar.gz"
-  echo "$MD5  $tarball" | md5sum -c --quiet -
-  rm -rf "$TREE" && tar -xzf "$tarball" -C "$CACHE" && mv "$CACHE/fuse-$VERSION" "$TREE"
-  python3 -m venv "$CACHE/meson-venv" && "$CACHE/meson-venv/bin/pip" install -q meson
-  log "building libfuse $VERSION"
-  (cd "$TREE" && "$CACHE/meson-venv/bin/meson" setup build -Dexamples=true -Dutils=false -Dtests=false \
-    >/dev/null && ninja -C build >/dev/null)
-fi
-if [ "${1:-}" = --build-only ]; then echo "$TREE"; exit 0; fi
 
 work="$(mktemp -d "$CACHE/ceiling.XXXXXX")"
 source_dir="$work/source" mnt="$work/mnt" pid=""

@@ -131,6 +131,16 @@ def test_same_size_content_change_reaches_open_and_new_readers(
         eventually(lambda: os.stat(path).st_mtime_ns != before)
 
 
+def test_change_beside_a_file_read_by_its_path_only(mount: Mount, store: Path) -> None:
+    """A program reads a file by its path again and again, never listing its folder (here
+    the mount's root): the kernel caches that name, so the folder is watched all the same."""
+    (store / "top.txt").write_bytes(b"version 1\n")
+    path = mount.path / "top.txt"
+    assert path.read_bytes() == b"version 1\n"
+    (store / "top.txt").write_bytes(b"version 2, longer\n")
+    eventually(lambda: path.read_bytes() == b"version 2, longer\n")
+
+
 def test_size_change_reaches_open_and_new_readers(mount: Mount, store: Path) -> None:
     path = mount.path / "folder" / "a.txt"
     with open(path, "rb", buffering=0) as reader:

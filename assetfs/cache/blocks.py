@@ -54,6 +54,8 @@ class CacheItem:
     mtime_ns: int
     dirty: bool = False
     generation: int = 0
+    stored_generation: int = -1
+    """The newest ``generation`` an upload has put on the store."""
     complete: bool = False
     blocks: set[int] = field(default_factory=set)
     watermark: int = 0
@@ -71,11 +73,27 @@ class CacheItem:
     unlinked: bool = False
     """Deleted or replaced by a rename on our side: open handles still read and write it,
     but its content is never uploaded again."""
+    passthrough_writers: int = 0
+    """Open handles the kernel writes through to the cache file itself (kernel FUSE
+    passthrough): ``size`` and ``mtime_ns`` are then read from the file (:meth:`observe`)."""
+    passthrough_base: tuple[int, int, int] = (0, 0, 0)
+    """``(st_size, st_mtime_ns, st_ctime_ns)`` of the cache file when the first passthrough
+    writer opened: unchanged at the last close means nothing was written."""
+    passthrough_was_dirty: bool = False
+    """Whether the item was dirty before its first passthrough writer opened."""
     arrived: trio.Event = field(default_factory=trio.Event)
     fill_lock: trio.Lock = field(default_factory=trio.Lock)
 
+    def observe(self) -> None:
+        """Take ``size`` and ``mtime_ns`` from the cache file while passthrough writers have
+        it open (their writes never reach the daemon)."""
+        if self.passthrough_writers and self.fd is not None:
+            st = os.fstat(self.fd)
+            self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
+
     def entry(self, base: Entry | None, name: str) -> Entry:
         """The entry the kernel sees: the remote one with the local size and mtime."""
+        self.observe()
         if base is None:
             return Entry(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
                          version=self.base_version)
@@ -135,7 +153,12 @@ class BlockCache:
 
     def dirty_bytes(self) -> int:
         """Bytes of content not yet on the store."""
-        return sum(i.size for i in self._all_items() if i.dirty)
+        total = 0
+        for item in self._all_items():
+            if item.dirty:
+                item.observe()
+                total += item.size
+        return total
 
     def _all_items(self) -> Iterator[CacheItem]:
         yield from self.items.values()
@@ -160,6 +183,7 @@ class BlockCache:
     def new_file(self, path: str) -> CacheItem:
         """A new, empty, dirty file created on our side (journaled before returning)."""
         self.drop(path)
+        self.disk_room(RESERVE)
         item = CacheItem(key=uuid.uuid4().hex, path=path, base_version="", size=0,
                          mtime_ns=time.time_ns(), complete=True)
         self._open_cache_file(item, create=True)
@@ -265,7 +289,8 @@ class BlockCache:
         """The upload of ``item`` at ``generation`` succeeded and the store now has
         ``entry``; the item is clean unless it was written again meanwhile."""
         item.base_version = entry.version
-        if generation == item.generation and item.dirty:
+        item.stored_generation = max(item.stored_generation, generation)
+        if generation == item.generation and item.dirty and not item.passthrough_writers:
             item.dirty = False
             try:
                 self.journal.mark_clean(item.key)
@@ -307,6 +332,65 @@ class BlockCache:
             item.dirty = True
             self._dirty_hint += item.size
 
+    # --- kernel passthrough ----------------------------------------------------------------
+    def whole_fd(self, item: CacheItem) -> int | None:
+        """The cache file of ``item`` if it holds the whole content (dirty, or complete),
+        the backing file for a passthrough open; else None."""
+        if not (item.complete or item.dirty):
+            return None
+        return self._open_cache_file(item, create=False)
+
+    def passthrough_room(self, item: CacheItem) -> bool:
+        """Whether a writer of ``item`` may write through the kernel (passthrough) rather
+        than through :meth:`write`. The daemon cannot refuse those writes at ``max_bytes``,
+        so they are let through only while dirty data stays under half the bound; past that,
+        writes come to :meth:`write`, which answers ENOSPC exactly at the bound. (A full
+        cache disk still gives passthrough writers ENOSPC, from the disk itself.)"""
+        half = self.max_bytes // 2
+        if self._dirty_hint + item.size <= half:
+            return True
+        self._dirty_hint = self.dirty_bytes()
+        return self._dirty_hint + item.size <= half
+
+    def passthrough_writer_opened(self, item: CacheItem) -> None:
+        """A handle that writes ``item``'s cache file through the kernel opened. The item is
+        journaled as dirty now (before open returns), since its writes will not pass here;
+        a clean item remembers its file's state, so that a close with nothing written makes
+        it clean again (:meth:`passthrough_writer_closed`)."""
+        fd = self._open_cache_file(item, create=False)
+        if item.passthrough_writers == 0:
+            self.disk_room(RESERVE)
+            item.passthrough_was_dirty = item.dirty
+            if not item.dirty:
+                os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))  # shown until a write
+            st = os.fstat(fd)
+            item.passthrough_base = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self._mark_dirty(item)
+            item.mtime_ns = st.st_mtime_ns
+        item.passthrough_writers += 1
+
+    def passthrough_writer_closed(self, item: CacheItem) -> None:
+        """A passthrough writer of ``item`` closed. At the last one, take the size and mtime
+        the kernel left and count the writes (``generation``); if the file is exactly as at
+        open and was clean then, make the item clean again: nothing to upload. What the
+        writers added counts against the bound now, evicting clean items if it passed."""
+        item.observe()
+        item.passthrough_writers -= 1
+        if item.passthrough_writers:
+            return
+        st = os.fstat(self._open_cache_file(item, create=False))
+        base = item.passthrough_base
+        if base == (st.st_size, st.st_mtime_ns, st.st_ctime_ns) and not item.passthrough_was_dirty:
+            if item.dirty:
+                item.dirty = False
+                self.journal.mark_clean(item.key)
+            return
+        item.generation += 1
+        grown = max(0, st.st_size - base[0])
+        self._dirty_hint += grown
+        self._used_hint += grown
+        self.make_room(0, for_dirty=False)
+
     # --- eviction ----------------------------------------------------------------------
     def make_room(self, incoming: int, for_dirty: bool) -> None:
         """Evict clean, unopened items (LRU) until ``incoming`` more bytes fit under the
@@ -322,9 +406,7 @@ class BlockCache:
                     raise errors.NoSpace(
                         f"cache full: dirty data would pass {self.max_bytes} bytes")
             self._dirty_hint += incoming
-            disk = os.statvfs(self.data)  # keep room for the journal on a full disk
-            if disk.f_bavail * disk.f_frsize < incoming + RESERVE:
-                raise errors.NoSpace(f"the cache disk is full ({self.data})")
+            self.disk_room(incoming + RESERVE)  # and room for the journal
         if self._used_hint + incoming <= self.max_bytes:
             self._used_hint += incoming
             return
@@ -341,10 +423,30 @@ class BlockCache:
             self._discard(item)
         self._used_hint = used + incoming
 
+    def disk_room(self, needed: int) -> None:
+        """Make ``needed`` bytes free on the cache disk, evicting clean, unopened items
+        (LRU) if the disk is full; raise NoSpace if that is not enough. Dirty data written
+        through passthrough can fill the disk past what :meth:`make_room` saw coming."""
+
+        def free() -> int:
+            disk = os.statvfs(self.data)
+            return disk.f_bavail * disk.f_frsize
+
+        if free() >= needed:
+            return
+        for item in sorted((i for i in self.items.values() if not i.dirty and not i.handles),
+                           key=lambda i: i.last_used):
+            self.items.pop(item.path, None)
+            self._discard(item)
+            if free() >= needed:
+                return
+        raise errors.NoSpace(f"the cache disk is full ({self.data})")
+
     # --- reads ---------------------------------------------------------------------------
     async def read(self, item: CacheItem, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of the local view of ``item``."""
         item.last_used = time.monotonic()
+        item.observe()
         end = min(offset + size, item.size)
         if offset >= end:
             return b""
@@ -518,6 +620,7 @@ class BlockCache:
 
     async def truncate(self, item: CacheItem, size: int) -> None:
         """Set the local length to ``size`` bytes; the item becomes dirty."""
+        item.observe()
         if size and not (item.complete or item.dirty):
             await self.fill_all(item)
         if size > item.size:
@@ -561,7 +664,11 @@ class BlockCache:
             os.close(fd)
 
     def fsync(self, item: CacheItem) -> None:
-        """Flush the item's cache file and the journal to disk (fsync on the mount)."""
+        """Flush the item's cache file and the journal to disk (fsync on the mount). Writes
+        through passthrough do not count ``generation`` up, so this does: only an upload
+        that starts after the fsync answers it (:meth:`WriteBack.flush`)."""
+        if item.passthrough_writers:
+            item.generation += 1
         if item.fd is not None:
             os.fsync(item.fd)
         self.journal.sync()

@@ -106,8 +106,11 @@ class WriteBack:
         return [i for i in self.cache._all_items() if i.dirty]
 
     async def flush(self, item: CacheItem) -> None:
-        """Upload ``item`` now and wait for the attempt; raise its error (fsync)."""
-        while item.dirty:
+        """Upload ``item`` now and wait until what it holds at this call is on the store
+        (an upload of this ``generation`` or a later one); raise a failed attempt's error
+        (fsync)."""
+        wanted = item.generation
+        while item.dirty and item.stored_generation < wanted:
             finished = self._finished.setdefault(item, trio.Event())
             self._forced.add(item)
             self.schedule(item, 0)

@@ -23,6 +23,7 @@ from ..cache.blocks import BlockCache
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, split
 from ..vfs.inodes import InodeTable
 from ..vfs.metadata import MetadataCache
+from ..vfs.passthrough import Passthrough
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class Invalidator:
 
     def __init__(
         self, metadata: MetadataCache, cache: BlockCache, inodes: InodeTable,
-        kernel_version: dict[int, str],
+        kernel_version: dict[int, str], passthrough: Passthrough,
     ) -> None:
+        self.passthrough = passthrough
         self.metadata = metadata
         self.cache = cache
         self.inodes = inodes
@@ -123,6 +125,12 @@ class Invalidator:
             keep = not gone and item.handles and event.entry is not None
             if not (keep and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
+        bound = inode is not None and self.passthrough.bound_item(inode)
+        if not gone and bound and bound is not self.cache.items.get(path):
+            # The inode's open files read the old content through the kernel (passthrough),
+            # which binds the inode to that cache file: the path gets a new inode, and new
+            # opens the new content, as after a save by rename.
+            gone = True
         was_file = isinstance(cached, Entry) and not cached.is_dir
         if gone and not was_file:
             self.metadata.forget_tree(path)

@@ -29,6 +29,7 @@ from ..drivers.base import Driver, Entry, Kind, join, split
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
 from .namespace import Namespace
+from .passthrough import IOMode, Passthrough
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -97,11 +98,13 @@ def entry_attributes(entry: Entry) -> dict[str, str]:
 
 @dataclass(eq=False)
 class Handle:
-    """An open file: its inode, cache item and whether it may write."""
+    """An open file: its inode, cache item, whether it may write, and how the kernel
+    serves it (:class:`~assetfs.vfs.passthrough.IOMode`)."""
 
     inode: int
     item: CacheItem
     writable: bool
+    mode: IOMode
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Operations(pyfuse3.Operations):
         timeouts: Timeouts,
         status: Callable[[], dict[str, Any]],
         read_only: bool = False,
+        passthrough: bool = True,
     ) -> None:
         super().__init__()
         self.driver = driver
@@ -143,6 +147,9 @@ class Operations(pyfuse3.Operations):
         self.timeouts = timeouts
         self.status = status
         self.read_only = read_only or not driver.capabilities.writable
+        self.passthrough = Passthrough(passthrough)
+        self.enable_passthrough = self.passthrough.enabled
+        """Asks pyfuse3 to negotiate FUSE_PASSTHROUGH at init (the patched wheel reads it)."""
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
@@ -205,7 +212,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
-        await self.ns.folder(self._path(parent_inode))
+        folder = self._path(parent_inode)
+        await self.ns.folder(folder)
+        self.driver.watch(folder)  # the kernel now caches a name in it: keep it coherent
         entry = await self.ns.find(path)
         if entry is None:
             if self.timeouts.negative > 0:
@@ -220,7 +229,14 @@ class Operations(pyfuse3.Operations):
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
-        return self.attributes(inode, await self.ns.entry(self._path(inode)))
+        try:
+            path = self._path(inode)
+        except errors.NotFound:  # unlinked or replaced while open: fstat still works
+            item = next((h.item for h in self._handles.values() if h.inode == inode), None)
+            if item is None:
+                raise
+            return self.attributes(inode, item.entry(None, split(item.path)[1]))
+        return self.attributes(inode, await self.ns.entry(path))
 
     @_errno
     async def setattr(
@@ -409,11 +425,30 @@ class Operations(pyfuse3.Operations):
 
     # --- files ----------------------------------------------------------------------
     def _open_handle(self, inode: int, item: CacheItem, writable: bool) -> pyfuse3.FileInfo:
+        """Register an open of ``item`` and choose how the kernel serves it: passthrough to
+        the cache file when it holds the whole content (and, for a writer, the cache bound
+        leaves room), else through the daemon (vfs/passthrough.py). An inode whose open
+        files are bound to an older item of the path keeps serving that one."""
+        item = self.passthrough.bound_item(inode) or item
+        fd = self.cache.whole_fd(item)
+        if writable and fd is not None and not self.cache.passthrough_room(item):
+            fd = None
+        mode, backing_id = self.passthrough.open(inode, item, fd)
+        if writable and mode is IOMode.PASSTHROUGH:
+            try:
+                self.cache.passthrough_writer_opened(item)  # journals before open returns
+            except BaseException:
+                self.passthrough.release(inode, mode)
+                raise
         item.handles += 1
         if writable:
             item.writers += 1
         fh = self._new_fh()
-        self._handles[fh] = Handle(inode, item, writable)
+        self._handles[fh] = Handle(inode, item, writable, mode)
+        if mode is IOMode.PASSTHROUGH:
+            if writable:  # the page cache of earlier cached opens is stale from now on
+                self.kernel_version.pop(inode, None)
+            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)  # type: ignore[call-arg]
         info = pyfuse3.FileInfo(fh=fh)
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
@@ -476,8 +511,11 @@ class Operations(pyfuse3.Operations):
     @_errno
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
+        self.passthrough.release(handle.inode, handle.mode)
         item = handle.item
         if handle.writable:
+            if handle.mode is IOMode.PASSTHROUGH:
+                self.cache.passthrough_writer_closed(item)
             item.writers -= 1
             if item.dirty:
                 self.cache.sync_soon(item)

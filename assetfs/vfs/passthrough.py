@@ -1,0 +1,108 @@
+"""Kernel FUSE passthrough: opens whose reads and writes never reach the daemon.
+
+Linux >= 6.9 lets a FUSE server answer an open with a *backing file* (FOPEN_PASSTHROUGH):
+the kernel then reads and writes that file itself, at local-disk speed, while lookups,
+getattr, setattr, fsync, flush and release still come to the daemon. assetfs uses it for
+every open of a file whose whole content is in the cache file (a file being written, a clean
+file fully fetched), with that cache file as the backing file (issue 3: ``dd`` into the mount
+at >= 0.70 of the cache disk; through the daemon any server reaches about a third, see
+``scripts/bench_fuse_ceiling.sh``). It needs the pyfuse3 built by
+``scripts/build-pyfuse3-wheel.sh`` (``pyfuse3.backing_open``) and CAP_SYS_ADMIN; otherwise
+every open is an ordinary one.
+
+The kernel's rules for one inode (fs/fuse/iomode.c, ``fuse_file_io_open``): while it is open
+in passthrough mode every new open must be too, with the same backing file (registered once:
+the same backing id); while it is open in cached (page cache) mode no open may be passthrough.
+A breach fails the user's open with EIO. So the first open of an idle inode picks the mode
+for all opens until the last one closes, and the inode stays bound to that cache file
+meanwhile: the invalidator gives a path whose content changes on the store a new inode
+rather than touch a bound one (events/invalidator.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import pyfuse3
+
+from ..cache.blocks import CacheItem
+
+log = logging.getLogger(__name__)
+
+
+class IOMode(enum.Enum):
+    """How the kernel serves one open file."""
+
+    CACHED = "cached"
+    """Reads and writes come to the daemon; the kernel page cache may keep what it read."""
+    PASSTHROUGH = "passthrough"
+    """The kernel reads and writes the backing (cache) file itself."""
+
+
+@dataclass
+class _InodeIO:
+    """The open files of one inode: their mode, and for passthrough the shared backing id
+    and the item whose cache file it is."""
+
+    mode: IOMode
+    opens: int = 0
+    backing_id: int = 0
+    item: CacheItem | None = None
+
+
+class Passthrough:
+    """Chooses the mode of each open and owns the backing ids (one per inode in
+    passthrough mode, released with its last open)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and hasattr(pyfuse3, "backing_open")
+        """False without the patched pyfuse3, with ``-o passthrough=no``, or after the kernel
+        refused a backing file (no support, no CAP_SYS_ADMIN): then every open is cached."""
+        self.opens = 0
+        """Passthrough opens so far (``assetfs status``)."""
+        self._inodes: dict[int, _InodeIO] = {}
+
+    def bound_item(self, inode: int) -> CacheItem | None:
+        """The item whose cache file backs the open passthrough files of ``inode``: every
+        new open of the inode must read it too."""
+        state = self._inodes.get(inode)
+        return state.item if state is not None and state.mode is IOMode.PASSTHROUGH else None
+
+    def open(self, inode: int, item: CacheItem, fd: int | None) -> tuple[IOMode, int]:
+        """The mode for a new open of ``inode`` reading ``item`` (its :meth:`bound_item`,
+        if it has one), and the backing id to reply with (0 unless passthrough). ``fd`` is
+        the item's cache file when it holds the whole content and may back the inode's
+        first open, else None. Never raises: a refused backing file means cached mode."""
+        state = self._inodes.get(inode)
+        if state is None:
+            state = self._inodes[inode] = _InodeIO(IOMode.CACHED, item=item)
+            if fd is not None and self.enabled:
+                try:
+                    state.backing_id = pyfuse3.backing_open(fd)  # type: ignore[attr-defined]
+                except OSError as exc:
+                    log.info("kernel FUSE passthrough unavailable (%s); reads and writes go "
+                             "through the daemon", exc)
+                    self.enabled = False
+                else:
+                    state.mode = IOMode.PASSTHROUGH
+        state.opens += 1
+        if state.mode is IOMode.PASSTHROUGH:
+            self.opens += 1
+        return state.mode, state.backing_id
+
+    def release(self, inode: int, mode: IOMode) -> None:
+        """An open of ``inode`` in ``mode`` was released; the last one of its mode frees the
+        inode (and the backing id: the kernel has dropped the file by then)."""
+        state = self._inodes.get(inode)
+        if state is None:
+            return
+        state.opens -= 1
+        if state.opens == 0:
+            del self._inodes[inode]
+            if state.backing_id:
+                try:
+                    pyfuse3.backing_close(state.backing_id)  # type: ignore[attr-defined]
+                except OSError as exc:
+                    log.warning("cannot release backing id %d: %s", state.backing_id, exc)
