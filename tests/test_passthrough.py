@@ -7,8 +7,11 @@ so. Through real mounts of omni.client's ``file:`` provider."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,3 +133,42 @@ def test_store_change_under_an_open_reader(store: Path, tmp_path: Path) -> None:
             assert old.read(9) == b"version 1"
         assert (mnt / "scene.usd").read_bytes() == b"version 2, longer\n"
         assert not status(m)["dirty_files"]
+
+
+ROOTLESS = r"""
+set -eu
+python=$1 store=$2 mnt=$3 cache=$4
+"$python" -m assetfs.cli mount "file://$store" "$mnt" -o "cache_dir=$cache,write_back_delay=0.1" >&2
+pid=$(getfattr -n user.assetfs.status --only-values "$mnt" | "$python" -c \
+    'import json, sys; print(json.load(sys.stdin)["pid"])')
+trap '"$python" -m assetfs.cli umount "$mnt" >/dev/null || kill -9 "$pid"' EXIT
+cp "$store/../source.bin" "$mnt/copy.bin"
+cmp "$mnt/copy.bin" "$store/../source.bin"
+echo "appended" >> "$mnt/copy.bin"
+getfattr -n user.assetfs.status --only-values "$mnt"
+"""
+
+
+def test_without_cap_sys_admin_every_open_goes_through_the_daemon(
+    store: Path, tmp_path: Path
+) -> None:
+    """A daemon without CAP_SYS_ADMIN (here: root of a rootless user namespace, as in a
+    rootless container) cannot register backing files: it says so once in its log, and
+    reads and writes go through it, intact."""
+    if subprocess.run(["unshare", "-U", "-r", "-m", "true"], check=False).returncode:
+        pytest.skip("unprivileged user namespaces are disabled on this machine")
+    source = os.urandom(8 * MiB)
+    (tmp_path / "source.bin").write_bytes(source)
+    (tmp_path / "mnt").mkdir()
+    done = subprocess.run(
+        ["unshare", "-U", "-r", "-m", "--propagation", "private", "bash", "-c", ROOTLESS,
+         "rootless", sys.executable, str(store), str(tmp_path / "mnt"), str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    assert state["passthrough"] == {"enabled": False, "opens": 0}
+    assert state["requests"]["write"] >= 8
+    log = (tmp_path / "cache" / "daemon.log").read_text()
+    assert log.count("kernel FUSE passthrough unavailable") == 1
+    assert (store / "copy.bin").read_bytes() == source + b"appended\n"
