@@ -343,9 +343,11 @@ class BlockCache:
     def passthrough_room(self, item: CacheItem) -> bool:
         """Whether a writer of ``item`` may write through the kernel (passthrough) rather
         than through :meth:`write`. The daemon cannot refuse those writes at ``max_bytes``,
-        so they are let through only while dirty data stays under half the bound; past that,
-        writes come to :meth:`write`, which answers ENOSPC exactly at the bound. (A full
-        cache disk still gives passthrough writers ENOSPC, from the disk itself.)"""
+        so a writer that opens an idle file gets passthrough only while dirty data stays
+        under half the bound; past that, its writes come to :meth:`write`, which answers
+        ENOSPC exactly at the bound. (A writer of a file already open in passthrough mode
+        gets it all the same: the kernel wants one mode per inode. A full cache disk still
+        gives passthrough writers ENOSPC, from the disk itself.)"""
         half = self.max_bytes // 2
         if self._dirty_hint + item.size <= half:
             return True

@@ -427,9 +427,8 @@ class Operations(pyfuse3.Operations):
     def _open_handle(self, inode: int, item: CacheItem, writable: bool) -> pyfuse3.FileInfo:
         """Register an open of ``item`` and choose how the kernel serves it: passthrough to
         the cache file when it holds the whole content (and, for a writer, the cache bound
-        leaves room), else through the daemon (vfs/passthrough.py). An inode whose open
-        files are bound to an older item of the path keeps serving that one."""
-        item = self.passthrough.bound_item(inode) or item
+        leaves room, and the inode is not open in cached mode), else through the daemon
+        (vfs/passthrough.py)."""
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
@@ -464,7 +463,8 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable or flags & os.O_TRUNC:
             self._writable()
-        item = self.cache.get(path, entry)
+        # an inode open in passthrough mode is bound to its cache file (vfs/passthrough.py)
+        item = self.passthrough.bound_item(inode) or self.cache.get(path, entry)
         if flags & os.O_TRUNC and writable:
             await self.cache.truncate(item, 0)
         return self._open_handle(inode, item, writable)
@@ -481,6 +481,8 @@ class Operations(pyfuse3.Operations):
             raise errors.IsADirectory()
         self.driver.check_create(path, Kind.FILE)
         item = self.cache.new_file(path)
+        if self.passthrough.bound_item(self.inodes.get(path) or 0) is not None:
+            self.inodes.detach(path)  # that inode's open files keep the old content
         if existing is not None:
             item.base_version = existing.version
         entry = item.entry(existing, split(path)[1])
