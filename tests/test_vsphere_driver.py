@@ -366,12 +366,13 @@ async def test_tls_needs_trust(password_env: None) -> None:
             await d.connect()
         await d.close()
         lid = peer.create_library("lib")
-        peer.upload(peer.create_item(lid, "iso"), "a.txt", b"over TLS")
+        data = os.urandom(3 * 1024 * 1024 + 7)  # several of the driver's 1 MiB reads
+        peer.upload(peer.create_item(lid, "iso"), "a.bin", data)
         for options in ({"ca_bundle": peer.ca_file}, {"insecure": ""}):
             d = make_driver(peer, **options)
             await d.connect()
             assert [e.name for e in await d.list("/")] == ["lib"]
-            assert await read_all(d, "/lib/iso/a.txt") == b"over TLS"
+            assert await read_all(d, "/lib/iso/a.bin") == data
             await d.close()
 
 
