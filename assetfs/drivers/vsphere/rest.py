@@ -181,13 +181,14 @@ class RestClient:
         )
 
     def _make_client(self) -> httpx.AsyncClient:
-        """The httpx client: TLS from the system CAs, ``ca_bundle`` or ``insecure``, and
-        connections that read :data:`CHUNK` bytes at a time (:class:`LargeReadStream`).
+        """The httpx client: TLS from the system CAs, ``ca_bundle`` or ``insecure``; proxies
+        from the environment as httpx applies them; direct connections read :data:`CHUNK`
+        bytes at a time (:class:`LargeReadStream`).
 
-        httpx 0.28 takes no network backend, so its transport gets an httpcore pool built
-        with the same settings plus :class:`LargeReadBackend` (``_pool`` is the transport's
-        one private attribute used here; were it renamed, the transport would keep its own
-        pool and only the read size would fall back to 64 KiB)."""
+        httpx 0.28 takes no network backend, so the client's direct transport gets an
+        httpcore pool built with the client's limits plus :class:`LargeReadBackend`
+        (``_transport`` and ``_pool`` are private to httpx; were they renamed, the client
+        would keep its own pool and only the read size would fall back to 64 KiB)."""
         bundle = self.options.get("ca_bundle")
         try:
             context = ssl.create_default_context(cafile=bundle or None)
@@ -196,22 +197,24 @@ class RestClient:
         if flag(self.options, "insecure"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        limits = httpx.Limits()
-        transport = httpx.AsyncHTTPTransport(verify=context, limits=limits)
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=LargeReadBackend(CHUNK),
-        )
-        return httpx.AsyncClient(
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx default
+        client = httpx.AsyncClient(
             base_url=self.base_url,
-            verify=context,  # for the transports of proxies from the environment
-            transport=transport,
+            verify=context,
+            limits=limits,
             timeout=httpx.Timeout(self.timeout),
             follow_redirects=False,
         )
+        direct = getattr(client, "_transport", None)
+        if isinstance(direct, httpx.AsyncHTTPTransport):
+            direct._pool = httpcore.AsyncConnectionPool(
+                ssl_context=context,
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=LargeReadBackend(CHUNK),
+            )
+        return client
 
     @property
     def session_id(self) -> str | None:
