@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -31,6 +32,8 @@ from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
 
 log = logging.getLogger(__name__)
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 
 def raise_read_ahead(mountpoint: Path, kib: int) -> None:
@@ -45,6 +48,23 @@ def raise_read_ahead(mountpoint: Path, kib: int) -> None:
     if devices:
         with contextlib.suppress(OSError):
             Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(str(kib))
+
+
+def keep_freed_memory() -> None:
+    """Keep freed heap memory in the daemon instead of handing it back to the kernel.
+
+    Every FUSE read or write and every network read allocates a buffer of about 1 MiB. With
+    glibc's default, self-adjusting thresholds the top of the heap is given back as soon as
+    about 2 MiB of it are free, so the next buffer is faulted in again page by page: a
+    fifth of the daemon's CPU on a 256 MiB read from vcsim (perf). Here buffers of up to
+    32 MiB come from the heap and up to 64 MiB of free heap is kept (``mallopt``
+    ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``). Does nothing without glibc's ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 class Mount:
@@ -236,6 +256,7 @@ class Mount:
 async def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Connect the driver (a clear error if the URL, server or credentials are wrong),
     then mount and serve."""
+    keep_freed_memory()
     cls = driver_class(config.url)
     driver = cls(config.url, config.driver_options)
     policy = retry.RetryPolicy(attempt_timeout=config.timeout, deadline=config.timeout)

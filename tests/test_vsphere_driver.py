@@ -351,6 +351,29 @@ async def test_unreachable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     await d.close()
 
 
+async def test_proxy_from_environment(
+    sim: Vcsim, library: str, password_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy set in the environment is used (here one that is down), unless NO_PROXY
+    names the server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    d = make_driver(sim, call_timeout="5")
+    with pytest.raises(errors.Unavailable):
+        await d.connect()
+    await d.close()
+    monkeypatch.setenv("NO_PROXY", sim.host.rsplit(":", 1)[0])
+    d = make_driver(sim)
+    await d.connect()
+    assert await read_all(d, "/lib/iso/a.txt") == b"hello world"
+    await d.close()
+
+
 async def test_unknown_library(sim: Vcsim, library: str, password_env: None) -> None:
     d = make_driver(sim, "/nosuchlib")
     with pytest.raises(errors.NotFound, match="no content library named 'nosuchlib'"):
@@ -366,12 +389,13 @@ async def test_tls_needs_trust(password_env: None) -> None:
             await d.connect()
         await d.close()
         lid = peer.create_library("lib")
-        peer.upload(peer.create_item(lid, "iso"), "a.txt", b"over TLS")
+        data = os.urandom(3 * 1024 * 1024 + 7)  # several of the driver's 1 MiB reads
+        peer.upload(peer.create_item(lid, "iso"), "a.bin", data)
         for options in ({"ca_bundle": peer.ca_file}, {"insecure": ""}):
             d = make_driver(peer, **options)
             await d.connect()
             assert [e.name for e in await d.list("/")] == ["lib"]
-            assert await read_all(d, "/lib/iso/a.txt") == b"over TLS"
+            assert await read_all(d, "/lib/iso/a.bin") == data
             await d.close()
 
 

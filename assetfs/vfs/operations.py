@@ -503,7 +503,7 @@ class Operations(pyfuse3.Operations):
     @_errno
     async def fsync(self, fh: int, datasync: bool) -> None:
         item = self._handles[fh].item
-        self.cache.fsync(item)
+        await self.cache.fsync(item)
         await self.writeback.flush(item)
 
     @_errno

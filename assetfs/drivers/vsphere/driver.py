@@ -7,7 +7,6 @@ import contextlib
 import errno
 import logging
 import re
-import ssl
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -125,7 +124,6 @@ class VsphereDriver(Transfers, RestClient, Driver):
         self.spool_dir = options.get("spool_dir") or tempfile.gettempdir()
         self._password: str | None = None
         self._client: httpx.AsyncClient | None = None
-        self._ssl_context: ssl.SSLContext | None = None
         self._session: str | None = None
         self._login_lock = trio.Lock()
         self._library_ids: dict[str, str] = {}
