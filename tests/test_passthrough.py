@@ -98,6 +98,30 @@ def test_open_for_writing_without_a_write_uploads_nothing(store: Path, tmp_path:
     assert (store / "doc.txt").read_bytes() == b"content\nmore\n"
 
 
+def test_fsync_then_close_uploads_once(store: Path, tmp_path: Path) -> None:
+    """A safe save (write, fsync, close) uploads once: the fsync's upload carries it all,
+    and the close finds nothing new. A write after an fsync is uploaded again."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    data = os.urandom(3 * MiB)
+    with mounted(url, mnt, options(tmp_path, write_back_delay="0.1")) as m:
+        with open(mnt / "doc.bin", "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            assert (store / "doc.bin").read_bytes() == data
+        time.sleep(0.5)
+        assert status(m)["uploads"]["files"] == 1
+        assert not status(m)["dirty_files"]
+        with open(mnt / "doc.bin", "r+b", buffering=0) as f:
+            f.write(b"X")
+            os.fsync(f.fileno())
+            assert (store / "doc.bin").read_bytes()[:2] == b"X" + data[1:2]
+            f.write(b"Y")  # after the fsync, before the close
+        flush(m)
+        assert status(m)["uploads"]["files"] == 3
+    assert (store / "doc.bin").read_bytes() == b"XY" + data[2:]
+
+
 def test_readers_and_writers_of_one_file_see_each_other(store: Path, tmp_path: Path) -> None:
     """Several opens of one file at once (the kernel wants one backing file per inode): a
     reader sees what a writer wrote, through either handle order."""

@@ -76,11 +76,14 @@ class CacheItem:
     passthrough_writers: int = 0
     """Open handles the kernel writes through to the cache file itself (kernel FUSE
     passthrough): ``size`` and ``mtime_ns`` are then read from the file (:meth:`observe`)."""
-    passthrough_base: tuple[int, int, int] = (0, 0, 0)
-    """``(st_size, st_mtime_ns, st_ctime_ns)`` of the cache file when the first passthrough
-    writer opened: unchanged at the last close means nothing was written."""
-    passthrough_was_dirty: bool = False
-    """Whether the item was dirty before its first passthrough writer opened."""
+    passthrough_stamp: tuple[int, int] = (0, 0)
+    """``(st_size, st_mtime_ns)`` of the cache file when ``generation`` last counted the
+    passthrough writers' writes (:meth:`BlockCache.count_passthrough_writes`)."""
+    passthrough_clean_generation: int | None = None
+    """The ``generation`` at which the cache file held the store's content when the first
+    passthrough writer opened (None if it was dirty then)."""
+    passthrough_open_size: int = 0
+    """``size`` when the first passthrough writer opened (bytes)."""
     arrived: trio.Event = field(default_factory=trio.Event)
     fill_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -357,41 +360,66 @@ class BlockCache:
     def passthrough_writer_opened(self, item: CacheItem) -> None:
         """A handle that writes ``item``'s cache file through the kernel opened. The item is
         journaled as dirty now (before open returns), since its writes will not pass here;
-        a clean item remembers its file's state, so that a close with nothing written makes
-        it clean again (:meth:`passthrough_writer_closed`)."""
-        fd = self._open_cache_file(item, create=False)
+        a clean item notes that its file holds the store's content, so that a close with
+        nothing written makes it clean again (:meth:`passthrough_writer_closed`)."""
         if item.passthrough_writers == 0:
             self.disk_room(RESERVE)
-            item.passthrough_was_dirty = item.dirty
-            if not item.dirty:
-                os.utime(fd, ns=(item.mtime_ns, item.mtime_ns))  # shown until a write
-            st = os.fstat(fd)
-            item.passthrough_base = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            clean = not item.dirty
             self._mark_dirty(item)
-            item.mtime_ns = st.st_mtime_ns
+            item.passthrough_clean_generation = item.generation if clean else None
+            item.passthrough_open_size = item.size
+            fd = self._open_cache_file(item, create=False)
+            # a clean file shows the store's mtime until a write; a dirty one keeps its own
+            mtime = item.mtime_ns if clean else os.fstat(fd).st_mtime_ns
+            item.passthrough_stamp = self._stamp(fd, mtime)
+            item.mtime_ns = item.passthrough_stamp[1]
         item.passthrough_writers += 1
 
+    def count_passthrough_writes(self, item: CacheItem) -> None:
+        """Count (``generation``) what passthrough writers wrote since the last count, if
+        anything: an upload that starts after this call carries it, one that started before
+        does not. Called by fsync (:meth:`WriteBack.flush`)."""
+        if not item.passthrough_writers:
+            return
+        fd = self._open_cache_file(item, create=False)
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != item.passthrough_stamp:
+            item.generation += 1
+            item.passthrough_stamp = self._stamp(fd, st.st_mtime_ns)
+
     def passthrough_writer_closed(self, item: CacheItem) -> None:
-        """A passthrough writer of ``item`` closed. At the last one, take the size and mtime
-        the kernel left and count the writes (``generation``); if the file is exactly as at
-        open and was clean then, make the item clean again: nothing to upload. What the
-        writers added counts against the bound now, evicting clean items if it passed."""
+        """A passthrough writer of ``item`` closed. At the last one, count what the writers
+        wrote since the last count (``generation``); if they wrote nothing since then and the
+        store holds the content (it did at open, or an fsync's upload put it there), make
+        the item clean again: nothing to upload. What the writers added counts against the
+        bound now, evicting clean items if it passed."""
         item.observe()
         item.passthrough_writers -= 1
         if item.passthrough_writers:
             return
         st = os.fstat(self._open_cache_file(item, create=False))
-        base = item.passthrough_base
-        if base == (st.st_size, st.st_mtime_ns, st.st_ctime_ns) and not item.passthrough_was_dirty:
-            if item.dirty:
-                item.dirty = False
-                self.journal.mark_clean(item.key)
-            return
-        item.generation += 1
-        grown = max(0, st.st_size - base[0])
+        if (st.st_size, st.st_mtime_ns) != item.passthrough_stamp:
+            item.generation += 1
+        elif item.dirty and item.generation in (item.stored_generation,
+                                                item.passthrough_clean_generation):
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+        grown = max(0, st.st_size - item.passthrough_open_size)
         self._dirty_hint += grown
         self._used_hint += grown
         self.make_room(0, for_dirty=False)
+
+    @staticmethod
+    def _stamp(fd: int, mtime_ns: int) -> tuple[int, int]:
+        """Set the file's mtime to ``mtime_ns - 1`` and return ``(st_size, that mtime)``.
+
+        A later write through the kernel sets the mtime to the current time, which is never
+        below ``mtime_ns`` when that was the file's mtime or a store's past one: so any write
+        changes the stamp, even on a kernel whose timestamps move in jiffies (before the
+        multigrain timestamps of Linux 6.13), where two writes a millisecond apart can share
+        one mtime."""
+        os.utime(fd, ns=(mtime_ns - 1, mtime_ns - 1))
+        return os.fstat(fd).st_size, mtime_ns - 1
 
     # --- eviction ----------------------------------------------------------------------
     def make_room(self, incoming: int, for_dirty: bool) -> None:
@@ -670,11 +698,7 @@ class BlockCache:
 
         The file is flushed in a worker thread, on a descriptor of its own: flushing a big
         file takes the disk's time (~0.1 s per 256 MiB here), and meanwhile the mount keeps
-        answering and uploading, this file's upload included. Writes through passthrough do
-        not count ``generation`` up, so this does: only an upload that starts after the
-        fsync answers it (:meth:`WriteBack.flush`). Raises OSError."""
-        if item.passthrough_writers:
-            item.generation += 1
+        answering and uploading, this file's upload included. Raises OSError."""
         if item.fd is not None:
             fd = os.dup(item.fd)
             try:

@@ -108,7 +108,9 @@ class WriteBack:
     async def flush(self, item: CacheItem) -> None:
         """Upload ``item`` now and wait until what it holds at this call is on the store
         (an upload of this ``generation`` or a later one); raise a failed attempt's error
-        (fsync)."""
+        (fsync). Writes through passthrough are counted here, since they do not pass
+        through the daemon."""
+        self.cache.count_passthrough_writes(item)
         wanted = item.generation
         while item.dirty and item.stored_generation < wanted:
             finished = self._finished.setdefault(item, trio.Event())
