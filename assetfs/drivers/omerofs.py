@@ -516,11 +516,6 @@ class OmeroFSDriver(Driver):
             self._abs(path), offset, size, fd, self.describe(path)
         )
 
-    @property
-    def fetch_pid(self) -> int | None:
-        """The process id of the fetch process (None while none runs); for status and tests."""
-        return self._fetcher.pid if self._fetcher is not None else None
-
     async def xattr(self, path: str, key: str) -> bytes | None:
         """``sha1``: the lowercase hex SHA-1 of a file from ``getSHA1`` (the server reads the
         whole file, so this has its own ``sha1_timeout``), cached per file version.

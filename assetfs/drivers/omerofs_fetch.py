@@ -80,7 +80,6 @@ class FetchWorker:
         self._lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._process: trio.Process | None = None
         self._socket: trio.socket.SocketType | None = None
         self._stopped: trio.Event | None = None
         self._owed = 0
@@ -90,18 +89,14 @@ class FetchWorker:
         """trio time of the last reply, or of the request that ended a time of owing none."""
         self._closing = False
 
-    @property
-    def pid(self) -> int | None:
-        """The process id of the running fetch process, None when there is none."""
-        return self._process.pid if self._process is not None else None
-
     async def start(self) -> None:
-        """Start the fetch process unless one runs. Raises Unavailable when it cannot start."""
+        """Start the fetch process unless one runs, and wait until it is ready (its Ice
+        communicator made, its connection to the FileServer tried). Raises Unavailable when
+        it cannot start or is not ready within ``silence`` seconds."""
         async with self._lock:
             if self._socket is not None:
                 return
             self._closing = False
-            ready = b""
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 with theirs:
@@ -112,21 +107,28 @@ class FetchWorker:
                         # mount must not kill calls in flight; the process ends with its socket.
                         start_new_session=True,
                     )
-                channel = trio.socket.from_stdlib_socket(ours)
+            except OSError as exc:
+                ours.close()
+                raise errors.Unavailable(f"cannot start the OMERO.fs fetch process: {exc}") from exc
+            channel = trio.socket.from_stdlib_socket(ours)
+            ready = b""
+            try:
                 await channel.send(self._settings)
                 with trio.move_on_after(self._silence):
                     ready = await channel.recv(MESSAGE_MAX)
             except OSError as exc:
-                ours.close()
-                raise errors.Unavailable(f"cannot start the OMERO.fs fetch process: {exc}") from exc
-            if not ready:  # it exited (its error is in our log) or is stuck starting
-                channel.close()
-                with trio.CancelScope(shield=True):
-                    process.kill()
-                    await process.wait()
+                log.warning("OMERO.fs fetch process %d: %s", process.pid, exc)
+            finally:
+                if not ready:  # it exited (its error is in our log), hangs, or we were cancelled
+                    channel.close()
+                    with trio.CancelScope(shield=True):
+                        process.kill()
+                        await process.wait()
+            if not ready:
                 raise errors.Unavailable(
-                    f"the OMERO.fs fetch process did not start (exit status {process.returncode})")
-            self._process, self._socket = process, channel
+                    f"the OMERO.fs fetch process did not start (exit status {process.returncode})"
+                )
+            self._socket = channel
             self._owed = 0
             self._stopped = trio.Event()
             trio.lowlevel.spawn_system_task(self._receive, process, channel, self._stopped)
@@ -143,7 +145,8 @@ class FetchWorker:
         if self._socket is None:
             await self.start()
         channel = self._socket
-        assert channel is not None
+        if channel is None:  # it died at once
+            raise errors.Unavailable("the OMERO.fs fetch process exited", url=url)
         request_id = next(self._ids)
         pending = _Pending()
         self._pending[request_id] = pending
@@ -199,12 +202,12 @@ class FetchWorker:
                         "killed", process.pid, self._silence, self._owed)
                     process.kill()
                     break
-        except (OSError, ValueError, KeyError, trio.ClosedResourceError) as exc:
+        except Exception as exc:  # a system task must not raise: log, then clean up below
             if not self._closing:
                 log.warning("OMERO.fs fetch process %d: %s", process.pid, exc)
         finally:
             if self._socket is channel:
-                self._process = self._socket = None
+                self._socket = None
             channel.close()
             for pending in self._pending.values():
                 pending.done.set()
@@ -342,10 +345,10 @@ def main() -> None:
     input being its socket). Exits 0 when the socket closes."""
     logging.basicConfig(level=logging.WARNING, format="fetch process: %(levelname)s %(message)s")
     channel = socket.socket(fileno=0)
-    settings = json.loads(channel.recv(MESSAGE_MAX) or b"null")
-    if settings is None:
+    first = channel.recv(MESSAGE_MAX)
+    if not first:
         return
-    fetcher = _Fetcher(settings, channel)
+    fetcher = _Fetcher(json.loads(first), channel)
     fetcher.connect()
     channel.send(b'{"ready": true}')
     while True:
