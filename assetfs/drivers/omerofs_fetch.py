@@ -33,6 +33,7 @@ it ends within ``call_timeout`` after connecting, so it is stuck).
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import errno
 import itertools
@@ -249,13 +250,14 @@ class _Job:
     parts: int
     received: dict[int, int] = field(default_factory=dict)
     error: errors.AssetFSError | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Fetcher:
-    """Serves requests: ``parallel`` threads take the ``readBlock`` calls of all requests in
-    order, each making one plain (synchronous) call at a time and writing its reply into the
-    request's file; the last call of a request sends its reply."""
+    """Serves requests: one thread keeps ``parallel`` ``readBlock`` calls in flight (Ice
+    asynchronous invocations, in request order), collects each reply in turn and writes it
+    into its request's file; the last call of a request sends its reply. One thread, so no
+    GIL hand-offs: measured, 4 threads each making one call at a time cost the process half
+    again as much CPU per MiB as this, and one such thread does not keep the server busy."""
 
     def __init__(self, settings: Mapping[str, Any], channel: socket.socket) -> None:
         import Ice  # type: ignore[import-not-found]
@@ -275,11 +277,10 @@ class _Fetcher:
         )
         self._proxy = proxy.ice_invocationTimeout(int(float(settings["call_timeout"]) * 1000))
         self._block = int(settings["block_size"])
+        self._parallel = int(settings["parallel"])
         self._calls: queue.SimpleQueue[tuple[_Job, int, int]] = queue.SimpleQueue()
         self._channel = channel
-        self._send_lock = threading.Lock()
-        for index in range(int(settings["parallel"])):
-            threading.Thread(target=self._work, name=f"fetch-{index}", daemon=True).start()
+        threading.Thread(target=self._work, name="fetch", daemon=True).start()
 
     def connect(self) -> None:
         """Open the connection to the FileServer now, so the first read does not wait for it
@@ -299,11 +300,25 @@ class _Fetcher:
             self._calls.put((job, start, min(self._block, offset + size - start)))
 
     def _work(self) -> None:
+        in_flight: collections.deque[tuple[_Job, int, Any]] = collections.deque()
         while True:
-            job, start, want = self._calls.get()
+            while len(in_flight) < self._parallel:
+                try:
+                    # Wait for work only when nothing is in flight.
+                    job, start, want = self._calls.get(block=not in_flight)
+                except queue.Empty:
+                    break
+                try:
+                    call = self._proxy.begin_readBlock(job.file_id, start, want)
+                except Exception as exc:  # Ice may fail at once (e.g. destroyed communicator)
+                    call = exc
+                in_flight.append((job, start, call))
+            job, start, call = in_flight.popleft()
             size, error = 0, None
             try:
-                data = self._proxy.readBlock(job.file_id, start, want)
+                if isinstance(call, Exception):
+                    raise call
+                data = self._proxy.end_readBlock(call)
                 os.pwrite(job.fd, data, start)
                 size = len(data)
             except OSError as exc:
@@ -311,13 +326,11 @@ class _Fetcher:
                 error = (errors.NoSpace if full else errors.AssetFSError)(f"cache file: {exc}")
             except Exception as exc:  # an Ice or OMERO.fs error: translate() knows them all
                 error = self._translate(exc, job.url)
-            with job.lock:
-                job.received[start] = size
-                if error is not None and job.error is None:
-                    job.error = error
-                job.parts -= 1
-                last = not job.parts
-            if last:
+            job.received[start] = size
+            if error is not None and job.error is None:
+                job.error = error
+            job.parts -= 1
+            if not job.parts:
                 self._finish(job)
 
     def _finish(self, job: _Job) -> None:
@@ -336,7 +349,7 @@ class _Fetcher:
                 if got < self._block:
                     break
             reply["size"] = position - job.offset
-        with self._send_lock, contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the daemon is gone: main() is about to exit
             self._channel.send(json.dumps(reply).encode())
 
 
