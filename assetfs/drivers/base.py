@@ -184,7 +184,10 @@ class Driver(ABC):
         The block cache fills its files through this, so a driver that fetches in another
         process (OMERO.fs) can write there directly and the daemon never handles the bytes.
         The default is :meth:`read` then ``pwrite``. Raises what :meth:`read` raises, and
-        NoSpace when the local disk is full. ``fd`` stays the caller's to close.
+        NoSpace when the local disk is full. ``fd`` stays the caller's to close. A driver
+        that may still write after the call was cancelled must write only the content the
+        range had when the call started, and in call order (so a later call's bytes land
+        last); the default writes nothing once cancelled.
         """
         data = await self.read(path, offset, size)
         try:

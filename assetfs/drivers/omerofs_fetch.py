@@ -23,6 +23,9 @@ the child's end is its standard input):
   or ``{"id", "error", "message"}`` where ``error`` names an :mod:`assetfs.errors` type chosen
   by :func:`assetfs.drivers.omerofs.translate`, which runs here.
 
+A request whose caller gave up (timeout) is still served: its bytes are the content of that
+range, and requests are served in order, so a later request for the same range writes last.
+
 Lifetime: the process exits as soon as its socket reports end-of-file, that is when the daemon
 closes it (:meth:`FetchWorker.close`) or dies, SIGKILL included (the kernel closes the
 daemon's end). The daemon starts a new process when the old one died, and kills one that owes
