@@ -43,10 +43,8 @@ import itertools
 import json
 import logging
 import os
-import queue
 import socket
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,11 +254,12 @@ class _Job:
 
 
 class _Fetcher:
-    """Serves requests: one thread keeps ``parallel`` ``readBlock`` calls in flight (Ice
+    """Serves requests in one thread: keeps ``parallel`` ``readBlock`` calls in flight (Ice
     asynchronous invocations, in request order), collects each reply in turn and writes it
-    into its request's file; the last call of a request sends its reply. One thread, so no
-    GIL hand-offs: measured, 4 threads each making one call at a time cost the process half
-    again as much CPU per MiB as this, and one such thread does not keep the server busy."""
+    into its request's file; the last call of a request sends its reply. Requests are taken
+    from the socket between calls. One Python thread, so no GIL hand-offs: measured, one thread
+    per call in flight cost the process half again as much CPU per MiB, and one plain call at a
+    time leaves the server idle while we write."""
 
     def __init__(self, settings: Mapping[str, Any], channel: socket.socket) -> None:
         import Ice  # type: ignore[import-not-found]
@@ -281,9 +280,9 @@ class _Fetcher:
         self._proxy = proxy.ice_invocationTimeout(int(float(settings["call_timeout"]) * 1000))
         self._block = int(settings["block_size"])
         self._parallel = int(settings["parallel"])
-        self._calls: queue.SimpleQueue[tuple[_Job, int, int]] = queue.SimpleQueue()
         self._channel = channel
-        threading.Thread(target=self._work, name="fetch", daemon=True).start()
+        self._waiting: collections.deque[tuple[_Job, int, int]] = collections.deque()
+        self._in_flight: collections.deque[tuple[_Job, int, Any]] = collections.deque()
 
     def connect(self) -> None:
         """Open the connection to the FileServer now, so the first read does not wait for it
@@ -291,7 +290,33 @@ class _Fetcher:
         with contextlib.suppress(Exception):
             self._proxy.ice_getConnection()
 
-    def submit(self, request: Mapping[str, Any], fd: int) -> None:
+    def serve(self) -> None:
+        """Serve requests until the socket reports end-of-file, then return."""
+        while True:
+            idle = not (self._waiting or self._in_flight)
+            while True:  # take every request that has arrived; wait for one only when idle
+                # (recv_fds ignores its flags argument in Python 3.11: no MSG_DONTWAIT)
+                self._channel.setblocking(idle)
+                try:
+                    message, fds, _flags, _address = socket.recv_fds(self._channel, MESSAGE_MAX, 1)
+                except BlockingIOError:
+                    break
+                if not message:
+                    return
+                if fds:
+                    self._submit(json.loads(message), fds[0])
+                idle = False
+            while self._waiting and len(self._in_flight) < self._parallel:
+                job, start, want = self._waiting.popleft()
+                try:
+                    call = self._proxy.begin_readBlock(job.file_id, start, want)
+                except Exception as exc:  # Ice may fail at once (e.g. destroyed communicator)
+                    call = exc
+                self._in_flight.append((job, start, call))
+            if self._in_flight:
+                self._collect(*self._in_flight.popleft())
+
+    def _submit(self, request: Mapping[str, Any], fd: int) -> None:
         """Queue the ``readBlock`` calls of one request (owning ``fd`` from now on)."""
         offset, size = int(request["offset"]), int(request["size"])
         starts = range(offset, offset + size, self._block)
@@ -299,42 +324,28 @@ class _Fetcher:
                    parts=len(starts))
         if not starts:
             self._finish(job)
-        for start in starts:
-            self._calls.put((job, start, min(self._block, offset + size - start)))
+        self._waiting.extend((job, s, min(self._block, offset + size - s)) for s in starts)
 
-    def _work(self) -> None:
-        in_flight: collections.deque[tuple[_Job, int, Any]] = collections.deque()
-        while True:
-            while len(in_flight) < self._parallel:
-                try:
-                    # Wait for work only when nothing is in flight.
-                    job, start, want = self._calls.get(block=not in_flight)
-                except queue.Empty:
-                    break
-                try:
-                    call = self._proxy.begin_readBlock(job.file_id, start, want)
-                except Exception as exc:  # Ice may fail at once (e.g. destroyed communicator)
-                    call = exc
-                in_flight.append((job, start, call))
-            job, start, call = in_flight.popleft()
-            size, error = 0, None
-            try:
-                if isinstance(call, Exception):
-                    raise call
-                data = self._proxy.end_readBlock(call)
-                os.pwrite(job.fd, data, start)
-                size = len(data)
-            except OSError as exc:
-                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                error = (errors.NoSpace if full else errors.AssetFSError)(f"cache file: {exc}")
-            except Exception as exc:  # an Ice or OMERO.fs error: translate() knows them all
-                error = self._translate(exc, job.url)
-            job.received[start] = size
-            if error is not None and job.error is None:
-                job.error = error
-            job.parts -= 1
-            if not job.parts:
-                self._finish(job)
+    def _collect(self, job: _Job, start: int, call: Any) -> None:
+        """Wait for one call's reply and write it into its request's file."""
+        size, error = 0, None
+        try:
+            if isinstance(call, Exception):
+                raise call
+            data = self._proxy.end_readBlock(call)
+            os.pwrite(job.fd, data, start)
+            size = len(data)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            error = (errors.NoSpace if full else errors.AssetFSError)(f"cache file: {exc}")
+        except Exception as exc:  # an Ice or OMERO.fs error: translate() knows them all
+            error = self._translate(exc, job.url)
+        job.received[start] = size
+        if error is not None and job.error is None:
+            job.error = error
+        job.parts -= 1
+        if not job.parts:
+            self._finish(job)
 
     def _finish(self, job: _Job) -> None:
         """Reply (bytes written from the start up to the first short part, or the first
@@ -367,14 +378,10 @@ def main() -> None:
     fetcher = _Fetcher(json.loads(first), channel)
     fetcher.connect()
     channel.send(b'{"ready": true}')
-    while True:
-        message, fds, _flags, _address = socket.recv_fds(channel, MESSAGE_MAX, 1)
-        if not message:
-            # The daemon closed its end or died: calls still in flight have no one to
-            # report to. Leave without waiting for them.
-            os._exit(0)
-        if fds:
-            fetcher.submit(json.loads(message), fds[0])
+    fetcher.serve()
+    # The daemon closed its end or died: calls still in flight have no one to report to.
+    # Leave without waiting for them (destroying the communicator would).
+    os._exit(0)
 
 
 if __name__ == "__main__":
