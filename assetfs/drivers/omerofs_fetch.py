@@ -28,9 +28,10 @@ range, and requests are served in order, so a later request for the same range w
 
 Lifetime: the process exits as soon as its socket reports end-of-file, that is when the daemon
 closes it (:meth:`FetchWorker.close`) or dies, SIGKILL included (the kernel closes the
-daemon's end). The daemon starts a new process when the old one died, and kills one that owes
-replies and has sent nothing for ``call_timeout + connect_timeout + 2`` seconds (every call in
-it ends within ``call_timeout`` after connecting, so it is stuck).
+daemon's end). It looks between two calls, so at worst one ``call_timeout`` later. The daemon
+starts a new process when the old one died, and kills one that owes replies and has sent
+nothing for ``call_timeout + connect_timeout + 2`` seconds (every call in it ends within
+``call_timeout`` after connecting, so it is stuck).
 """
 
 from __future__ import annotations
