@@ -8,7 +8,8 @@ with one random file, then measures, in the same run and against the same server
 
 - baseline: the best of plain synchronous client loops of ``FileServer.readBlock`` (no
   assetfs), for several block sizes (Ice.MessageSizeMax raised where a block needs it);
-- driver: ``OmeroFSDriver.read`` alone, 1 MiB requests 8 in flight (the cache's pattern);
+- driver: ``OmeroFSDriver.read_into`` a local file alone (the fetch process), 1 MiB requests
+  8 in flight (the block cache's pattern);
 - mount: ``assetfs mount omerofs://...`` with an empty cache, then the file is read
   sequentially in 1 MiB ``read()`` calls (cold: every byte comes from the server).
 
@@ -62,9 +63,12 @@ def direct_loop(servers: OmeroFS, file_id: str, size: int, block: int) -> float:
         communicator.destroy()
 
 
-def through_driver(servers: OmeroFS, file_id: str, size: int, readers: int = 8) -> float:
-    """MiB/s of OmeroFSDriver.read() alone (no FUSE, no cache): 1 MiB requests, ``readers``
-    in flight, the pattern of the block cache's read-ahead. Locates a gap: driver or core."""
+def through_driver(
+    servers: OmeroFS, file_id: str, size: int, target: Path, readers: int = 8
+) -> float:
+    """MiB/s of OmeroFSDriver.read_into() a local file alone (no FUSE, no cache): 1 MiB
+    requests, ``readers`` in flight, the pattern of the block cache's read-ahead. Locates a
+    gap: driver or core."""
     import trio
 
     from assetfs.drivers.omerofs import OmeroFSDriver
@@ -73,16 +77,18 @@ def through_driver(servers: OmeroFS, file_id: str, size: int, readers: int = 8) 
         driver = OmeroFSDriver(f"omerofs://127.0.0.1:{servers.fs.port}/", {"monitor": "off"})
         await driver.connect()
         offsets = list(range(0, size, MiB))
-        started = time.perf_counter()
+        with open(target, "wb") as out:
+            started = time.perf_counter()
 
-        async def reader(index: int) -> None:
-            for offset in offsets[index::readers]:
-                await driver.read(file_id, offset, MiB)
+            async def reader(index: int) -> None:
+                for offset in offsets[index::readers]:
+                    await driver.read_into(file_id, offset, MiB, out.fileno())
 
-        async with trio.open_nursery() as nursery:
-            for index in range(readers):
-                nursery.start_soon(reader, index)
-        elapsed = time.perf_counter() - started
+            async with trio.open_nursery() as nursery:
+                for index in range(readers):
+                    nursery.start_soon(reader, index)
+            elapsed = time.perf_counter() - started
+        target.unlink()
         await driver.close()
         return size / MiB / elapsed
 
@@ -127,14 +133,15 @@ def main() -> int:
             for block in (256 * 1024, 512 * 1024, MiB - 64 * 1024, 4 * MiB):
                 best = max(direct_loop(servers, file_id, size, block) for _ in range(args.rounds))
                 baseline[f"readBlock loop, {block // 1024} KiB blocks"] = best
-            driver = max(through_driver(servers, file_id, size) for _ in range(args.rounds))
+            driver = max(through_driver(servers, file_id, size, work / "copy.bin")
+                         for _ in range(args.rounds))
             mount = max(through_mount(servers, work, "big.bin", size) for _ in range(args.rounds))
         finally:
             servers.stop()
     for name, speed in baseline.items():
         print(f"{name:40s} {speed:8.1f} MiB/s")
     best_name, best = max(baseline.items(), key=lambda item: item[1])
-    print(f"{'OmeroFSDriver.read, 1 MiB x 8 in flight':40s} {driver:8.1f} MiB/s")
+    print(f"{'OmeroFSDriver.read_into, 1 MiB x 8':40s} {driver:8.1f} MiB/s")
     print(f"{'assetfs mount, cold cache, 1 MiB reads':40s} {mount:8.1f} MiB/s")
     print(f"ratio driver / best direct: {driver / best:.2f}")
     print(f"ratio mount / best direct ({best_name}): {mount / best:.2f}  (target >= 0.80)")

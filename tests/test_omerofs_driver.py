@@ -144,6 +144,30 @@ async def test_ranged_reads_and_eof(
     assert await driver.read("/data/empty.bin", 0, MiB) == b""
 
 
+async def test_read_into_local_file(
+    driver: OmeroFSDriver, tree: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    for rel, digest in tree[1].items():
+        target = tmp_path / "copy.bin"
+        with open(target, "wb") as f:
+            offset = 0
+            while written := await driver.read_into("/" + rel, offset, 3 * MiB, f.fileno()):
+                offset += written
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == digest, rel
+    source = (tree[0] / "data" / "odd.bin").read_bytes()
+    with open(tmp_path / "part.bin", "w+b") as f:
+        assert await driver.read_into("/data/odd.bin", 12345, 2 * MiB + 7, f.fileno()) == (
+            2 * MiB + 7
+        )
+        assert await driver.read_into("/data/odd.bin", len(source) - 5, MiB, f.fileno()) == 5
+        assert await driver.read_into("/data/odd.bin", len(source), 100, f.fileno()) == 0
+        assert os.pread(f.fileno(), 2 * MiB + 7, 12345) == source[12345 : 12345 + 2 * MiB + 7]
+        with pytest.raises(errors.NotFound):
+            await driver.read_into("/nope.bin", 0, 10, f.fileno())
+        with pytest.raises(errors.IsADirectory):
+            await driver.read_into("/data", 0, 10, f.fileno())
+
+
 async def test_errors_are_translated(driver: OmeroFSDriver) -> None:
     with pytest.raises(errors.NotFound):
         await driver.stat("/no/such/file")

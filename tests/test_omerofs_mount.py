@@ -2,7 +2,9 @@
 
 Listing and sha256 through the mount, server-side changes visible within 1 s, EROFS on every
 write, FileServer stopped mid-read -> EIO within the timeout, restarted -> reads work again
-without remounting.
+without remounting. The fetch process (the daemon's child that runs the readBlock calls):
+killed -> replaced without a failed read; stuck -> EIO within the timeout, then replaced;
+gone with the daemon, whether it unmounts or is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,3 +154,88 @@ def test_fileserver_stopped_mid_read_eio_then_recovers(
         assert f.read(4096) == source.read_bytes()[:4096]
     servers.fs.start()
     assert sha256_of(big) == tree[1]["data/big-64MiB.bin"]
+
+
+# --- the fetch process -------------------------------------------------------------------
+def fetch_process(mount: Mount) -> int:
+    """The pid of the daemon's OMERO.fs fetch process (its child running omerofs_fetch)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == mount.proc.pid and b"assetfs.drivers.omerofs_fetch" in cmdline:
+            return int(entry.name)
+    raise AssertionError("the daemon has no fetch process")
+
+
+def gone(pid: int) -> bool:
+    """True once process ``pid`` has exited (a zombie counts: it runs no more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_fetch_process_killed_mid_read_is_replaced(
+    mount: Mount, tree: tuple[Path, dict[str, str]]
+) -> None:
+    big = mount.path / "data" / "big-64MiB.bin"
+    first = fetch_process(mount)
+    digest = hashlib.sha256()
+    slowest = 0.0
+    with open(big, "rb", buffering=0) as f:
+        digest.update(f.read(MiB))
+        os.kill(first, signal.SIGKILL)
+        while True:
+            started = time.monotonic()
+            block = f.read(MiB)
+            slowest = max(slowest, time.monotonic() - started)
+            if not block:
+                break
+            digest.update(block)
+    assert digest.hexdigest() == tree[1]["data/big-64MiB.bin"]
+    assert slowest <= TIMEOUT, slowest
+    assert gone(first)
+    assert fetch_process(mount) != first
+
+
+def test_fetch_process_stuck_eio_in_time_then_replaced(
+    servers: OmeroFS, tmp_path: Path, tree: tuple[Path, dict[str, str]]
+) -> None:
+    # call_timeout 2 + connect_timeout 1 + 2: a process that owes replies and says nothing
+    # for 5 s is killed and replaced.
+    options = {"timeout": str(TIMEOUT), "call_timeout": "2", "connect_timeout": "1",
+               "monitor": "off", "cache_dir": str(tmp_path / "cache")}
+    with mounted(servers.url, tmp_path / "mnt", options) as mount:
+        big = mount.path / "data" / "big-64MiB.bin"
+        stuck = fetch_process(mount)
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(OSError) as info, open(big, "rb", buffering=0) as f:
+                f.seek(32 * MiB)
+                f.read(MiB)
+            elapsed = time.monotonic() - started
+            assert info.value.errno in (errno.EIO, errno.ETIMEDOUT)
+            assert elapsed <= TIMEOUT + 2, elapsed
+            within(10.0, lambda: gone(stuck))
+            assert "sent nothing" in mount.output()
+            assert sha256_of(big) == tree[1]["data/big-64MiB.bin"]
+        finally:
+            if not gone(stuck):
+                os.kill(stuck, signal.SIGKILL)
+
+
+def test_fetch_process_ends_with_the_daemon(servers: OmeroFS, tmp_path: Path) -> None:
+    options = {"monitor": "off", "cache_dir": str(tmp_path / "cache")}
+    with mounted(servers.url, tmp_path / "mnt", options) as mount:
+        unmounted = fetch_process(mount)
+    within(5.0, lambda: gone(unmounted))
+    with mounted(servers.url, tmp_path / "mnt", options) as mount:
+        orphan = fetch_process(mount)
+        mount.kill()
+        within(2.0, lambda: gone(orphan))

@@ -537,9 +537,14 @@ class BlockCache:
             offset = block * self.block_size
             length = min(self.block_size, item.size - offset)
             self.make_room(length, for_dirty=False)
-            data = await retry.call(lambda: self.driver.read(item.path, offset, length),
-                                    self.policy, f"read of {item.path}")
-            self._pwrite(item, data, offset)
+            # A descriptor of our own: the item's may be closed (last handle released) and
+            # its number reused while the driver writes.
+            fd = os.dup(self._open_cache_file(item, create=True))
+            try:
+                await retry.call(lambda: self.driver.read_into(item.path, offset, length, fd),
+                                 self.policy, f"read of {item.path}")
+            finally:
+                os.close(fd)
             item.blocks.add(block)
             if len(item.blocks) * self.block_size >= item.size:
                 item.complete = True

@@ -8,7 +8,9 @@ Drivers raise only :mod:`assetfs.errors` types.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
+import os
 import posixpath
 import random
 import stat as stat_module
@@ -174,6 +176,27 @@ class Driver(ABC):
     async def read(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at EOF). Needs ``ranged_read``."""
         raise errors.NotSupported("ranged read", url=self.describe(path))
+
+    async def read_into(self, path: str, offset: int, size: int, fd: int) -> int:
+        """Write up to ``size`` bytes of ``path`` at ``offset`` into the local file ``fd`` at
+        the same offset; return how many (fewer only at EOF). Needs ``ranged_read``.
+
+        The block cache fills its files through this, so a driver that fetches in another
+        process (OMERO.fs) can write there directly and the daemon never handles the bytes.
+        The default is :meth:`read` then ``pwrite``. Raises what :meth:`read` raises, and
+        NoSpace when the local disk is full. ``fd`` stays the caller's to close. A driver
+        that may still write after the call was cancelled must write only the content the
+        range had when the call started, and in call order (so a later call's bytes land
+        last); the default writes nothing once cancelled.
+        """
+        data = await self.read(path, offset, size)
+        try:
+            os.pwrite(fd, data, offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.NoSpace("the cache disk is full") from exc
+            raise
+        return len(data)
 
     async def local_path(self, path: str) -> str:
         """A local file holding the current content of ``path``. Needs ``local_path``."""

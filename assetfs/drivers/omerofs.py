@@ -24,11 +24,16 @@ Mount options (``-o key=value``; times in seconds, sizes in bytes):
   against the single-threaded server, measured). The Ice message limit of our
   communicator is raised to fit (the server's replies are bounded by *our* MessageSizeMax, and
   with Ice's default of 1024 KB a 1 MiB reply raises ``Ice.MemoryLimitException``).
-- ``read_parallel``: ``readBlock`` calls in flight for one :meth:`OmeroFSDriver.read` (default 4).
+- ``read_parallel``: ``readBlock`` calls in flight for one :meth:`OmeroFSDriver.read`, and in
+  the fetch process over all its requests (default 4).
 - ``callback_host``: address our ``MonitorClient`` adapter listens on (default ``127.0.0.1``;
   set it to an address the MonitorServer can reach when it runs on another machine).
 - ``monitor_check``: seconds between liveness checks of the MonitorServer (default 1).
 - any ``Ice.*`` / ``IceSSL.*`` key is passed to the Ice communicator as a property.
+
+The block cache's reads (:meth:`OmeroFSDriver.read_into`) run in a fetch process of their own
+(:mod:`assetfs.drivers.omerofs_fetch`), which writes the bytes straight into the cache files:
+in the daemon, Ice's reply unmarshalling and the FUSE request path compete for one GIL.
 
 Quirks of the real servers this driver is shaped by (see ``backends/omero-fs.md``):
 
@@ -76,6 +81,7 @@ from .base import (
     EventSink,
     Kind,
 )
+from .omerofs_fetch import FetchWorker
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +234,7 @@ class OmeroFSDriver(Driver):
         self._fs: Any = None
         self._fs_sha1: Any = None
         self._ms: Any = None
+        self._fetcher: FetchWorker | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.monitor_id = ""
         """The id of the live monitor ("" while there is none); for status and tests."""
@@ -341,9 +348,23 @@ class OmeroFSDriver(Driver):
                 await self.close()
                 raise errors.BadURL(f"bad Ice proxy string: {exc.str}") from exc
         await super().connect()
+        if self._fetcher is None:
+            settings = {
+                "proxy": self._fs_proxy,
+                "properties": self._ice_properties(),
+                "call_timeout": self.timeout,
+                "block_size": self.block_size,
+                "parallel": self.read_parallel,
+            }
+            self._fetcher = FetchWorker(settings, self.timeout + self.connect_timeout + 2)
+        await self._fetcher.start()
 
     async def close(self) -> None:
-        """Destroy the communicator (in a worker thread: destroy waits for pending calls)."""
+        """Stop the fetch process and destroy the communicator (in a worker thread: destroy
+        waits for pending calls)."""
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is not None:
+            await fetcher.close()
         communicator, self._communicator = self._communicator, None
         if communicator is not None:
             try:
@@ -476,6 +497,24 @@ class OmeroFSDriver(Driver):
             if len(chunk) < block:
                 break
         return b"".join(out)
+
+    async def read_into(self, path: str, offset: int, size: int, fd: int) -> int:
+        """Write up to ``size`` bytes at ``offset`` into local file ``fd`` at the same offset;
+        return how many (fewer only at EOF). The ``readBlock`` calls (``block_size`` bytes,
+        ``read_parallel`` in flight) run in the fetch process, which writes into ``fd``.
+
+        Raises NotFound, IsADirectory, PermissionDenied, Unavailable/TimedOut (also when the
+        fetch process died: the next call starts a new one), NoSpace.
+        """
+        if offset < 0 or size < 0:
+            raise errors.InvalidName("negative offset or size", url=self.describe(path))
+        if self._fetcher is None:
+            raise errors.Unavailable("not connected", url=self.describe(path))
+        if size == 0:
+            return 0
+        return await self._fetcher.read_into(
+            self._abs(path), offset, size, fd, self.describe(path)
+        )
 
     async def xattr(self, path: str, key: str) -> bytes | None:
         """``sha1``: the lowercase hex SHA-1 of a file from ``getSHA1`` (the server reads the
