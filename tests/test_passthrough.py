@@ -111,6 +111,7 @@ def test_fsync_then_close_uploads_once(store: Path, tmp_path: Path) -> None:
             assert (store / "doc.bin").read_bytes() == data
         time.sleep(0.5)
         assert status(m)["uploads"]["files"] == 1
+        assert status(m)["uploads"]["bytes"] == len(data)
         assert not status(m)["dirty_files"]
         with open(mnt / "doc.bin", "r+b", buffering=0) as f:
             f.write(b"X")

@@ -139,6 +139,29 @@ def test_cp_64mib_then_check_through_rest_and_fresh_mount(
         assert file_sha256(m.path / "lib" / "iso" / "big.iso") == expected
 
 
+def test_fsync_on_the_writing_handle_uploads_what_was_written(
+    sim: Vcsim, library: str, tmp_path: Path
+) -> None:
+    """A program that writes, fsyncs and goes on writing before it closes: the fsync's
+    upload carries every byte written so far (the kernel writes them straight into the
+    cache file, passthrough), and the close uploads the rest."""
+    def stored() -> tuple[int, str]:
+        item = sim.find_item(library, "iso")  # vcsim may rebuild the item on an update
+        assert item is not None
+        return sim.download_sha256(item, "log.bin")
+
+    first, rest = os.urandom(3 * 1024 * 1024 + 5), os.urandom(1000)
+    with mount_vsphere(sim, tmp_path) as m, open(m.path / "lib" / "iso" / "log.bin", "wb") as f:
+        f.write(first)
+        f.flush()
+        os.fsync(f.fileno())
+        assert stored() == (len(first), hashlib.sha256(first).hexdigest())
+        f.write(rest)
+    wait_for(lambda: (remote_file(sim, library, "iso", "log.bin") or {}).get("size")
+             == len(first + rest), 30, "the upload at close")
+    assert stored() == (len(first + rest), hashlib.sha256(first + rest).hexdigest())
+
+
 def test_overwrite_through_mount_leaves_one_file(sim: Vcsim, library: str, tmp_path: Path) -> None:
     item = sim.find_item(library, "iso")
     assert item is not None

@@ -198,6 +198,7 @@ class WriteBack:
     async def _upload_once(self, item: CacheItem) -> None:
         if not item.dirty:
             return
+        item.observe()  # an fsync's upload while passthrough writers have the file open
         generation, path, size, mtime_ns = item.generation, item.path, item.size, item.mtime_ns
         target = path
         if item.base_version:
