@@ -8,6 +8,7 @@ turns them into ``pyfuse3.FUSEError(exc.errno)``.
 from __future__ import annotations
 
 import errno
+import os
 
 
 class AssetFSError(Exception):
@@ -106,3 +107,15 @@ class BadURL(AssetFSError):
     """The mount URL is malformed or names an unknown scheme."""
 
     errno = errno.EINVAL
+
+
+def pwrite_local(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` of ``data`` at ``offset`` (bytes) into a local file, the cache's: a full
+    disk or quota becomes :class:`NoSpace` (the writer gets ENOSPC, not EIO); other
+    ``OSError`` s propagate."""
+    try:
+        os.pwrite(fd, data, offset)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace("the cache disk is full") from exc
+        raise

@@ -50,6 +50,33 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _listener_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4), from /proc/net/tcp."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on ``port``: another test suite running at the
+    same time may have taken a port that free_port_pair() found free, and a test must not
+    go on against that suite's server."""
+    inodes = _listener_inodes(port)
+    if not inodes:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1] in inodes:
+                    return True
+    raise RuntimeError(f"port {port} is taken by another process")
+
+
 class Server:
     """One stock OMERO.fs server process (``kind`` is ``"FS"`` or ``"MS"``) on a fixed port."""
 
@@ -84,7 +111,7 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
-        while not _listening(self.port):
+        while not _listens(self.proc.pid, self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{module} exited {self.proc.returncode}: {self.output()}")
             if time.monotonic() > deadline:

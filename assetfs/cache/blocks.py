@@ -667,13 +667,7 @@ class BlockCache:
         item.complete = True
 
     def _pwrite(self, item: CacheItem, data: bytes, offset: int) -> None:
-        fd = self._open_cache_file(item, create=True)
-        try:
-            os.pwrite(fd, data, offset)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise errors.NoSpace("the cache disk is full") from exc
-            raise
+        errors.pwrite_local(self._open_cache_file(item, create=True), data, offset)
 
     def cache_file(self, item: CacheItem) -> str:
         """The local path of the item's cache file (the upload source)."""

@@ -8,9 +8,7 @@ Drivers raise only :mod:`assetfs.errors` types.
 from __future__ import annotations
 
 import enum
-import errno
 import logging
-import os
 import posixpath
 import random
 import stat as stat_module
@@ -190,12 +188,7 @@ class Driver(ABC):
         last); the default writes nothing once cancelled.
         """
         data = await self.read(path, offset, size)
-        try:
-            os.pwrite(fd, data, offset)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise errors.NoSpace("the cache disk is full") from exc
-            raise
+        errors.pwrite_local(fd, data, offset)
         return len(data)
 
     async def local_path(self, path: str) -> str:
