@@ -293,6 +293,7 @@ class NucleusDriver(Driver):
         if folder in self._subscriptions or self._sink is None or self._token is None:
             return
         token = self._token
+        this: list[Any] = []  # this subscription, once made
 
         def on_list(result: Any, items: Any) -> None:
             del result, items
@@ -301,7 +302,7 @@ class NucleusDriver(Driver):
             if result == oc.Result.ERROR_ACCESS_LOST:
                 # the folder itself went away (observed on file: when the watched folder
                 # is deleted): this subscription is dead
-                token.run_sync_soon(self._ended, folder, result)
+                token.run_sync_soon(self._ended, folder, this, result)
                 return
             if result != oc.Result.OK:
                 return
@@ -317,9 +318,8 @@ class NucleusDriver(Driver):
                 self._draining = True
                 token.run_sync_soon(self._deliver)
 
-        self._subscriptions[folder] = oc.list_subscribe_with_callback(
-            self.url_of(folder), on_list, on_event
-        )
+        this.append(oc.list_subscribe_with_callback(self.url_of(folder), on_list, on_event))
+        self._subscriptions[folder] = this[0]
 
     def _deliver(self) -> None:
         """Move the events the callback thread queued into the sink (on the trio thread)."""
@@ -342,9 +342,13 @@ class NucleusDriver(Driver):
             except trio.ClosedResourceError:
                 pass
 
-    def _ended(self, folder: str, result: Any) -> None:
+    def _ended(self, folder: str, this: list[Any], result: Any) -> None:
+        """The subscription ``this`` (a one-element list) of ``folder`` ended. A folder
+        deleted and made again may already have a new subscription, which the old one's
+        late end must not drop (seen under load: files made in the new folder went unseen)."""
         log.debug("subscription of %s ended: %s", self.describe(folder), result)
-        self._forget_folder(folder)
+        if this and self._subscriptions.get(folder) is this[0]:
+            self._forget_folder(folder)
 
     def _forget_folder(self, path: str) -> None:
         """Drop the subscriptions of ``path`` and of every folder under it (deleted on
