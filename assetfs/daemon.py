@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Signals that unmount (and, during the final uploads, stop them)."""
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
 _M_MMAP_THRESHOLD = -3
 
@@ -110,6 +112,8 @@ class Mount:
                                        self.ops.kernel_version, self.ops.passthrough)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
+        self.stop_signals = 0
+        """Stop signals received (SIGTERM, SIGINT, SIGHUP)."""
         for record in self.journal.records():
             item = self.cache.adopt(record.key, record.path, record.base_version)
             if item is not None:
@@ -182,6 +186,15 @@ class Mount:
             options.add("ro")
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
         state = {"mounted": True}
+        # One signal receiver for the whole life of the mount, final uploads included: a
+        # SIGTERM between two receivers would meet the default action and kill the daemon
+        # before it uploads what it holds.
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            await self._serve(ready, state, signals)
+
+    async def _serve(
+        self, ready: Callable[[], None], state: dict[str, bool], signals: AsyncIterator[int]
+    ) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self.cache.start(nursery)
@@ -189,7 +202,8 @@ class Mount:
                 nursery.start_soon(self._sync_journal)
                 nursery.start_soon(self.subscription.run)
                 nursery.start_soon(self.invalidator.run, self.events_receive)
-                nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(self._cancel_on_signal, signals, nursery.cancel_scope,
+                                   "unmounting")
                 nursery.start_soon(self._serve_requests, nursery.cancel_scope, state)
                 # A statfs from a worker thread returns once the kernel's FUSE_INIT has been
                 # answered: only then can the read-ahead be raised (INIT resets it).
@@ -204,8 +218,9 @@ class Mount:
                 log.info("mounted %s on %s", self.config.url, self.config.mountpoint)
         finally:
             pyfuse3.close(unmount=state["mounted"])
+            self.ops.release_all()
             with trio.CancelScope(shield=True):
-                await self._final_flush()
+                await self._final_flush(signals)
             self.cache.close()
             self.journal.close()
             await self.driver.close()
@@ -225,14 +240,23 @@ class Mount:
             except errors.AssetFSError as exc:
                 log.warning("journal flush failed: %s", exc)
 
-    async def _signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("signal %s: unmounting", signal.Signals(signum).name)
+    async def _cancel_on_signal(
+        self, signals: AsyncIterator[int], scope: trio.CancelScope, action: str, nth: int = 1
+    ) -> None:
+        """Cancel ``scope`` once the daemon has received its ``nth`` stop signal, logging
+        ``action``. The first one unmounts (uploads go on for up to ``umount_timeout``
+        seconds, also when the unmount came first, from ``fusermount3 -u``); the second
+        one stops those uploads."""
+        async for signum in signals:
+            self.stop_signals += 1
+            if self.stop_signals >= nth:
+                log.info("signal %s: %s", signal.Signals(signum).name, action)
                 scope.cancel()
                 return
+            log.info("signal %s: uploading before exit; another signal stops it",
+                     signal.Signals(signum).name)
 
-    async def _final_flush(self) -> None:
+    async def _final_flush(self, signals: AsyncIterator[int]) -> None:
         pending = self.writeback.pending()
         if not pending:
             return
@@ -241,10 +265,13 @@ class Mount:
             log.info("not uploading %d dirty files before exit: they stay in the journal and "
                      "upload at the next mount", len(pending))
             return
-        log.info("uploading %d dirty files before exit (up to %gs)", len(pending), limit)
+        log.info("uploading %d dirty files before exit (up to %gs; another signal stops it)",
+                 len(pending), limit)
         with trio.move_on_after(limit):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.writeback.run)
+                nursery.start_soon(self._cancel_on_signal, signals, nursery.cancel_scope,
+                                   "leaving the rest to the next mount", 2)
                 await self.writeback.drain()
                 nursery.cancel_scope.cancel()
         left = self.writeback.pending()

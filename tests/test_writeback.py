@@ -8,6 +8,8 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -281,6 +283,40 @@ def test_umount_no_flush_leaves_uploads_to_the_next_mount(store: Path, tmp_path:
         assert status(again)["uploads"]["files"] == 5
     for name, data in files.items():
         assert sha256((store / name).read_bytes()) == sha256(data), name
+
+
+def test_lazy_unmount_right_after_close_still_uploads(store: Path, tmp_path: Path) -> None:
+    """``fusermount3 -u -z`` right after programs closed their files: the kernel may drop
+    the close (RELEASE) it had not yet handed to the daemon; the daemon counts those files
+    closed, and the stop signal that follows lets it upload them before it exits."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
+        files = write_queued(mnt, 5)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=True)
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(timeout=30) == 0
+    for name, data in files.items():
+        assert sha256((store / name).read_bytes()) == sha256(data), name
+
+
+def test_a_second_signal_stops_the_uploads_at_exit(store: Path, tmp_path: Path) -> None:
+    """A stopped daemon keeps uploading for up to ``umount_timeout`` seconds; a second stop
+    signal ends that at once and leaves the rest in the journal for the next mount."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    (store / "locked").mkdir()
+    with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
+        (mnt / "locked" / "file.bin").write_bytes(b"kept\n")
+        shutil.rmtree(store / "locked")  # a file where the folder was: the upload fails
+        (store / "locked").write_text("in the way\n")
+        m.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            m.proc.wait(timeout=2)  # still trying to upload
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(timeout=10) == 0
+        assert "leaving the rest to the next mount" in m.output()
+    journal = Journal(tmp_path / "cache" / "journal.sqlite")
+    assert [r.path for r in journal.records()] == ["/locked/file.bin"]
+    journal.close()
 
 
 # --- renames and deletions racing an upload ------------------------------------------------------

@@ -518,8 +518,20 @@ class Operations(pyfuse3.Operations):
 
     @_errno
     async def release(self, fh: int) -> None:
+        self._release(fh, connected=True)
+
+    def release_all(self) -> None:
+        """The FUSE connection is gone (unmounted, lazily too): the kernel sends no RELEASE
+        for files still open, and a lazy unmount drops those it had queued. Release them
+        here, so that what they wrote counts and is uploaded before the daemon exits."""
+        for fh in list(self._handles):
+            self._release(fh, connected=False)
+
+    def _release(self, fh: int, connected: bool) -> None:
+        """Close handle ``fh``; with ``connected`` False, its backing id went with the
+        connection."""
         handle = self._handles.pop(fh)
-        self.passthrough.release(handle.inode, handle.mode)
+        self.passthrough.release(handle.inode, handle.mode, connected)
         item = handle.item
         if handle.writable:
             if handle.mode is IOMode.PASSTHROUGH:

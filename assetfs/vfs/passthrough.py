@@ -92,16 +92,17 @@ class Passthrough:
             self.opens += 1
         return state.mode, state.backing_id
 
-    def release(self, inode: int, mode: IOMode) -> None:
+    def release(self, inode: int, mode: IOMode, connected: bool = True) -> None:
         """An open of ``inode`` in ``mode`` was released; the last one of its mode frees the
-        inode (and the backing id: the kernel has dropped the file by then)."""
+        inode (and the backing id: the kernel has dropped the file by then; once the
+        connection is gone, ``connected`` False, the backing ids went with it)."""
         state = self._inodes.get(inode)
         if state is None:
             return
         state.opens -= 1
         if state.opens == 0:
             del self._inodes[inode]
-            if state.backing_id:
+            if state.backing_id and connected:
                 try:
                     pyfuse3.backing_close(state.backing_id)  # type: ignore[attr-defined]
                 except OSError as exc:
