@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from mounting import assetfs_command, mounted
-from peers.vcsim_peer import PASSWORD, USER, Vcsim, running
+from peers.vcsim_peer import CL, PASSWORD, USER, Vcsim, running
 
 from assetfs.drivers.vsphere import PASSWORD_ENV
 
@@ -117,6 +117,20 @@ def test_browse_read_and_xattrs(sim: Vcsim, library: str, tmp_path: Path) -> Non
         assert (root / "lib" / "iso" / "a.txt").read_bytes() == b"hello world"
         assert os.getxattr(root / "lib" / "iso", "user.assetfs.type") == b"iso"
         assert os.getxattr(root / "lib" / "empty", "user.assetfs.type") == b"ovf"
+
+
+def test_description_set_through_the_mount(sim: Vcsim, library: str, tmp_path: Path) -> None:
+    """``setfattr -n user.assetfs.description`` on an item or a library folder changes the
+    description on the server; the mount shows the new value at once."""
+    item = sim.find_item(library, "iso")
+    with mount_vsphere(sim, tmp_path) as m:
+        folder = m.path / "lib" / "iso"
+        os.setxattr(folder, "user.assetfs.description", "install media ü".encode())
+        assert os.getxattr(folder, "user.assetfs.description").decode() == "install media ü"
+        os.setxattr(m.path / "lib", "user.assetfs.description", b"team library")
+        assert os.getxattr(m.path / "lib", "user.assetfs.description") == b"team library"
+    assert sim.call("GET", f"{CL}/library/item/id:{item}")["description"] == "install media ü"
+    assert sim.call("GET", f"{CL}/library/id:{library}")["description"] == "team library"
 
 
 def test_cp_64mib_then_check_through_rest_and_fresh_mount(
