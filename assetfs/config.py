@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import errors
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def parse_size(text: str) -> int:
@@ -21,6 +24,15 @@ def parse_size(text: str) -> int:
     if not match:
         raise errors.InvalidName(f"not a size: {text!r} (try 512M or 10G)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def flag(options: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """Whether option ``name`` is on: given bare (``-o insecure``) or with any value but
+    0/false/no/off; ``default`` when it is absent."""
+    if name not in options:
+        return default
+    value = options[name]
+    return value is None or str(value).strip().lower() not in _FALSE
 
 
 def parse_options(text: str | None) -> dict[str, str]:
@@ -97,10 +109,7 @@ class MountConfig:
     def passthrough(self) -> bool:
         """Kernel FUSE passthrough for files whose whole content is cached (default on
         where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
-        value = self.options.get("passthrough", "yes").lower()
-        if value not in ("yes", "no", "on", "off", "1", "0", "true", "false"):
-            raise errors.InvalidName("-o passthrough= takes yes or no")
-        return value in ("yes", "on", "1", "true")
+        return flag(self.options, "passthrough", default=True)
 
     @property
     def read_only(self) -> bool:

@@ -218,6 +218,7 @@ class Mount:
                 log.info("mounted %s on %s", self.config.url, self.config.mountpoint)
         finally:
             pyfuse3.close(unmount=state["mounted"])
+            self.cache.stop()
             self.ops.release_all()
             with trio.CancelScope(shield=True):
                 await self._final_flush(signals)

@@ -4,6 +4,7 @@ a dirty file, a bounded cache, and ``assetfs umount`` with and without flushing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -297,6 +298,25 @@ def test_lazy_unmount_right_after_close_still_uploads(store: Path, tmp_path: Pat
         assert m.proc.wait(timeout=30) == 0
     for name, data in files.items():
         assert sha256((store / name).read_bytes()) == sha256(data), name
+
+
+def test_stopped_while_a_file_is_still_open_uploads_what_was_written(
+    store: Path, tmp_path: Path
+) -> None:
+    """The daemon is stopped while a program still holds a file it wrote: that file is
+    never closed towards the daemon, yet what was written so far reaches the store."""
+    url, mnt = f"file://{store}", tmp_path / "mnt"
+    data = os.urandom(3 * MiB)
+    with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
+        fd = os.open(mnt / "open.bin", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.write(fd, data)
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(timeout=30) == 0
+        finally:
+            with contextlib.suppress(OSError):  # ENOTCONN: the daemon is gone
+                os.close(fd)
+    assert sha256((store / "open.bin").read_bytes()) == sha256(data)
 
 
 def test_a_second_signal_stops_the_uploads_at_exit(store: Path, tmp_path: Path) -> None:

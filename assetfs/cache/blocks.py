@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +136,12 @@ class BlockCache:
         self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Give the cache a nursery for read-ahead and stream tasks."""
+        """Give the cache a nursery for read-ahead, stream and sync tasks."""
         self._nursery = nursery
+
+    def stop(self) -> None:
+        """The nursery is gone (the mount stopped serving): no more background tasks."""
+        self._nursery = None
 
     # --- bookkeeping -----------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -441,16 +445,7 @@ class BlockCache:
             self._used_hint += incoming
             return
         used = self.used_bytes()
-        victims = sorted(
-            (i for i in self.items.values() if not i.dirty and not i.handles),
-            key=lambda i: i.last_used,
-        )
-        for item in victims:
-            if used + incoming <= self.max_bytes:
-                break
-            used -= self._allocated(item)
-            self.items.pop(item.path, None)
-            self._discard(item)
+        used -= self._evict_until(lambda freed: used - freed + incoming <= self.max_bytes)
         self._used_hint = used + incoming
 
     def disk_room(self, needed: int) -> None:
@@ -462,15 +457,22 @@ class BlockCache:
             disk = os.statvfs(self.data)
             return disk.f_bavail * disk.f_frsize
 
-        if free() >= needed:
-            return
+        self._evict_until(lambda _freed: free() >= needed)
+        if free() < needed:
+            raise errors.NoSpace(f"the cache disk is full ({self.data})")
+
+    def _evict_until(self, enough: Callable[[int], bool]) -> int:
+        """Evict clean, unopened items, least recently used first, until ``enough(freed)``
+        holds (``freed``: bytes evicted so far); return the bytes evicted."""
+        freed = 0
         for item in sorted((i for i in self.items.values() if not i.dirty and not i.handles),
                            key=lambda i: i.last_used):
+            if enough(freed):
+                break
+            freed += self._allocated(item)
             self.items.pop(item.path, None)
             self._discard(item)
-            if free() >= needed:
-                return
-        raise errors.NoSpace(f"the cache disk is full ({self.data})")
+        return freed
 
     # --- reads ---------------------------------------------------------------------------
     async def read(self, item: CacheItem, offset: int, size: int) -> bytes:
@@ -678,8 +680,15 @@ class BlockCache:
 
         close() returns before this (FUSE's release is asynchronous), so closing stays as
         fast as on a local disk, and a machine crash soon after close loses nothing the
-        journal then promises (the journal row itself is already durable)."""
-        if self._nursery is None or item.fd is None:
+        journal then promises (the journal row itself is already durable). Once the
+        mount stopped serving (:meth:`stop`), it writes the file out before returning."""
+        if item.fd is None:
+            return
+        if self._nursery is None:
+            try:
+                os.fdatasync(item.fd)
+            except OSError as exc:
+                log.warning("cannot flush a cache file to disk: %s", exc)
             return
         self._nursery.start_soon(self._sync, os.dup(item.fd))
 

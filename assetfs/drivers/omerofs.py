@@ -162,6 +162,15 @@ def _float_ns(seconds: float) -> int:
     return round(float(seconds)) * 1_000_000_000
 
 
+def new_communicator(properties: Mapping[str, str]) -> Any:
+    """An Ice communicator with ``properties`` (the daemon's and the fetch process's)."""
+    init = Ice.InitializationData()
+    init.properties = Ice.createProperties()
+    for key, value in properties.items():
+        init.properties.setProperty(key, value)
+    return Ice.initialize(init)
+
+
 class OmeroFSDriver(Driver):
     """Read-only OMERO.fs store with push events. See the module docstring for URL/options."""
 
@@ -329,11 +338,7 @@ class OmeroFSDriver(Driver):
         """
         self._token = trio.lowlevel.current_trio_token()
         if self._communicator is None:
-            init = Ice.InitializationData()
-            init.properties = Ice.createProperties()
-            for key, value in self._ice_properties().items():
-                init.properties.setProperty(key, value)
-            self._communicator = Ice.initialize(init)
+            self._communicator = new_communicator(self._ice_properties())
             try:
                 base = self._communicator.stringToProxy(self._fs_proxy)
                 fs = monitors.FileServerPrx.uncheckedCast(base)

@@ -263,18 +263,13 @@ class _Fetcher:
     time leaves the server idle while we write."""
 
     def __init__(self, settings: Mapping[str, Any], channel: socket.socket) -> None:
-        import Ice  # type: ignore[import-not-found]
         import omero  # type: ignore[import-not-found]
         import omero_FS_ice  # type: ignore[import-not-found]  # noqa: F401
 
-        from .omerofs import translate  # here: omerofs imports this module
+        from .omerofs import new_communicator, translate  # here: omerofs imports this module
 
         self._translate = translate
-        init = Ice.InitializationData()
-        init.properties = Ice.createProperties()
-        for key, value in settings["properties"].items():
-            init.properties.setProperty(key, value)
-        self._communicator = Ice.initialize(init)
+        self._communicator = new_communicator(settings["properties"])
         proxy = omero.grid.monitors.FileServerPrx.uncheckedCast(
             self._communicator.stringToProxy(settings["proxy"])
         )

@@ -148,8 +148,6 @@ class Operations(pyfuse3.Operations):
         self.status = status
         self.read_only = read_only or not driver.capabilities.writable
         self.passthrough = Passthrough(passthrough)
-        self.enable_passthrough = self.passthrough.enabled
-        """Asks pyfuse3 to negotiate FUSE_PASSTHROUGH at init (the patched wheel reads it)."""
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
@@ -160,6 +158,11 @@ class Operations(pyfuse3.Operations):
         self.requests: collections.Counter[str] = collections.Counter()
         """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
         self.uid, self.gid = os.getuid(), os.getgid()
+
+    @property
+    def enable_passthrough(self) -> bool:
+        """Asks pyfuse3 to negotiate FUSE_PASSTHROUGH at init (the patched wheel reads it)."""
+        return self.passthrough.enabled
 
     # --- helpers --------------------------------------------------------------------
     def attributes(self, inode: int, entry: Entry) -> pyfuse3.EntryAttributes:

@@ -17,6 +17,7 @@ import httpx
 import trio
 
 from ... import errors
+from ...config import flag
 from ..base import Capabilities, Driver, Entry, Kind, split
 from .rest import (
     CONTENT_API,
@@ -25,7 +26,6 @@ from .rest import (
     SESSION_API,
     SESSION_HEADER,
     RestClient,
-    flag,
 )
 from .transfer import Transfers
 

@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from ... import errors
+from ...config import flag
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,7 @@ REBUILD_PREFIX = ".assetfs-rebuild-"
 _LOGIN = "log in"
 CHUNK = 1 << 20
 _LIST_PARALLEL = 8
-_FALSE = {"0", "false", "no", "off"}
 _T = TypeVar("_T")
-
-
-def flag(options: Mapping[str, Any], name: str) -> bool:
-    """True when option ``name`` is present as a bare flag or with a true-ish value."""
-    if name not in options:
-        return False
-    value = options[name]
-    return value is None or str(value).strip().lower() not in _FALSE
 
 
 class LargeReadStream(httpcore.AsyncNetworkStream):
