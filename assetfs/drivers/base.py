@@ -93,15 +93,22 @@ class ChangeKind(enum.Enum):
     DELETED = "deleted"
     RESYNC = "resync"
     """Events may have been lost (reconnect): re-validate everything cached under path."""
+    LISTED = "listed"
+    """A folder subscription went live with this listing (``ChangeEvent.listing``): changes
+    made between the mount's own listing and that moment reach no event, so the invalidator
+    compares the two (omni.client: a file made right after ``list_subscribe`` is in the
+    initial list and never in an event, backends/nucleus.md)."""
 
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """One remote change. ``path`` is driver-relative; ``entry`` is the new state if known."""
+    """One remote change. ``path`` is driver-relative; ``entry`` is the new state if known;
+    ``listing`` is the folder's children for a ``LISTED`` event."""
 
     kind: ChangeKind
     path: str
     entry: Entry | None = None
+    listing: tuple[Entry, ...] = ()
 
 
 EventSink = trio.MemorySendChannel[ChangeEvent]

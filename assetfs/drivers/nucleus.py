@@ -296,7 +296,12 @@ class NucleusDriver(Driver):
         this: list[Any] = []  # this subscription, once made
 
         def on_list(result: Any, items: Any) -> None:
-            del result, items
+            # Events start after this list (backends/nucleus.md): what changed since the
+            # mount listed the folder is only here.
+            if result != oc.Result.OK:
+                return
+            listing = tuple(to_entry(i.relative_path.rstrip("/"), i) for i in items)
+            self._post(token, folder, ChangeEvent(ChangeKind.LISTED, folder, listing=listing))
 
         def on_event(result: Any, event: Any, item: Any) -> None:
             if result == oc.Result.ERROR_ACCESS_LOST:
@@ -311,15 +316,19 @@ class NucleusDriver(Driver):
                 return
             name = item.relative_path.rstrip("/")
             entry = None if kind is ChangeKind.DELETED else to_entry(name, item)
-            # One trio hand-off per burst, not per event: a storm of thousands of events
-            # a second must leave the trio thread free for requests (issue 4).
-            self._inbox.append((folder, ChangeEvent(kind, join(folder, name), entry)))
-            if not self._draining:
-                self._draining = True
-                token.run_sync_soon(self._deliver)
+            self._post(token, folder, ChangeEvent(kind, join(folder, name), entry))
 
         this.append(oc.list_subscribe_with_callback(self.url_of(folder), on_list, on_event))
         self._subscriptions[folder] = this[0]
+
+    def _post(self, token: trio.lowlevel.TrioToken, folder: str, change: ChangeEvent) -> None:
+        """Queue ``change`` (seen in ``folder``'s subscription) from the library's callback
+        thread. One trio hand-off per burst, not per event: a storm of thousands of events a
+        second must leave the trio thread free for requests (issue 4)."""
+        self._inbox.append((folder, change))
+        if not self._draining:
+            self._draining = True
+            token.run_sync_soon(self._deliver)
 
     def _deliver(self) -> None:
         """Move the events the callback thread queued into the sink (on the trio thread)."""

@@ -20,9 +20,9 @@ import pyfuse3
 import trio
 
 from ..cache.blocks import BlockCache
-from ..drivers.base import ChangeEvent, ChangeKind, Entry, split
+from ..drivers.base import ChangeEvent, ChangeKind, Entry, join, split
 from ..vfs.inodes import InodeTable
-from ..vfs.metadata import MetadataCache
+from ..vfs.metadata import MISSING, MetadataCache
 from ..vfs.passthrough import Passthrough
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,11 @@ GATHER = 0.02
 round (a worker thread hand-off) per batch, not per few events; negligible latency."""
 
 
-def _key(event: ChangeEvent) -> tuple[bool, str]:
-    """Coalescing key: the last event per path wins; a RESYNC never merges with one."""
-    return event.kind is ChangeKind.RESYNC, event.path
+def _key(event: ChangeEvent) -> tuple[str, str]:
+    """Coalescing key: the last event per path wins; a RESYNC or a LISTED of a folder never
+    merges with an event about the folder itself."""
+    whole = event.kind in (ChangeKind.RESYNC, ChangeKind.LISTED)
+    return event.kind.value if whole else "", event.path
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class Invalidator:
         """Update the caches for one event; return the kernel invalidations it needs."""
         if event.kind is ChangeKind.RESYNC:
             return self._resync(event.path)
+        if event.kind is ChangeKind.LISTED:
+            return self._listed(event.path, event.listing)
         path = event.path
         parent, name = split(path)
         cached = self.metadata.entry(path)
@@ -158,6 +162,33 @@ class Invalidator:
             notes.append(KernelNote(parent_inode))
         if not gone and inode is not None:
             notes.append(KernelNote(inode))
+        return notes
+
+    def _listed(self, folder: str, listing: tuple[Entry, ...]) -> list[KernelNote]:
+        """A subscription of ``folder`` went live with ``listing``: names whose entry there
+        differs from what the mount knows (its cached listing, else the entries it has for
+        children) are looked up again. The list is not applied as the truth: it may predate
+        a change the mount itself made meanwhile (an rsync's mkdir), whose event follows.
+        Names the mount knows nothing about need nothing; files written here and not
+        uploaded yet keep their local state (write-back reconciles them)."""
+        now = {entry.name: entry for entry in listing}
+        known = self.metadata.stale_listing(folder)
+        parent_inode = self.inodes.get(folder)
+        notes: list[KernelNote] = []
+        for name in sorted(set(now) | set(known or ())):
+            path = join(folder, name)
+            before = known.get(name) if known is not None else self.metadata.entry(path)
+            item = self.cache.items.get(path)
+            if before is MISSING or before == now.get(name) or (
+                item and (item.dirty or item.writers)
+            ):
+                continue
+            self.metadata.forget(path)
+            self.metadata.forget_listing(folder)
+            if parent_inode is not None:
+                notes += [KernelNote(parent_inode, name), KernelNote(parent_inode)]
+            if (inode := self.inodes.get(path)) is not None:
+                notes.append(KernelNote(inode))
         return notes
 
     def _resync(self, root: str) -> list[KernelNote]:
