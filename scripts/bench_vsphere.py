@@ -25,6 +25,7 @@ Usage: .venv/bin/python scripts/bench_vsphere.py [--size MIB] [--repeat N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -48,11 +49,18 @@ from assetfs.drivers.vsphere import PASSWORD_ENV  # noqa: E402
 CHUNK = 1 << 20
 
 
-async def direct_download(sim: Vcsim, item: str, name: str) -> tuple[float, int]:
-    """Seconds and bytes for one download session of ``name``, body discarded."""
+@contextlib.asynccontextmanager
+async def logged_in(sim: Vcsim) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client with a REST session on ``sim``."""
     async with httpx.AsyncClient(base_url=sim.url, timeout=60) as client:
         resp = await client.post("/rest/com/vmware/cis/session", auth=(USER, PASSWORD))
         client.headers["vmware-api-session-id"] = resp.json()["value"]
+        yield client
+
+
+async def direct_download(sim: Vcsim, item: str, name: str) -> tuple[float, int]:
+    """Seconds and bytes for one download session of ``name``, body discarded."""
+    async with logged_in(sim) as client:
         started = time.perf_counter()
         sid = (
             await client.post(
@@ -84,9 +92,7 @@ async def direct_upload(sim: Vcsim, item: str, name: str, source: Path) -> float
             while chunk := await stream.read(4 * CHUNK):
                 yield chunk
 
-    async with httpx.AsyncClient(base_url=sim.url, timeout=60) as client:
-        resp = await client.post("/rest/com/vmware/cis/session", auth=(USER, PASSWORD))
-        client.headers["vmware-api-session-id"] = resp.json()["value"]
+    async with logged_in(sim) as client:
         started = time.perf_counter()
         sid = (
             await client.post(
