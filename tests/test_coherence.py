@@ -214,10 +214,11 @@ def test_change_made_while_a_subscription_starts(mount: Mount, store: Path) -> N
     folder = mount.path / "folder"
     assert os.listdir(folder / "sub") == ["child.txt"]
     for attempt in range(20):
+        # setting up: omni.client finds deletions by polling (~1 s), slower under load
         shutil.rmtree(store / "folder" / "sub")
-        eventually(lambda: not exists(folder / "sub"))
+        eventually(lambda: not exists(folder / "sub"), seconds=10)
         (store / "folder" / "sub").mkdir()
-        eventually(lambda: exists(folder / "sub") and os.listdir(folder / "sub") == [])
+        eventually(lambda: exists(folder / "sub") and os.listdir(folder / "sub") == [], 10)
         name = f"early {attempt}.txt"
         (store / "folder" / "sub" / name).write_text("early\n")
         eventually(lambda name=name: os.listdir(folder / "sub") == [name])

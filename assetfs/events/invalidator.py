@@ -166,28 +166,33 @@ class Invalidator:
 
     def _listed(self, folder: str, listing: tuple[Entry, ...]) -> list[KernelNote]:
         """A subscription of ``folder`` went live with ``listing``: names whose entry there
-        differs from what the mount knows (its cached listing, else the entries it has for
-        children) are looked up again. The list is not applied as the truth: it may predate
-        a change the mount itself made meanwhile (an rsync's mkdir), whose event follows.
-        Names the mount knows nothing about need nothing; files written here and not
+        differs from what the mount holds (its listing of the folder, or entries looked up
+        one by one) are looked up again. The list is not applied as the truth: it may
+        predate a change the mount itself made meanwhile (an rsync's mkdir), whose event
+        follows. Names the mount holds nothing for need nothing; files written here and not
         uploaded yet keep their local state (write-back reconciles them)."""
         now = {entry.name: entry for entry in listing}
         known = self.metadata.stale_listing(folder)
         parent_inode = self.inodes.get(folder)
         notes: list[KernelNote] = []
-        for name in sorted(set(now) | set(known or ())):
+        for name in sorted(set(now) | set(known or ()) | self.metadata.children(folder)):
             path = join(folder, name)
-            before = known.get(name) if known is not None else self.metadata.entry(path)
+            before = self.metadata.entry(path)
+            if before is MISSING and known is not None:
+                before = known.get(name)
+            after = now.get(name)
             item = self.cache.items.get(path)
-            if before is MISSING or before == now.get(name) or (
-                item and (item.dirty or item.writers)
-            ):
+            if before is MISSING or before == after or (item and (item.dirty or item.writers)):
                 continue
+            assert before is None or isinstance(before, Entry)
             self.metadata.forget(path)
             self.metadata.forget_listing(folder)
+            inode = self.inodes.get(path)
             if parent_inode is not None:
-                notes += [KernelNote(parent_inode, name), KernelNote(parent_inode)]
-            if (inode := self.inodes.get(path)) is not None:
+                notes.append(KernelNote(parent_inode))
+                if inode is None or before is None or after is None or before.kind != after.kind:
+                    notes.append(KernelNote(parent_inode, name))  # the name: looked up again
+            if inode is not None:
                 notes.append(KernelNote(inode))
         return notes
 

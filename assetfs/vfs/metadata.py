@@ -9,6 +9,12 @@ What expired is kept aside (``stale_entry``/``stale_listing``, LRU-bounded) unti
 or a change of ours says it changed: while the store cannot be reached, folders already
 listed stay listable and files already seen keep their attributes (stale-if-error, as
 HTTP caches do, and as design.md asks of a mount whose backend is down).
+
+A remote lookup can race with an event: a listing fetched before a deletion, stored after
+the invalidator applied it, would bring the deleted name back until the TTL ends (seen
+under load: a folder deleted on the store stayed visible). Every change bumps a counter of
+the folder it happened in (:meth:`stamp`); a fill that saw the stamp move while it waited
+for the store does not store what it fetched (:class:`~.namespace.Namespace`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,42 @@ class MetadataCache:
         self._stale_listings: cachetools.LRUCache[str, dict[str, Entry]] = cachetools.LRUCache(
             max_entries // 10 or 1
         )
+        self._changes: cachetools.LRUCache[str, int] = cachetools.LRUCache(max_entries // 10 or 1)
+        self._names: cachetools.LRUCache[str, set[str]] = cachetools.LRUCache(
+            max_entries // 10 or 1
+        )
+        """Folder -> names that got an entry here (a superset: pruned in :meth:`children`)."""
+        self._epoch = 0
+        """Bumped when whole trees are dropped (:meth:`forget_tree`, :meth:`clear`)."""
+
+    def stamp(self, folder: str) -> tuple[int, int]:
+        """The change stamp of ``folder``: it moves whenever an entry in ``folder``, its
+        listing, or a tree holding it changes here. Compare one taken before a remote fetch
+        with one taken after: if it moved, what was fetched may predate the change."""
+        return self._epoch, self._changes.get(folder, 0)
+
+    def children(self, folder: str) -> set[str]:
+        """The names in ``folder`` this cache holds an entry for, positive or negative,
+        listed or looked up one by one."""
+        names = self._names.get(folder, set())
+        names -= {n for n in names if self.entry(join(folder, n)) is _MISSING}
+        if (listing := self._listings.get(folder)) is not None:
+            names |= listing.keys()
+        return set(names)
+
+    def _named(self, path: str) -> None:
+        if path != "/":
+            parent, name = split(path)
+            names = self._names.get(parent)
+            if names is None:
+                names = self._names[parent] = set()
+            names.add(name)
+
+    def _changed(self, path: str) -> None:
+        """Move the stamps that ``path`` changing concerns: its folder's and its own (it
+        may be a folder)."""
+        for folder in {split(path)[0], path}:
+            self._changes[folder] = self._changes.get(folder, 0) + 1
 
     def stale_entry(self, path: str) -> Entry | object | None:
         """The last entry known for ``path`` even if expired (``MISSING`` if none)."""
@@ -69,6 +111,8 @@ class MetadataCache:
 
     def put(self, path: str, entry: Entry | None) -> None:
         """Record ``entry`` at ``path`` (``None``: absent), keeping the parent listing true."""
+        self._changed(path)
+        self._named(path)
         self._entries[path] = self._stale_entries[path] = entry
         parent, name = split(path)
         listing = self._stale_listings.get(parent)
@@ -78,8 +122,15 @@ class MetadataCache:
             else:
                 listing[name] = entry
 
+    def fill(self, path: str, entry: Entry | None) -> None:
+        """Record what the store said about ``path`` (a lookup's fill, not a change: no stamp
+        moves)."""
+        self._entries[path] = self._stale_entries[path] = entry
+        self._named(path)
+
     def put_listing(self, folder: str, entries: list[Entry]) -> dict[str, Entry]:
-        """Record the children of ``folder`` (and each child's entry)."""
+        """Record the children of ``folder`` (and each child's entry), as the store listed
+        them (a fill: no stamp moves)."""
         listing = {e.name: e for e in entries}
         self._listings[folder] = self._stale_listings[folder] = listing
         for e in entries:
@@ -88,6 +139,7 @@ class MetadataCache:
 
     def forget(self, path: str) -> None:
         """Drop what is known about ``path`` and, if it is a folder, its listing."""
+        self._changed(path)
         parent, name = split(path)
         for entries, listings in self._layers:
             entries.pop(path, None)
@@ -98,6 +150,7 @@ class MetadataCache:
 
     def forget_tree(self, path: str) -> None:
         """Drop ``path`` and everything cached under it (rename or delete of a folder)."""
+        self._epoch += 1
         prefix = path.rstrip("/") + "/"
         for layer in self._layers:
             for cache in layer:
@@ -107,11 +160,13 @@ class MetadataCache:
 
     def forget_listing(self, folder: str) -> None:
         """Drop the listing of ``folder`` only (its children changed)."""
+        self._changes[folder] = self._changes.get(folder, 0) + 1
         self._listings.pop(folder, None)
         self._stale_listings.pop(folder, None)
 
     def clear(self) -> None:
         """Drop everything (events were lost)."""
+        self._epoch += 1
         for layer in self._layers:
             for cache in layer:
                 cache.clear()

@@ -9,6 +9,10 @@ from ..drivers.base import Driver, Entry, join, split
 from .metadata import MISSING, MetadataCache
 from .mtimes import MtimeOverlay
 
+FILL_TRIES = 3
+"""Remote lookups of one name or folder, when changes keep arriving while they wait: the
+last answer is used without being cached (metadata.py, stamps)."""
+
 
 class Namespace:
     """The merged view the kernel sees: remote entries overlaid by local unsaved files."""
@@ -30,18 +34,27 @@ class Namespace:
     async def remote(self, path: str) -> Entry | None:
         """The store's entry at ``path`` (cached), or None if it does not exist there."""
         cached = self.metadata.entry(path)
-        if cached is MISSING:
+        for _ in range(FILL_TRIES):
+            if cached is not MISSING:
+                break
+            stamp = self.metadata.stamp(split(path)[0])
             try:
-                cached = await retry.call(lambda: self.driver.stat(path), self.policy,
-                                          f"stat of {self.driver.describe(path)}")
+                fetched = await retry.call(lambda: self.driver.stat(path), self.policy,
+                                           f"stat of {self.driver.describe(path)}")
             except errors.NotFound:
-                cached = None
+                fetched = None
             except errors.Unavailable:
                 cached = self.metadata.stale_entry(path)
                 if cached is MISSING:
                     raise
                 return cached  # type: ignore[return-value]  # the store is down: last known
-            self.metadata.put(path, cached)
+            if self.metadata.stamp(split(path)[0]) == stamp:
+                self.metadata.fill(path, fetched)
+                cached = fetched
+                break
+            cached = self.metadata.entry(path)  # changed meanwhile: what the change left wins
+        if cached is MISSING:
+            cached = fetched  # changing faster than it can be asked: used, not cached
         assert cached is None or isinstance(cached, Entry)
         return cached
 
@@ -71,7 +84,10 @@ class Namespace:
     async def listing(self, folder: str) -> dict[str, Entry]:
         """The children of ``folder``, with local unsaved files merged in."""
         listing = self.metadata.listing(folder)
-        if listing is None:
+        for _ in range(FILL_TRIES):
+            if listing is not None:
+                break
+            stamp = self.metadata.stamp(folder)
             try:
                 entries = await retry.call(lambda: self.driver.list(folder), self.policy,
                                            f"list of {self.driver.describe(folder)}")
@@ -79,8 +95,13 @@ class Namespace:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-            else:
+                break
+            if self.metadata.stamp(folder) == stamp:
                 listing = self.metadata.put_listing(folder, entries)
+                break
+            listing = self.metadata.listing(folder)  # changed meanwhile: the list may predate it
+        if listing is None:
+            listing = {e.name: e for e in entries}  # changing faster than it can be listed
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
         for path, item in self.cache.items.items():
             parent, name = split(path)
