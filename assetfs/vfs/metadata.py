@@ -11,10 +11,10 @@ listed stay listable and files already seen keep their attributes (stale-if-erro
 HTTP caches do, and as design.md asks of a mount whose backend is down).
 
 A remote lookup can race with an event: a listing fetched before a deletion, stored after
-the invalidator applied it, would bring the deleted name back until the TTL ends (seen
-under load: a folder deleted on the store stayed visible). Every change bumps a counter of
-the folder it happened in (:meth:`stamp`); a fill that saw the stamp move while it waited
-for the store does not store what it fetched (:class:`~.namespace.Namespace`).
+the invalidator applied it, would bring the deleted name back until the TTL ends. Every
+change bumps a counter of the folder it happened in (:meth:`stamp`); a fill that saw the
+stamp move while it waited for the store does not store what it fetched
+(:class:`~.namespace.Namespace`; tests/test_namespace.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,17 @@ import cachetools
 from ..drivers.base import Entry, join, split
 
 _MISSING = object()
+
+
+class _Counters(cachetools.LRUCache[str, int]):
+    """Folder -> change count, LRU-bounded; ``evicted`` counts the counters dropped, so that
+    a stamp taken before an eviction never equals one taken after it."""
+
+    evicted = 0
+
+    def popitem(self) -> tuple[str, int]:
+        self.evicted += 1
+        return super().popitem()
 
 
 class MetadataCache:
@@ -43,7 +54,7 @@ class MetadataCache:
         self._stale_listings: cachetools.LRUCache[str, dict[str, Entry]] = cachetools.LRUCache(
             max_entries // 10 or 1
         )
-        self._changes: cachetools.LRUCache[str, int] = cachetools.LRUCache(max_entries // 10 or 1)
+        self._changes = _Counters(max_entries // 10 or 1)
         self._names: cachetools.LRUCache[str, set[str]] = cachetools.LRUCache(
             max_entries // 10 or 1
         )
@@ -55,7 +66,7 @@ class MetadataCache:
         """The change stamp of ``folder``: it moves whenever an entry in ``folder``, its
         listing, or a tree holding it changes here. Compare one taken before a remote fetch
         with one taken after: if it moved, what was fetched may predate the change."""
-        return self._epoch, self._changes.get(folder, 0)
+        return self._epoch + self._changes.evicted, self._changes.get(folder, 0)
 
     def children(self, folder: str) -> set[str]:
         """The names in ``folder`` this cache holds an entry for, positive or negative,
