@@ -41,7 +41,7 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
-from mounting import mounted  # noqa: E402
+from mounting import fsync, mounted  # noqa: E402
 from peers.vcsim_peer import CL, PASSWORD, USER, Vcsim, running  # noqa: E402
 
 from assetfs.drivers.vsphere import PASSWORD_ENV  # noqa: E402
@@ -126,15 +126,6 @@ def mount_read(path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, got
 
 
-def fsync(path: Path) -> None:
-    """fsync ``path`` on the mount: the daemon answers once its upload has finished."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def listed_size(sim: Vcsim, item: str, name: str) -> int:
     return next((int(f.get("size") or 0) for f in sim.files(item) if f["name"] == name), -1)
 
@@ -172,6 +163,7 @@ def main() -> int:
         direct_reads, mount_reads, direct_writes, mount_writes = [], [], [], []
         splits: list[tuple[float, float]] = []  # per mount write: cp, then the fsync wait
         def read_direct(run: int) -> None:
+            os.sync()
             seconds, got = trio.run(direct_download, sim, item, "file.iso")
             assert got == size, f"direct download got {got} of {size} bytes"
             direct_reads.append(seconds)
@@ -179,6 +171,7 @@ def main() -> int:
         def read_mount(run: int) -> None:
             with mounted(url, tmp / f"mnt-r{run}", options(f"r{run}"), env) as m:
                 os.listdir(m.path / "bench" / "read")
+                os.sync()
                 seconds, got = mount_read(m.path / "bench" / "read" / "file.iso")
                 assert got == size, f"mount read got {got} of {size} bytes"
                 mount_reads.append(seconds)

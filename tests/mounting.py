@@ -97,6 +97,16 @@ def mounted(
         unmount(mount)
 
 
+def fsync(path: Path) -> None:
+    """fsync a file on a mount: the daemon answers once its upload has finished
+    (design.md: fsync waits for the upload and reports its error)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """SIGTERM ``proc`` and wait up to ``timeout`` seconds; SIGKILL it if it lingers."""
     if proc.poll() is not None:

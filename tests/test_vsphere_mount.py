@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import assetfs_command, mounted
+from mounting import assetfs_command, fsync, mounted
 from peers.vcsim_peer import CL, PASSWORD, USER, Vcsim, running
 
 from assetfs.drivers.vsphere import PASSWORD_ENV
@@ -80,15 +80,6 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout:g}s")
         time.sleep(0.05)
-
-
-def fsync(path: Path) -> None:
-    """fsync a file on the mount: the daemon answers once its upload is done."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def file_sha256(path: Path) -> tuple[int, str]:

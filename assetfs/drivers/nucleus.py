@@ -91,6 +91,11 @@ def _ns(when: dt.datetime) -> int:
     return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
 
 
+def listed(items: Any) -> list[Entry]:
+    """The ``omni.client.ListEntry`` items of a folder listing as :class:`Entry` s."""
+    return [to_entry(item.relative_path.rstrip("/"), item) for item in items]
+
+
 def to_entry(name: str, item: Any) -> Entry:
     """An ``omni.client.ListEntry`` as an :class:`Entry` (mode bits from AccessFlags)."""
     is_dir = bool(item.flags & oc.ItemFlags.CAN_HAVE_CHILDREN)
@@ -206,7 +211,7 @@ class NucleusDriver(Driver):
         url = self.url_of(path)
         result, items = await self._call(oc.list_with_callback, url)
         check(result, url, "list")
-        return [to_entry(item.relative_path, item) for item in items]
+        return listed(items)
 
     async def local_path(self, path: str) -> str:
         """The library's local copy of ``path``; on ``file:`` that is the file itself
@@ -300,7 +305,7 @@ class NucleusDriver(Driver):
             # mount listed the folder is only here.
             if result != oc.Result.OK:
                 return
-            listing = tuple(to_entry(i.relative_path.rstrip("/"), i) for i in items)
+            listing = tuple(listed(items))
             self._post(token, folder, ChangeEvent(ChangeKind.LISTED, folder, listing=listing))
 
         def on_event(result: Any, event: Any, item: Any) -> None:

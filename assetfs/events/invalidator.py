@@ -175,6 +175,7 @@ class Invalidator:
         known = self.metadata.stale_listing(folder)
         parent_inode = self.inodes.get(folder)
         notes: list[KernelNote] = []
+        differs = False
         for name in sorted(set(now) | set(known or ()) | self.metadata.children(folder)):
             path = join(folder, name)
             before = self.metadata.entry(path)
@@ -185,15 +186,19 @@ class Invalidator:
             if before is MISSING or before == after or (item and (item.dirty or item.writers)):
                 continue
             assert before is None or isinstance(before, Entry)
+            differs = True
             self.metadata.forget(path)
-            self.metadata.forget_listing(folder)
             inode = self.inodes.get(path)
-            if parent_inode is not None:
-                notes.append(KernelNote(parent_inode))
-                if inode is None or before is None or after is None or before.kind != after.kind:
-                    notes.append(KernelNote(parent_inode, name))  # the name: looked up again
+            if parent_inode is not None and (
+                inode is None or before is None or after is None or before.kind != after.kind
+            ):
+                notes.append(KernelNote(parent_inode, name))  # the name: looked up again
             if inode is not None:
                 notes.append(KernelNote(inode))
+        if differs:
+            self.metadata.forget_listing(folder)
+            if parent_inode is not None:
+                notes.append(KernelNote(parent_inode))
         return notes
 
     def _resync(self, root: str) -> list[KernelNote]:

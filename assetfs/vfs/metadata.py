@@ -69,12 +69,11 @@ class MetadataCache:
         return self._epoch + self._changes.evicted, self._changes.get(folder, 0)
 
     def children(self, folder: str) -> set[str]:
-        """The names in ``folder`` this cache holds an entry for, positive or negative,
-        listed or looked up one by one."""
+        """The names in ``folder`` given an entry one by one (:meth:`put`, :meth:`fill`)
+        that still have one, positive or negative; the listed ones are in
+        :meth:`stale_listing`."""
         names = self._names.get(folder, set())
         names -= {n for n in names if self.entry(join(folder, n)) is _MISSING}
-        if (listing := self._listings.get(folder)) is not None:
-            names |= listing.keys()
         return set(names)
 
     def _named(self, path: str) -> None:
@@ -85,11 +84,14 @@ class MetadataCache:
                 names = self._names[parent] = set()
             names.add(name)
 
+    def _bump(self, folder: str) -> None:
+        self._changes[folder] = self._changes.get(folder, 0) + 1
+
     def _changed(self, path: str) -> None:
         """Move the stamps that ``path`` changing concerns: its folder's and its own (it
         may be a folder)."""
         for folder in {split(path)[0], path}:
-            self._changes[folder] = self._changes.get(folder, 0) + 1
+            self._bump(folder)
 
     def stale_entry(self, path: str) -> Entry | object | None:
         """The last entry known for ``path`` even if expired (``MISSING`` if none)."""
@@ -121,8 +123,14 @@ class MetadataCache:
         return self._listings.get(folder)
 
     def put(self, path: str, entry: Entry | None) -> None:
-        """Record ``entry`` at ``path`` (``None``: absent), keeping the parent listing true."""
+        """Record a change: ``entry`` at ``path`` (``None``: absent), keeping the parent
+        listing true; the stamps concerned move."""
         self._changed(path)
+        self.fill(path, entry)
+
+    def fill(self, path: str, entry: Entry | None) -> None:
+        """Record what the store said about ``path`` (a lookup's fill, not a change: no stamp
+        moves), keeping the parent listing true."""
         self._named(path)
         self._entries[path] = self._stale_entries[path] = entry
         parent, name = split(path)
@@ -132,12 +140,6 @@ class MetadataCache:
                 listing.pop(name, None)
             else:
                 listing[name] = entry
-
-    def fill(self, path: str, entry: Entry | None) -> None:
-        """Record what the store said about ``path`` (a lookup's fill, not a change: no stamp
-        moves)."""
-        self._entries[path] = self._stale_entries[path] = entry
-        self._named(path)
 
     def put_listing(self, folder: str, entries: list[Entry]) -> dict[str, Entry]:
         """Record the children of ``folder`` (and each child's entry), as the store listed
@@ -171,7 +173,7 @@ class MetadataCache:
 
     def forget_listing(self, folder: str) -> None:
         """Drop the listing of ``folder`` only (its children changed)."""
-        self._changes[folder] = self._changes.get(folder, 0) + 1
+        self._bump(folder)
         self._listings.pop(folder, None)
         self._stale_listings.pop(folder, None)
 

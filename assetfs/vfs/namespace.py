@@ -3,11 +3,17 @@ block cache, and (on a miss) the driver, each remote call under the retry policy
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from .. import errors, retry
 from ..cache.blocks import BlockCache
 from ..drivers.base import Driver, Entry, join, split
 from .metadata import MISSING, MetadataCache
 from .mtimes import MtimeOverlay
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 FILL_TRIES = 3
 """Remote lookups of one name or folder, when changes keep arriving while they wait: the
@@ -34,29 +40,52 @@ class Namespace:
     async def remote(self, path: str) -> Entry | None:
         """The store's entry at ``path`` (cached), or None if it does not exist there."""
         cached = self.metadata.entry(path)
-        for _ in range(FILL_TRIES):
-            if cached is not MISSING:
-                break
-            stamp = self.metadata.stamp(split(path)[0])
+        if cached is MISSING:
+
+            def fill(found: Entry | None) -> Entry | None:
+                self.metadata.fill(path, found)
+                return found
+
             try:
-                fetched = await retry.call(lambda: self.driver.stat(path), self.policy,
-                                           f"stat of {self.driver.describe(path)}")
-            except errors.NotFound:
-                fetched = None
+                cached = await self._filled(
+                    split(path)[0], lambda: self._stat(path), fill,
+                    lambda: self.metadata.entry(path), lambda found: found,
+                )
             except errors.Unavailable:
                 cached = self.metadata.stale_entry(path)
                 if cached is MISSING:
                     raise
                 return cached  # type: ignore[return-value]  # the store is down: last known
-            if self.metadata.stamp(split(path)[0]) == stamp:
-                self.metadata.fill(path, fetched)
-                cached = fetched
-                break
-            cached = self.metadata.entry(path)  # changed meanwhile: what the change left wins
-        if cached is MISSING:
-            cached = fetched  # changing faster than it can be asked: used, not cached
         assert cached is None or isinstance(cached, Entry)
         return cached
+
+    async def _stat(self, path: str) -> Entry | None:
+        try:
+            return await retry.call(lambda: self.driver.stat(path), self.policy,
+                                    f"stat of {self.driver.describe(path)}")
+        except errors.NotFound:
+            return None
+
+    async def _filled(
+        self,
+        folder: str,
+        fetch: Callable[[], Awaitable[T]],
+        store: Callable[[T], R],
+        cached: Callable[[], R | object],
+        uncached: Callable[[T], R],
+    ) -> R:
+        """``store(fetch())``, unless a change in ``folder`` landed while the store was
+        asked (metadata.py, stamps): then what the change left in the cache (``cached()``
+        when not MISSING), or the store is asked again; after :data:`FILL_TRIES` raced
+        answers, ``uncached(last answer)``. Raises what ``fetch`` raises."""
+        for _ in range(FILL_TRIES):
+            stamp = self.metadata.stamp(folder)
+            answer = await fetch()
+            if self.metadata.stamp(folder) == stamp:
+                return store(answer)
+            if (left := cached()) is not MISSING:
+                return left  # type: ignore[return-value]  # not MISSING: an R
+        return uncached(answer)
 
     async def find(self, path: str) -> Entry | None:
         """The entry the kernel sees at ``path`` (local size/mtime for files being written),
@@ -84,24 +113,20 @@ class Namespace:
     async def listing(self, folder: str) -> dict[str, Entry]:
         """The children of ``folder``, with local unsaved files merged in."""
         listing = self.metadata.listing(folder)
-        for _ in range(FILL_TRIES):
-            if listing is not None:
-                break
-            stamp = self.metadata.stamp(folder)
+        if listing is None:
             try:
-                entries = await retry.call(lambda: self.driver.list(folder), self.policy,
-                                           f"list of {self.driver.describe(folder)}")
+                listing = await self._filled(
+                    folder,
+                    lambda: retry.call(lambda: self.driver.list(folder), self.policy,
+                                       f"list of {self.driver.describe(folder)}"),
+                    lambda entries: self.metadata.put_listing(folder, entries),
+                    lambda: MISSING if (left := self.metadata.listing(folder)) is None else left,
+                    lambda entries: {e.name: e for e in entries},
+                )
             except errors.Unavailable:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-                break
-            if self.metadata.stamp(folder) == stamp:
-                listing = self.metadata.put_listing(folder, entries)
-                break
-            listing = self.metadata.listing(folder)  # changed meanwhile: the list may predate it
-        if listing is None:
-            listing = {e.name: e for e in entries}  # changing faster than it can be listed
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
         for path, item in self.cache.items.items():
             parent, name = split(path)
