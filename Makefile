@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch python3-dev python3-venv \
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch strace python3-dev python3-venv \
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

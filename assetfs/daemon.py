@@ -237,7 +237,7 @@ class Mount:
         while True:
             await trio.sleep(SYNC_INTERVAL)
             try:
-                self.journal.sync()
+                await self.journal.sync()
             except errors.AssetFSError as exc:
                 log.warning("journal flush failed: %s", exc)
 

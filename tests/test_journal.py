@@ -5,6 +5,7 @@ write-ahead log, and rows for renamed, re-dirtied and deleted files."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,10 @@ def rows(journal: Journal) -> list[tuple[str, str, str]]:
     return [(r.key, r.path, r.base_version) for r in journal.records()]
 
 
-def test_replay_after_close_keeps_rows_in_order(tmp_path: Path) -> None:
+async def test_replay_after_close_keeps_rows_in_order(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite")
     for i in range(5):
-        journal.mark_dirty(f"k{i}", f"/f{i}", f"v{i}" if i % 2 else "")
+        await journal.mark_dirty(f"k{i}", f"/f{i}", f"v{i}" if i % 2 else "")
     journal.mark_clean("k3")
     journal.close()
     again = Journal(tmp_path / "journal.sqlite")
@@ -33,13 +34,13 @@ def test_replay_after_close_keeps_rows_in_order(tmp_path: Path) -> None:
     again.close()
 
 
-def test_renamed_file_keeps_its_row_and_base_version(tmp_path: Path) -> None:
+async def test_renamed_file_keeps_its_row_and_base_version(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite")
-    journal.mark_dirty("k", "/a.txt", "10:123")
-    journal.moved("k", "/dir/b.txt")
+    await journal.mark_dirty("k", "/a.txt", "10:123")
+    await journal.moved("k", "/dir/b.txt")
     # written again after the rename: the path follows, the base version and age stay
-    journal.mark_dirty("k", "/dir/b.txt", "other")
-    journal.moved("unknown", "/nowhere")  # a clean file moved: no row appears
+    await journal.mark_dirty("k", "/dir/b.txt", "other")
+    await journal.moved("unknown", "/nowhere")  # a clean file moved: no row appears
     [record] = journal.records()
     assert (record.key, record.path, record.base_version) == ("k", "/dir/b.txt", "10:123")
     journal.close()
@@ -47,16 +48,18 @@ def test_renamed_file_keeps_its_row_and_base_version(tmp_path: Path) -> None:
 
 
 CRASHER = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, trio
     from pathlib import Path
     from assetfs.cache.journal import Journal
-    j = Journal(Path(sys.argv[1]))
-    for i in range(200):
-        j.mark_dirty(f"k{i}", f"/dir/f{i}", "")
-    for i in range(0, 200, 4):
-        j.mark_clean(f"k{i}")
-    j.moved("k1", "/renamed/f1")
-    os.kill(os.getpid(), signal.SIGKILL)
+    async def main():
+        j = Journal(Path(sys.argv[1]))
+        for i in range(200):
+            await j.mark_dirty(f"k{i}", f"/dir/f{i}", "")
+        for i in range(0, 200, 4):
+            j.mark_clean(f"k{i}")
+        await j.moved("k1", "/renamed/f1")  # after the queued mark_clean calls
+        os.kill(os.getpid(), signal.SIGKILL)
+    trio.run(main)
 """)
 
 
@@ -76,7 +79,7 @@ def test_journal_left_by_a_sigkill(tmp_path: Path) -> None:
     journal.close()
 
 
-def test_torn_tail_of_the_wal_loses_nothing_committed(tmp_path: Path) -> None:
+async def test_torn_tail_of_the_wal_loses_nothing_committed(tmp_path: Path) -> None:
     """A power cut during the next commit leaves a partial frame (or garbage) at the end of
     the WAL; sqlite's frame checksums discard it and every committed row is still there."""
     path = tmp_path / "journal.sqlite"
@@ -85,7 +88,7 @@ def test_torn_tail_of_the_wal_loses_nothing_committed(tmp_path: Path) -> None:
         wal.write(os.urandom(3000))
     journal = Journal(path)
     assert len(journal.records()) == 150
-    journal.mark_dirty("new", "/after", "")
+    await journal.mark_dirty("new", "/after", "")
     journal.close()
     assert len(Journal(path).records()) == 151
 
@@ -96,12 +99,12 @@ def make_cache(root: Path) -> BlockCache:
     return BlockCache(root, driver, journal, retry.RetryPolicy(), max_bytes=1 << 30)
 
 
-def test_block_cache_replays_dirty_items_and_drops_strays(tmp_path: Path) -> None:
+async def test_block_cache_replays_dirty_items_and_drops_strays(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
-    kept = cache.new_file("/new.bin")
+    kept = await cache.new_file("/new.bin")
     os.pwrite(kept.fd, b"x" * 5000, 0)
-    gone = cache.new_file("/lost.bin")  # its cache file vanishes: nothing was acknowledged
-    cache.moved("/new.bin", "/sub/renamed.bin")
+    gone = await cache.new_file("/lost.bin")  # its cache file vanishes: nothing was acknowledged
+    await cache.moved("/new.bin", "/sub/renamed.bin")
     (cache.data / "stray-clean-leftover").write_bytes(b"old")
     cache.close()
     (cache.data / gone.key).unlink()
@@ -119,3 +122,50 @@ def test_block_cache_replays_dirty_items_and_drops_strays(tmp_path: Path) -> Non
     assert rows(again.journal) == [] and list(again.data.iterdir()) == []
     again.close()
     again.journal.close()
+
+
+SYNC_TRACER = textwrap.dedent("""
+    import os, sys, trio
+    from pathlib import Path
+    from assetfs.cache.journal import Journal
+    async def main():
+        j = Journal(Path(sys.argv[1]))
+        for i in range(50):
+            await j.mark_dirty(f"k{i}", f"/f{i}", "")
+        os.getppid()  # marker: sync() starts
+        await j.sync()
+        os.getppid()  # marker: commits after a full checkpoint (the WAL restarts)
+        for i in range(300):
+            j.mark_clean(f"k{i}")
+            await j.mark_dirty(f"n{i}", f"/g{i}", "")
+        os.getppid()  # marker: done
+        j.close()
+    trio.run(main)
+""")
+
+
+def test_the_event_loop_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """Journal commits are awaited by the daemon's event loop, which must never itself sync
+    the disk: ``synchronous=NORMAL`` syncs the WAL header in the first commit after each
+    checkpoint, and on ext4 such an fsync waits for every big cache file being flushed
+    (the whole daemon stood still 0.1 s per upload). The syncs happen on the journal's own
+    thread. Counted with strace: fsync/fdatasync calls per thread, between markers the loop
+    thread makes (getppid)."""
+    strace = shutil.which("strace")
+    assert strace, "strace comes with `make test` (Makefile: APT_PACKAGES)"
+    log = tmp_path / "trace"
+    subprocess.run(
+        [strace, "-f", "-qq", "-o", str(log), "-e", "trace=getppid,fsync,fdatasync",
+         sys.executable, "-c", SYNC_TRACER, str(tmp_path / "journal.sqlite")],
+        check=True, capture_output=True,
+    )
+    calls = [(tid, rest.split("(")[0]) for tid, rest in
+             (line.split(None, 1) for line in log.read_text().splitlines())
+             if "(" in rest and "resumed" not in rest]
+    markers = [i for i, (_, call) in enumerate(calls) if call == "getppid"]
+    assert len(markers) == 3, calls
+    loop = calls[markers[0]][0]
+    in_sync = [call for _, call in calls[markers[0] + 1:markers[1]]]
+    assert {"fsync", "fdatasync"} & set(in_sync), f"sync() made no disk sync: {in_sync}"
+    by_loop = [call for tid, call in calls[markers[0]:markers[2] + 1] if tid == loop]
+    assert by_loop == ["getppid"] * 3, f"the event loop thread synced the disk: {by_loop}"

@@ -86,6 +86,8 @@ class CacheItem:
     """``size`` when the first passthrough writer opened (bytes)."""
     arrived: trio.Event = field(default_factory=trio.Event)
     fill_lock: trio.Lock = field(default_factory=trio.Lock)
+    dirtying: trio.Lock = field(default_factory=trio.Lock)
+    """Held while a clean item's first change is being journaled (BlockCache._journal_dirty)."""
 
     def observe(self) -> None:
         """Take ``size`` and ``mtime_ns`` from the cache file while passthrough writers have
@@ -187,15 +189,21 @@ class BlockCache:
         self.items[path] = item
         return item
 
-    def new_file(self, path: str) -> CacheItem:
-        """A new, empty, dirty file created on our side (journaled before returning)."""
+    async def new_file(self, path: str) -> CacheItem:
+        """A new, empty, dirty file created on our side (journaled before returning; the
+        kernel keeps other changes of ``path``'s folder waiting meanwhile). Raises
+        AssetFSError (NoSpace when the cache disk or the journal is full)."""
         self.drop(path)
         self.disk_room(RESERVE)
         item = CacheItem(key=uuid.uuid4().hex, path=path, base_version="", size=0,
-                         mtime_ns=time.time_ns(), complete=True)
+                         mtime_ns=time.time_ns(), complete=True, dirty=True, generation=1)
         self._open_cache_file(item, create=True)
+        try:
+            await self.journal.mark_dirty(item.key, path, item.base_version)
+        except BaseException:
+            self._discard(item)
+            raise
         self.items[path] = item
-        self._mark_dirty(item)
         return item
 
     def adopt(self, key: str, path: str, base_version: str) -> CacheItem | None:
@@ -246,16 +254,20 @@ class BlockCache:
             item.source_fd = None  # reopened on the next read: the local copy may be new
         return True
 
-    def moved(self, old: str, new: str) -> None:
-        """Paths under ``old`` are now under ``new`` (a rename on the store)."""
+    async def moved(self, old: str, new: str) -> None:
+        """Paths under ``old`` are now under ``new`` (a rename on the store); dirty files'
+        new paths are journaled before this returns."""
         prefix = old.rstrip("/") + "/"
+        dirty = []
         for path in [p for p in self.items if p == old or p.startswith(prefix)]:
             item = self.items.pop(path)
             item.path = new + path[len(old):]
             self.unlinked(item.path)  # a rename replaces its target, unsaved content and all
             self.items[item.path] = item
             if item.dirty:
-                self.journal.moved(item.key, item.path)
+                dirty.append(item)
+        for item in dirty:
+            await self.journal.moved(item.key, item.path)
 
     def unlinked(self, path: str) -> None:
         """``path`` was deleted (or replaced by a rename) on our side: its content will not
@@ -299,11 +311,7 @@ class BlockCache:
         item.stored_generation = max(item.stored_generation, generation)
         if generation == item.generation and item.dirty and not item.passthrough_writers:
             item.dirty = False
-            try:
-                self.journal.mark_clean(item.key)
-            except errors.AssetFSError as exc:  # uploaded all the same; at worst the next
-                log.warning("%s; %s stays journaled and is uploaded again at the next mount",
-                            exc, item.path)
+            self.journal.mark_clean(item.key)  # queued; lost, it means one more upload check
             if item in self._orphans and not item.handles:
                 self._orphans.remove(item)
                 self._discard(item)
@@ -331,13 +339,32 @@ class BlockCache:
         with contextlib.suppress(OSError):
             os.utime(self.data / item.key, ns=(mtime_ns, mtime_ns))
 
-    def _mark_dirty(self, item: CacheItem) -> None:
+    async def _mark_dirty(self, item: CacheItem) -> None:
+        """Count a change of ``item`` that the caller makes right after, with no await in
+        between (an upload must not see the new ``generation`` before the bytes). The first
+        change of a clean item is journaled first."""
+        if not item.dirty and not item.unlinked:
+            async with item.dirtying:
+                await self._journal_dirty(item)
         item.generation += 1
         item.mtime_ns = time.time_ns()
-        if not item.dirty and not item.unlinked:
-            self.journal.mark_dirty(item.key, item.path, item.base_version)
-            item.dirty = True
-            self._dirty_hint += item.size
+
+    async def _journal_dirty(self, item: CacheItem) -> None:
+        """Journal clean ``item`` as dirty and mark it so (holding ``item.dirtying``, so a
+        concurrent first change waits for this one). The item may be renamed or deleted
+        while the row is written: the row follows it. Raises AssetFSError (NoSpace)."""
+        if item.dirty or item.unlinked:
+            return
+        path = item.path
+        await self.journal.mark_dirty(item.key, path, item.base_version)
+        while item.path != path and not item.unlinked:
+            path = item.path
+            await self.journal.moved(item.key, path)
+        if item.unlinked:  # deleted meanwhile: its content is never uploaded
+            self.journal.mark_clean(item.key)
+            return
+        item.dirty = True
+        self._dirty_hint += item.size
 
     # --- kernel passthrough ----------------------------------------------------------------
     def whole_fd(self, item: CacheItem) -> int | None:
@@ -361,23 +388,29 @@ class BlockCache:
         self._dirty_hint = self.dirty_bytes()
         return self._dirty_hint + item.size <= half
 
-    def passthrough_writer_opened(self, item: CacheItem) -> None:
+    async def passthrough_writer_opened(self, item: CacheItem) -> None:
         """A handle that writes ``item``'s cache file through the kernel opened. The item is
         journaled as dirty now (before open returns), since its writes will not pass here;
         a clean item notes that its file holds the store's content, so that a close with
         nothing written makes it clean again (:meth:`passthrough_writer_closed`)."""
-        if item.passthrough_writers == 0:
-            self.disk_room(RESERVE)
-            clean = not item.dirty
-            self._mark_dirty(item)
-            item.passthrough_clean_generation = item.generation if clean else None
-            item.passthrough_open_size = item.size
-            fd = self._open_cache_file(item, create=False)
-            # a clean file shows the store's mtime until a write; a dirty one keeps its own
-            mtime = item.mtime_ns if clean else os.fstat(fd).st_mtime_ns
-            item.passthrough_stamp = self._stamp(fd, mtime)
-            item.mtime_ns = item.passthrough_stamp[1]
-        item.passthrough_writers += 1
+        async with item.dirtying:
+            if item.passthrough_writers == 0:
+                await self._first_passthrough_writer(item)
+            item.passthrough_writers += 1
+
+    async def _first_passthrough_writer(self, item: CacheItem) -> None:
+        self.disk_room(RESERVE)
+        clean = not item.dirty
+        await self._journal_dirty(item)
+        item.generation += 1
+        item.mtime_ns = time.time_ns()
+        item.passthrough_clean_generation = item.generation if clean else None
+        item.passthrough_open_size = item.size
+        fd = self._open_cache_file(item, create=False)
+        # a clean file shows the store's mtime until a write; a dirty one keeps its own
+        mtime = item.mtime_ns if clean else os.fstat(fd).st_mtime_ns
+        item.passthrough_stamp = self._stamp(fd, mtime)
+        item.mtime_ns = item.passthrough_stamp[1]
 
     def count_passthrough_writes(self, item: CacheItem) -> None:
         """Count (``generation``) what passthrough writers wrote since the last count, if
@@ -650,7 +683,7 @@ class BlockCache:
         grow = max(0, offset + len(data) - item.size)
         if grow:
             self.make_room(grow, for_dirty=True)
-        self._mark_dirty(item)
+        await self._mark_dirty(item)
         self._pwrite(item, data, offset)
         item.size = max(item.size, offset + len(data))
         return len(data)
@@ -663,7 +696,7 @@ class BlockCache:
         if size > item.size:
             self.make_room(size - item.size, for_dirty=True)
         fd = self._open_cache_file(item, create=True)
-        self._mark_dirty(item)
+        await self._mark_dirty(item)
         os.ftruncate(fd, size)
         item.size = size
         item.complete = True
@@ -713,7 +746,7 @@ class BlockCache:
                 await trio.to_thread.run_sync(os.fsync, fd)
             finally:
                 os.close(fd)
-        self.journal.sync()
+        await self.journal.sync()
 
     def close(self) -> None:
         """Close every file descriptor."""

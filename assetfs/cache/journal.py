@@ -1,13 +1,25 @@
-"""Crash-safe record of dirty files (sqlite in WAL mode).
+"""Crash-safe record of dirty files (sqlite in WAL mode), kept off the event loop.
 
 A row exists for every cache file whose content is not yet on the store. It is committed
-before the ``write``/``create``/``truncate`` that made the file dirty returns, so after a
-SIGKILL the next mount of the same cache directory knows what to upload. Commits use
-``synchronous=NORMAL``: they reach the operating system at once (a killed daemon loses
-nothing) and the disk at the next :meth:`Journal.sync`, which the daemon runs every
-:data:`SYNC_INTERVAL` seconds and every ``fsync`` runs at once, so a machine crash loses at
-most the files closed in the last fraction of a second, while a ``cp -r`` of many small
-files does not wait for one disk flush per file (3000 files: 7 s with a flush each).
+before the ``write``/``create``/``truncate`` that made the file dirty returns (and a dirty
+file's new path before its ``rename`` returns), so after a SIGKILL the next mount of the same
+cache directory knows what to upload. Commits use ``synchronous=NORMAL``: they reach the
+operating system at once (a killed daemon loses nothing) and the disk at the next
+:meth:`Journal.sync`, which the daemon runs every :data:`SYNC_INTERVAL` seconds and every
+``fsync`` runs at once, so a machine crash loses at most the files closed in the last
+fraction of a second, while a ``cp -r`` of many small files does not wait for one disk flush
+per file (3000 files: 7 s with a flush each).
+
+All sqlite work runs on one thread of the journal's own, in call order. Even
+``synchronous=NORMAL`` syncs now and then (each checkpoint, and the WAL header when the
+first commit after a checkpoint restarts the log), and on ext4 with data=ordered such an
+fsync waits for the data of every file being flushed: made on the event loop, it stood the
+whole daemon still for 0.09-0.11 s in each upload's journal update while a 256 MiB cache
+file went to disk (``scripts/bench_vsphere.py``). Callers await the commits the daemon must
+know are made (:meth:`mark_dirty`, :meth:`moved`, :meth:`sync`); the others (a file made
+clean, a kept mtime) are queued behind them and not waited for: losing one to a crash means
+one more upload check, or a store mtime shown, at the next mount.
+
 The bytes themselves live in the cache file ``data/<key>``; the journal holds only
 ``key -> (path, base_version)``, so writes after the first touch no row.
 
@@ -19,14 +31,25 @@ cache disk stays under :data:`RESERVE` bytes, which the block cache keeps free f
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import logging
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
 
 from .. import errors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SYNC_INTERVAL = 0.1
 """Seconds between journal flushes to disk (see :meth:`Journal.sync`)."""
@@ -59,13 +82,12 @@ class DirtyRecord:
 
 
 class Journal:
-    """The dirty-file table of one cache directory."""
+    """The dirty-file table of one cache directory, served by a thread of its own."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._unsynced = False
         self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS dirty ("
@@ -76,61 +98,124 @@ class Journal:
             "CREATE TABLE IF NOT EXISTS mtimes ("
             " path TEXT PRIMARY KEY, version TEXT NOT NULL, mtime_ns INTEGER NOT NULL)"
         )
+        self._unsynced = False
+        """Rows committed since the last sync (journal thread only)."""
+        self._ops: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="assetfs-journal", daemon=True)
+        self._thread.start()
 
-    def mark_dirty(self, key: str, path: str, base_version: str) -> None:
-        """Record (or update) that cache file ``key`` holds unsaved content for ``path``."""
-        self._unsynced = True
-        with _translated():
-            self._db.execute(
-                "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
-                (key, path, base_version, time.time()),
-            )
+    # --- commits ------------------------------------------------------------------------
+    async def mark_dirty(self, key: str, path: str, base_version: str) -> None:
+        """Record (or update) that cache file ``key`` holds unsaved content for ``path``;
+        returns once committed. Raises AssetFSError (NoSpace on a full disk)."""
+        await self._call(lambda: self._write(
+            "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
+            (key, path, base_version, time.time())))
 
-    def moved(self, key: str, path: str) -> None:
-        """The dirty file ``key`` was renamed to ``path``."""
-        self._unsynced = True
-        with _translated():
-            self._db.execute("UPDATE dirty SET path=? WHERE key=?", (path, key))
+    async def moved(self, key: str, path: str) -> None:
+        """The dirty file ``key`` was renamed to ``path``; returns once committed. Raises
+        AssetFSError."""
+        await self._call(lambda: self._write("UPDATE dirty SET path=? WHERE key=?", (path, key)))
 
     def mark_clean(self, key: str) -> None:
-        """The content of ``key`` is on the store (or the file was deleted)."""
-        self._unsynced = True
-        with _translated():
-            self._db.execute("DELETE FROM dirty WHERE key=?", (key,))
+        """The content of ``key`` is on the store (or the file was deleted). Queued."""
+        self._post("DELETE FROM dirty WHERE key=?", [(key,)])
 
+    def set_mtime(self, path: str, version: str, mtime_ns: int) -> None:
+        """Keep ``mtime_ns`` for ``path`` while the store has ``version`` there. Queued."""
+        self._post("INSERT OR REPLACE INTO mtimes (path, version, mtime_ns) VALUES (?, ?, ?)",
+                   [(path, version, mtime_ns)])
+
+    def drop_mtimes(self, paths: list[str]) -> None:
+        """Forget the kept modification times of ``paths``. Queued."""
+        self._post("DELETE FROM mtimes WHERE path=?", [(p,) for p in paths])
+
+    async def sync(self) -> None:
+        """Flush every row committed or queued before this call to disk (a WAL checkpoint,
+        which syncs the WAL first). Raises AssetFSError."""
+        await self._call(self._checkpoint)
+
+    # --- reads at start-up (they wait for the queue, blocking the caller) ----------------
     def records(self) -> list[DirtyRecord]:
         """Every dirty file, oldest first (replayed at start)."""
-        rows = self._db.execute("SELECT key, path, base_version, since FROM dirty ORDER BY since")
-        return [DirtyRecord(*row) for row in rows]
+        query = "SELECT key, path, base_version, since FROM dirty ORDER BY since"
+        return self._wait(lambda: [DirtyRecord(*row) for row in self._db.execute(query)])
 
     def mtimes(self) -> dict[str, tuple[str, int]]:
         """path -> (remote version, mtime in ns) of every modification time kept locally."""
-        rows = self._db.execute("SELECT path, version, mtime_ns FROM mtimes")
-        return {path: (version, mtime) for path, version, mtime in rows}
-
-    def set_mtime(self, path: str, version: str, mtime_ns: int) -> None:
-        """Keep ``mtime_ns`` for ``path`` while the store has ``version`` there."""
-        self._unsynced = True
-        with _translated():
-            self._db.execute(
-                "INSERT OR REPLACE INTO mtimes (path, version, mtime_ns) VALUES (?, ?, ?)",
-                (path, version, mtime_ns),
-            )
-
-    def drop_mtimes(self, paths: list[str]) -> None:
-        """Forget the kept modification times of ``paths``."""
-        self._unsynced = True
-        with _translated():
-            self._db.executemany("DELETE FROM mtimes WHERE path=?", [(p,) for p in paths])
-
-    def sync(self) -> None:
-        """Flush committed rows to disk (a WAL checkpoint, which syncs the WAL first)."""
-        if self._unsynced:
-            self._unsynced = False
-            with _translated():
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        query = "SELECT path, version, mtime_ns FROM mtimes"
+        return self._wait(lambda: {p: (v, m) for p, v, m in self._db.execute(query)})
 
     def close(self) -> None:
-        """Checkpoint and close the database."""
+        """Finish what is queued, checkpoint and close the database."""
+        self._ops.put(None)
+        self._thread.join()
         self._db.close()
+
+    # --- the journal thread -------------------------------------------------------------
+    def _serve(self) -> None:
+        while (op := self._ops.get()) is not None:
+            try:
+                op()
+            except Exception:  # a bug in an op must not stop the thread every commit waits on
+                log.exception("cache journal operation failed")
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]] | tuple[Any, ...]) -> None:
+        self._unsynced = True
+        with _translated():
+            if isinstance(rows, tuple):
+                self._db.execute(sql, rows)
+            else:
+                self._db.executemany(sql, rows)
+
+    def _checkpoint(self) -> None:
+        if self._unsynced:
+            self._unsynced = False
+            try:
+                with _translated():
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except errors.AssetFSError:
+                self._unsynced = True
+                raise
+
+    def _post(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Queue a commit nobody waits for; its failure is logged."""
+        def op() -> None:
+            try:
+                self._write(sql, rows)
+            except errors.AssetFSError as exc:
+                log.warning("%s: a later mount may upload a file again or show its store "
+                            "mtime", exc)
+        self._ops.put(op)
+
+    def _wait(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the journal thread after everything queued; block until done."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._ops.put(lambda: _settle(future, fn))
+        return future.result()
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the journal thread after everything queued and return its result
+        (or raise its error). Not cancellable: a commit that was queued happens, and its
+        caller must learn how it went."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def op() -> None:
+            _settle(future, fn)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        self._ops.put(op)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return future.result()
+
+
+def _settle(future: concurrent.futures.Future[T], fn: Callable[[], T]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # handed to the waiting caller
+        future.set_exception(exc)

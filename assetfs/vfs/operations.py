@@ -415,7 +415,7 @@ class Operations(pyfuse3.Operations):
                 await self.driver.rename(old, new)
             elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
                 await self.driver.remove(new, Kind.DIR)
-            self.cache.moved(old, new)
+            await self.cache.moved(old, new)
             self.ns.mtimes.moved(old, new)
         for path in (old, new):
             self.metadata.forget_tree(path)
@@ -427,7 +427,9 @@ class Operations(pyfuse3.Operations):
                 self.writeback.schedule(item)
 
     # --- files ----------------------------------------------------------------------
-    def _open_handle(self, inode: int, item: CacheItem, writable: bool) -> pyfuse3.FileInfo:
+    async def _open_handle(
+        self, inode: int, item: CacheItem, writable: bool
+    ) -> pyfuse3.FileInfo:
         """Register an open of ``item`` and choose how the kernel serves it: passthrough to
         the cache file when it holds the whole content (and, for a writer, the cache bound
         leaves room, and the inode is not open in cached mode), else through the daemon
@@ -436,15 +438,17 @@ class Operations(pyfuse3.Operations):
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
         mode, backing_id = self.passthrough.open(inode, item, fd)
-        if writable and mode is IOMode.PASSTHROUGH:
-            try:
-                self.cache.passthrough_writer_opened(item)  # journals before open returns
-            except BaseException:
-                self.passthrough.release(inode, mode)
-                raise
-        item.handles += 1
+        item.handles += 1  # from now on: the item stays while the journal is written
         if writable:
             item.writers += 1
+        if writable and mode is IOMode.PASSTHROUGH:
+            try:
+                await self.cache.passthrough_writer_opened(item)  # journaled before open returns
+            except BaseException:
+                item.writers -= 1
+                self.passthrough.release(inode, mode)
+                self.cache.closed(item)
+                raise
         fh = self._new_fh()
         self._handles[fh] = Handle(inode, item, writable, mode)
         if mode is IOMode.PASSTHROUGH:
@@ -470,7 +474,7 @@ class Operations(pyfuse3.Operations):
         item = self.passthrough.bound_item(inode) or self.cache.get(path, entry)
         if flags & os.O_TRUNC and writable:
             await self.cache.truncate(item, 0)
-        return self._open_handle(inode, item, writable)
+        return await self._open_handle(inode, item, writable)
 
     @_errno
     async def create(
@@ -483,14 +487,14 @@ class Operations(pyfuse3.Operations):
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
         self.driver.check_create(path, Kind.FILE)
-        item = self.cache.new_file(path)
+        item = await self.cache.new_file(path)
         if self.passthrough.bound_item(self.inodes.get(path) or 0) is not None:
             self.inodes.detach(path)  # that inode's open files keep the old content
         if existing is not None:
             item.base_version = existing.version
         entry = item.entry(existing, split(path)[1])
         attr = self._known(path, entry)
-        return self._open_handle(attr.st_ino, item, True), attr
+        return await self._open_handle(attr.st_ino, item, True), attr
 
     @_errno
     async def read(self, fh: int, off: int, size: int) -> bytes:
