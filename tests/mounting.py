@@ -79,6 +79,7 @@ def mounted(
     if opts:
         argv += ["-o", opts]
     log = mountpoint.parent / f"{mountpoint.name}.log"
+    logged_before = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as logfile:
         proc = subprocess.Popen(
             argv, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
@@ -95,6 +96,25 @@ def mounted(
         yield mount
     finally:
         unmount(mount)
+    unexpected = unexpected_errors(log, logged_before)
+    assert not unexpected, f"the daemon logged an unexpected error ({log}):\n{unexpected}"
+
+
+UNEXPECTED = ("Traceback (most recent call last)", "was never awaited")
+"""What a daemon never logs when all goes as designed: failures it expects (a server down,
+a refused name) are one-line warnings; a traceback or an unawaited coroutine is a bug."""
+
+
+def unexpected_errors(log: Path, offset: int = 0) -> str:
+    """The part of daemon log ``log`` from byte ``offset`` around its first
+    :data:`UNEXPECTED` line ("" if none)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if any(marker in line for marker in UNEXPECTED):
+            return "\n".join(lines[max(0, i - 2):i + 25])
+    return ""
 
 
 def fsync(path: Path) -> None:
