@@ -237,6 +237,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = events["last_event"]
         print(f"  events: {events['state']}, {events['received']} received, last "
               + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
+        loop = status.get("loop")
+        if isinstance(loop, dict):
+            print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "
+                  f"({loop['longest_task']}), {loop['stalls']} over "
+                  f"{1000 * loop['stall_s']:.0f} ms")
     if not targets:
         print("no assetfs mounts")
     return 0

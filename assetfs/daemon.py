@@ -25,6 +25,7 @@ from .drivers import driver_class
 from .drivers.base import ChangeEvent, Driver, Entry
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
+from .loopwatch import LoopWatch
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
@@ -112,6 +113,8 @@ class Mount:
                                        self.ops.kernel_version, self.ops.passthrough)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
+        self.loop = LoopWatch()
+        """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
         """Stop signals received (SIGTERM, SIGINT, SIGHUP)."""
         for record in self.journal.records():
@@ -172,6 +175,7 @@ class Mount:
             },
             "inodes": len(self.inodes),
             "requests": dict(self.ops.requests),
+            "loop": self.loop.status(),
         }
 
     async def serve(self, ready: Callable[[], None]) -> None:
@@ -185,6 +189,7 @@ class Mount:
         if self.config.read_only:
             options.add("ro")
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
+        trio.lowlevel.add_instrument(self.loop)
         state = {"mounted": True}
         # One signal receiver for the whole life of the mount, final uploads included: a
         # SIGTERM between two receivers would meet the default action and kill the daemon

@@ -357,6 +357,7 @@ def test_background_mount_status_and_umount(store: Path, tmp_path: Path) -> None
         (mnt / "queued.txt").write_text("uploaded by umount")
         shown = cli("status", str(mnt))
         assert "dirty files: 1" in shown.stdout and f"file://{store}" in shown.stdout
+        assert "event loop: longest step" in shown.stdout
         pid = int(shown.stdout.split("pid ")[1].split(")")[0])
         done = cli("umount", str(mnt))
         assert done.returncode == 0, done.stderr

@@ -26,6 +26,7 @@ from .. import errors, retry
 from ..cache.blocks import BlockCache, CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Driver, Entry, Kind, join, split
+from ..loopwatch import OPERATION
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
 from .namespace import Namespace
@@ -49,6 +50,7 @@ def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         requests = getattr(args[0], "requests", None)
         if requests is not None:
             requests[name] += 1
+        operation = OPERATION.set(name)
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -66,6 +68,8 @@ def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except Exception:
             log.exception("%s failed", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            OPERATION.reset(operation)
 
     return wrapper
 

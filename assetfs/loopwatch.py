@@ -1,0 +1,72 @@
+"""Event-loop stalls: how long one trio task step ran without giving the loop back.
+
+A mount answers every FUSE request on one trio run (design.md, Concurrency rules), so one
+step that blocks (a disk sync, a synchronous library call, a long loop over the cache)
+stalls every request of the mount, ``ls`` and cached reads included. :class:`LoopWatch` times
+each step (wall clock, so a blocked system call counts), keeps the longest one and counts
+those over a threshold, logs them (at most one line a second), and ``assetfs status`` shows
+them. It found the cache journal's sqlite commits syncing the disk on the loop: 0.09-0.11 s
+per upload while a big cache file was flushed (cache/journal.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+
+import trio
+
+log = logging.getLogger(__name__)
+
+STALL = 0.1
+"""Seconds a step may run before it counts as a stall (a file manager's user notices ~0.1 s)."""
+
+OPERATION: contextvars.ContextVar[str] = contextvars.ContextVar("assetfs_operation", default="")
+"""The FUSE operation a task is answering (set by vfs/operations.py), named with its stalls:
+pyfuse3's worker tasks all look alike."""
+
+
+class LoopWatch(trio.abc.Instrument):
+    """A trio instrument timing task steps; install it with
+    ``trio.lowlevel.add_instrument``. A step preempted by other processes on a busy machine
+    also counts: the daemon was not answering then either."""
+
+    def __init__(self, threshold: float = STALL) -> None:
+        self.threshold = threshold
+        """Seconds from which a step counts as a stall."""
+        self.stalls = 0
+        """Steps that ran ``threshold`` seconds or longer."""
+        self.longest = 0.0
+        """The longest step so far (seconds) and the name of its task."""
+        self.longest_task = ""
+        self._step_started: float | None = None
+        """When the running step began (None: it began before the watch was installed)."""
+        self._logged = -1.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._step_started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self._step_started is None:
+            return
+        now = time.perf_counter()
+        took = now - self._step_started
+        self._step_started = None
+        if took < self.threshold and took <= self.longest:
+            return
+        operation = task.context.get(OPERATION)
+        name = f"{task.name} ({operation})" if operation else task.name
+        if took > self.longest:
+            self.longest, self.longest_task = took, name
+        if took >= self.threshold:
+            self.stalls += 1
+            if now - self._logged >= 1.0:
+                self._logged = now
+                log.warning("the event loop was blocked %.3f s by task %s (every request of "
+                            "the mount waited)", took, name)
+
+    def status(self) -> dict[str, float | int | str]:
+        """``longest_step_s``, ``longest_task``, ``stalls`` and ``stall_s`` (the threshold)."""
+        return {"longest_step_s": round(self.longest, 4), "longest_task": self.longest_task,
+                "stalls": self.stalls, "stall_s": self.threshold}
