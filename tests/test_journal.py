@@ -12,8 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+import trio
+
 from assetfs import retry
-from assetfs.cache.blocks import BlockCache
+from assetfs.cache.blocks import BlockCache, CacheItem
 from assetfs.cache.journal import Journal
 from assetfs.drivers.nucleus import NucleusDriver
 
@@ -169,3 +172,46 @@ def test_the_event_loop_never_waits_for_the_disk(tmp_path: Path) -> None:
     assert {"fsync", "fdatasync"} & set(in_sync), f"sync() made no disk sync: {in_sync}"
     by_loop = [call for tid, call in calls[markers[0]:markers[2] + 1] if tid == loop]
     assert by_loop == ["getppid"] * 3, f"the event loop thread synced the disk: {by_loop}"
+
+
+class HeldJournal(Journal):
+    """A journal whose next ``mark_dirty`` waits until the test lets it commit."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.waiting = trio.Event()
+        self.release = trio.Event()
+
+    async def mark_dirty(self, key: str, path: str, base_version: str) -> None:
+        self.waiting.set()
+        await self.release.wait()
+        await super().mark_dirty(key, path, base_version)
+
+
+@pytest.mark.parametrize("change", ["rename", "unlink"])
+async def test_a_file_renamed_or_deleted_while_its_first_write_is_journaled(
+    change: str, tmp_path: Path
+) -> None:
+    """The row of a clean file's first write is committed off the event loop; a rename or
+    an unlink that lands meanwhile must not leave a row for the old name (a crash would then
+    upload the content to a name it no longer has, or bring a deleted file back)."""
+    cache = BlockCache(tmp_path, NucleusDriver(f"file://{tmp_path / 'store'}", {}),
+                       HeldJournal(tmp_path / "journal.sqlite"), retry.RetryPolicy(),
+                       max_bytes=1 << 30)
+    journal = cache.journal
+    assert isinstance(journal, HeldJournal)
+    item = cache.items["/a.bin"] = CacheItem(key="k", path="/a.bin", base_version="v1",
+                                             size=0, mtime_ns=0, complete=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.write, item, 0, b"new bytes")
+        await journal.waiting.wait()
+        if change == "rename":
+            await cache.moved("/a.bin", "/b.bin")
+        else:
+            cache.unlinked("/a.bin")
+        journal.release.set()
+    expected = [("k", "/b.bin", "v1")] if change == "rename" else []
+    assert rows(journal) == expected
+    assert item.dirty == (change == "rename")
+    cache.close()
+    journal.close()
