@@ -190,6 +190,7 @@ class Mount:
             options.add("ro")
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
         trio.lowlevel.add_instrument(self.loop)
+        self.loop.sample_stacks()
         state = {"mounted": True}
         # One signal receiver for the whole life of the mount, final uploads included: a
         # SIGTERM between two receivers would meet the default action and kill the daemon

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import sys
+import threading
 import time
+import traceback
 
 import trio
 
@@ -23,8 +26,9 @@ STALL = 0.1
 """Seconds a step may run before it counts as a stall (a file manager's user notices ~0.1 s)."""
 
 OPERATION: contextvars.ContextVar[str] = contextvars.ContextVar("assetfs_operation", default="")
-"""The FUSE operation a task is answering (set by vfs/operations.py), named with its stalls:
-pyfuse3's worker tasks all look alike."""
+"""The FUSE operation a task answers or last answered (set by vfs/operations.py at the start
+of each request and left set: a step that blocks inside a handler often ends after it),
+named with its stalls: pyfuse3's worker tasks all look alike."""
 
 
 class LoopWatch(trio.abc.Instrument):
@@ -43,8 +47,37 @@ class LoopWatch(trio.abc.Instrument):
         self._step_started: float | None = None
         """When the running step began (None: it began before the watch was installed)."""
         self._logged = -1.0
+        self._loop_thread: int | None = None
+        self._sampling = threading.Event()
+        """Cleared to stop the sampler thread."""
+        self._stack = ""
+        """Where the loop thread was when the sampler caught the running step stalled."""
+
+    def sample_stacks(self) -> None:
+        """Start a thread that looks at the loop every ``threshold / 2`` seconds and, when a
+        step has run past the threshold, records the loop thread's Python stack for the log
+        line: the blocking call itself, which the step's task name alone does not tell.
+        Call from the loop thread."""
+        self._loop_thread = threading.get_ident()
+        self._sampling.set()
+        threading.Thread(target=self._sample, name="assetfs-loopwatch", daemon=True).start()
+
+    def stop_sampling(self) -> None:
+        """End the sampler thread (within ``threshold / 2`` seconds)."""
+        self._sampling.clear()
+
+    def _sample(self) -> None:
+        while self._sampling.is_set():
+            time.sleep(self.threshold / 2)
+            started = self._step_started
+            if started is None or self._stack or time.perf_counter() - started < self.threshold:
+                continue
+            frame = sys._current_frames().get(self._loop_thread or 0)
+            if frame is not None:
+                self._stack = "".join(traceback.format_stack(frame, limit=8))
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._stack = ""
         self._step_started = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
@@ -63,8 +96,9 @@ class LoopWatch(trio.abc.Instrument):
             self.stalls += 1
             if now - self._logged >= 1.0:
                 self._logged = now
+                where = f"; it was in:\n{self._stack.rstrip()}" if self._stack else ""
                 log.warning("the event loop was blocked %.3f s by task %s (every request of "
-                            "the mount waited)", took, name)
+                            "the mount waited)%s", took, name, where)
 
     def status(self) -> dict[str, float | int | str]:
         """``longest_step_s``, ``longest_task``, ``stalls`` and ``stall_s`` (the threshold)."""

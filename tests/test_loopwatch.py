@@ -1,5 +1,5 @@
 """The event-loop watch (assetfs/loopwatch.py), without FUSE: a step that blocks the loop is
-counted, named and logged; steps that give the loop back are not."""
+counted, named and logged with the blocking call; steps that give the loop back are not."""
 
 from __future__ import annotations
 
@@ -28,14 +28,17 @@ async def test_a_blocking_step_is_counted_named_and_logged(
             await trio.sleep(0.005)
 
     trio.lowlevel.add_instrument(watch)
+    watch.sample_stacks()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(polite, name="polite")
             nursery.start_soon(blocker, name="blocker")
     finally:
         trio.lowlevel.remove_instrument(watch)
+        watch.stop_sampling()
     assert watch.longest_task == "blocker (unlink)" and watch.longest >= 0.12
     assert watch.stalls >= 1
     assert "blocked 0.1" in caplog.text and "by task blocker (unlink)" in caplog.text
+    assert "time.sleep(0.12)" in caplog.text, "the log shows the blocking call"
     status = watch.status()
     assert status["longest_task"] == "blocker (unlink)" and status["stall_s"] == 0.05

@@ -50,7 +50,7 @@ def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         requests = getattr(args[0], "requests", None)
         if requests is not None:
             requests[name] += 1
-        operation = OPERATION.set(name)
+        OPERATION.set(name)
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -68,8 +68,6 @@ def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except Exception:
             log.exception("%s failed", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        finally:
-            OPERATION.reset(operation)
 
     return wrapper
 
