@@ -4,9 +4,12 @@ A mount answers every FUSE request on one trio run (design.md, Concurrency rules
 step that blocks (a disk sync, a synchronous library call, a long loop over the cache)
 stalls every request of the mount, ``ls`` and cached reads included. :class:`LoopWatch` times
 each step (wall clock, so a blocked system call counts), keeps the longest one and counts
-those over a threshold, logs them (at most one line a second), and ``assetfs status`` shows
-them. It found the cache journal's sqlite commits syncing the disk on the loop: 0.09-0.11 s
-per upload while a big cache file was flushed (cache/journal.py).
+those over a threshold, logs them (at most one line a second) with the loop thread's stack
+as a sampler thread saw it, and ``assetfs status`` shows them. It was written after the cache
+journal's commits were found syncing the disk on the loop (0.09-0.11 s per upload,
+cache/journal.py), and then found three more: a cache file's last close after its flush, the
+deletion of a big cache file just written, and omni.client request starts waiting behind a
+big copy (cache/blocks.py, drivers/nucleus.py).
 """
 
 from __future__ import annotations
