@@ -51,10 +51,9 @@ class LoopWatch(trio.abc.Instrument):
         """When the running step began (None: it began before the watch was installed)."""
         self._logged = -1.0
         self._loop_thread: int | None = None
-        self._sampling = threading.Event()
-        """Cleared to stop the sampler thread."""
-        self._stack = ""
-        """Where the loop thread was when the sampler caught the running step stalled."""
+        self._stop = threading.Event()
+        self._stack: tuple[float | None, str] = (None, "")
+        """(start of the step the sampler caught stalled, where the loop thread was)."""
 
     def sample_stacks(self) -> None:
         """Start a thread that looks at the loop every ``threshold / 2`` seconds and, when a
@@ -62,33 +61,32 @@ class LoopWatch(trio.abc.Instrument):
         line: the blocking call itself, which the step's task name alone does not tell.
         Call from the loop thread."""
         self._loop_thread = threading.get_ident()
-        self._sampling.set()
+        self._stop.clear()
         threading.Thread(target=self._sample, name="assetfs-loopwatch", daemon=True).start()
 
     def stop_sampling(self) -> None:
-        """End the sampler thread (within ``threshold / 2`` seconds)."""
-        self._sampling.clear()
+        """End the sampler thread."""
+        self._stop.set()
 
     def _sample(self) -> None:
-        while self._sampling.is_set():
-            time.sleep(self.threshold / 2)
+        while not self._stop.wait(self.threshold / 2):
             started = self._step_started
-            if started is None or self._stack or time.perf_counter() - started < self.threshold:
+            if (started is None or self._stack[0] == started
+                    or time.perf_counter() - started < self.threshold):
                 continue
             frame = sys._current_frames().get(self._loop_thread or 0)
             if frame is not None:
-                self._stack = "".join(traceback.format_stack(frame, limit=8))
+                self._stack = (started, "".join(traceback.format_stack(frame, limit=8)))
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self._stack = ""
         self._step_started = time.perf_counter()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if self._step_started is None:
             return
+        started, self._step_started = self._step_started, None
         now = time.perf_counter()
-        took = now - self._step_started
-        self._step_started = None
+        took = now - started
         if took < self.threshold and took <= self.longest:
             return
         operation = task.context.get(OPERATION)
@@ -99,7 +97,8 @@ class LoopWatch(trio.abc.Instrument):
             self.stalls += 1
             if now - self._logged >= 1.0:
                 self._logged = now
-                where = f"; it was in:\n{self._stack.rstrip()}" if self._stack else ""
+                caught, stack = self._stack
+                where = f"; it was in:\n{stack.rstrip()}" if caught == started else ""
                 log.warning("the event loop was blocked %.3f s by task %s (every request of "
                             "the mount waited)%s", took, name, where)
 

@@ -38,7 +38,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,12 +111,12 @@ class Journal:
         await self._call(lambda: self._write(
             "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
-            (key, path, base_version, time.time())))
+            [(key, path, base_version, time.time())]))
 
     async def moved(self, key: str, path: str) -> None:
         """The dirty file ``key`` was renamed to ``path``; returns once committed. Raises
         AssetFSError."""
-        await self._call(lambda: self._write("UPDATE dirty SET path=? WHERE key=?", (path, key)))
+        await self._call(lambda: self._write("UPDATE dirty SET path=? WHERE key=?", [(path, key)]))
 
     def mark_clean(self, key: str) -> None:
         """The content of ``key`` is on the store (or the file was deleted). Queued."""
@@ -161,13 +161,10 @@ class Journal:
             except Exception:  # a bug in an op must not stop the thread every commit waits on
                 log.exception("cache journal operation failed")
 
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]] | tuple[Any, ...]) -> None:
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._unsynced = True
         with _translated():
-            if isinstance(rows, tuple):
-                self._db.execute(sql, rows)
-            else:
-                self._db.executemany(sql, rows)
+            self._db.executemany(sql, rows)
 
     def _checkpoint(self) -> None:
         if self._unsynced:
@@ -189,33 +186,37 @@ class Journal:
                             "mtime", exc)
         self._ops.put(op)
 
+    def _submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn`` for the journal thread, behind everything queued; its result (or
+        error) comes in the returned future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def op() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the waiting caller
+                future.set_exception(exc)
+
+        self._ops.put(op)
+        return future
+
     def _wait(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the journal thread after everything queued; block until done."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._ops.put(lambda: _settle(future, fn))
-        return future.result()
+        return self._submit(fn).result()
 
     async def _call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the journal thread after everything queued and return its result
         (or raise its error). Not cancellable: a commit that was queued happens, and its
         caller must learn how it went."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
-        def op() -> None:
-            _settle(future, fn)
+        def wake(_: object) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
 
-        self._ops.put(op)
+        future = self._submit(fn)
+        future.add_done_callback(wake)
         with trio.CancelScope(shield=True):
             await done.wait()
         return future.result()
-
-
-def _settle(future: concurrent.futures.Future[T], fn: Callable[[], T]) -> None:
-    try:
-        future.set_result(fn())
-    except BaseException as exc:  # handed to the waiting caller
-        future.set_exception(exc)
