@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -214,4 +215,34 @@ async def test_a_file_renamed_or_deleted_while_its_first_write_is_journaled(
     assert rows(journal) == expected
     assert item.dirty == (change == "rename")
     cache.close()
+    journal.close()
+
+
+async def test_commits_keep_their_order_across_the_journal_thread(tmp_path: Path) -> None:
+    """After a checkpoint commits go to the journal thread; once one has come back they are
+    made in place again, but never ahead of a commit still queued there: a file cleaned
+    (its upload done) and then written again must keep its row."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    await journal.mark_dirty("k", "/f", "")
+    await journal.sync()  # from here commits go to the thread
+    first, second = threading.Event(), threading.Event()
+    journal._put(first.wait)  # the journal thread is held: what follows queues up
+    written = trio.Event()
+
+    async def write_again() -> None:
+        await journal.mark_dirty("k", "/f", "")
+        written.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.mark_dirty, "other", "/g", "")
+        await trio.sleep(0.05)
+        journal._put(second.wait)
+        journal.mark_clean("k")  # the upload of k is done: queued behind the second gate
+        first.set()  # "other" comes back while the clean of k still waits
+        await trio.sleep(0.05)
+        nursery.start_soon(write_again)
+        await trio.sleep(0.05)
+        assert not written.is_set(), "committed ahead of the queued mark_clean"
+        second.set()
+    assert sorted(r.key for r in journal.records()) == ["k", "other"]
     journal.close()
