@@ -379,6 +379,15 @@ class BlockCache:
             return None
         return self._open_cache_file(item, create=False)
 
+    async def local_copy_fd(self, item: CacheItem) -> int | None:
+        """The store's local copy of clean ``item`` (the library's, ``local_path``: on
+        omni.client's ``file:`` provider the file itself), opened read-only, as the backing
+        file of a read-only passthrough open; None when the driver keeps no local copy or
+        the item is dirty or being written. Raises AssetFSError (the copy cannot be had)."""
+        if self.mode != "local" or item.dirty or item.writers or item.complete:
+            return None
+        return await self._source_fd(item)
+
     def passthrough_room(self, item: CacheItem) -> bool:
         """Whether a writer of ``item`` may write through the kernel (passthrough) rather
         than through :meth:`write`. The daemon cannot refuse those writes at ``max_bytes``,
