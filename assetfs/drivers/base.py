@@ -298,6 +298,12 @@ class Driver(ABC):
         :attr:`events_ready` once their subscription is live.
         """
         self.events_ready.set()
+        await self.poll(sink)
+
+    async def poll(self, sink: EventSink) -> None:
+        """The polling loop of :meth:`run_events`, without reporting readiness: a push
+        driver that also polls as a safety net (OMERO.fs) runs this beside its
+        subscription and sets :attr:`events_ready` only once the subscription is live."""
         while True:
             folders = self.watched
             if not folders:

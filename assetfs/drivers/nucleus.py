@@ -39,6 +39,7 @@ from .base import (
     ReadMode,
     join,
     size_mtime_version,
+    split,
 )
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,12 @@ class NucleusDriver(Driver):
         return await self.stat(path)
 
     async def mkdir(self, path: str) -> Entry:
+        """Create folder ``path``. ``create_folder`` makes missing parents too (seen on the
+        ``file:`` provider, tests/test_conformance.py), so a missing parent is checked
+        first: NotFound (NotADirectory for a file), as the contract says."""
+        parent = split(path)[0]
+        if not (await self.stat(parent)).is_dir:
+            raise errors.NotADirectory(url=self.url_of(parent))
         url = self.url_of(path)
         (result,) = await self._call(oc.create_folder_with_callback, url)
         check(result, url, "create_folder")

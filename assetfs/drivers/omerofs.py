@@ -614,7 +614,7 @@ class OmeroFSDriver(Driver):
         try:
             async with trio.open_nursery() as nursery:
                 if self.poll_interval > 0:
-                    nursery.start_soon(super().run_events, sink)
+                    nursery.start_soon(self.poll, sink)
                 await self._supervise_monitor(client, sink)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
