@@ -36,8 +36,10 @@ from .base import (
     Entry,
     EventSink,
     Kind,
+    ReadMode,
     join,
     size_mtime_version,
+    split,
 )
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ class NucleusDriver(Driver):
 
     schemes = ("omniverse", "omni", "file")
     capabilities = Capabilities(
-        writable=True, local_path=True, push_events=True, checkpoints=True, locks=True
+        writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
     lazy_xattrs = ("acl", "checkpoints")
 
@@ -158,7 +160,9 @@ class NucleusDriver(Driver):
         """The ``file:`` provider has no checkpoints, locks or ACLs (ERROR_NOT_SUPPORTED,
         backends/nucleus.md): say so in the capabilities and do not list those xattrs."""
         if self._local_root is not None:
-            self.capabilities = Capabilities(writable=True, local_path=True, push_events=True)
+            self.capabilities = Capabilities(
+                writable=True, read_mode=ReadMode.LOCAL, push_events=True
+            )
             self.lazy_xattrs = ()
 
     def url_of(self, path: str) -> str:
@@ -239,6 +243,12 @@ class NucleusDriver(Driver):
         return await self.stat(path)
 
     async def mkdir(self, path: str) -> Entry:
+        """Create folder ``path``. ``create_folder`` makes missing parents too (seen on the
+        ``file:`` provider, tests/test_conformance.py), so a missing parent is checked
+        first: NotFound (NotADirectory for a file), as the contract says."""
+        parent = split(path)[0]
+        if not (await self.stat(parent)).is_dir:
+            raise errors.NotADirectory(url=self.url_of(parent))
         url = self.url_of(path)
         (result,) = await self._call(oc.create_folder_with_callback, url)
         check(result, url, "create_folder")
