@@ -253,7 +253,7 @@ def report(results: Results, rounds: int, cold: bool) -> None:
     print("\nassetfs FUSE requests per small file (open+read+close, after a listing):")
     ops = sorted({op for counts in results.per_file for op in counts})
     medians = {op: statistics.median(c.get(op, 0.0) for c in results.per_file) for op in ops}
-    print("  " + ", ".join(f"{op} {n:.2f}" for op, n in medians.items() if n)
+    print("  " + ", ".join(f"{op} {n:.2f}" for op, n in medians.items() if n >= 0.005)
           + f"; total {sum(medians.values()):.2f}")
     print(f"assetfs FUSE requests per entry in the 2nd ls -lR: "
           f"{statistics.median(results.per_entry):.3f}")

@@ -543,15 +543,23 @@ class BlockCache:
         return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
 
     async def _source_fd(self, item: CacheItem) -> int:
-        if item.source_fd is None:
-            async with item.fill_lock:
-                if item.source_fd is None:
-                    local = await self.remote.local_path(item.path)
-                    item.local_source = local
-                    item.source_fd = os.open(local, os.O_RDONLY)
-                    # readers through FUSE come in 1 MiB requests, one at a time: let the
-                    # kernel read ahead on the local copy in big steps meanwhile
-                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        """The local copy of ``item``, opened by the first caller while later ones wait. The
+        first takes the lock without a checkpoint: on ``file:`` the copy is found without
+        a remote call, and a small file's open then costs no scheduler pass for it."""
+        while item.source_fd is None:
+            if item.fill_lock.locked():
+                async with item.fill_lock:
+                    continue
+            item.fill_lock.acquire_nowait()
+            try:
+                local = await self.remote.local_path(item.path)
+                item.local_source = local
+                item.source_fd = os.open(local, os.O_RDONLY)
+                # readers through FUSE come in 1 MiB requests, one at a time: let the
+                # kernel read ahead on the local copy in big steps meanwhile
+                os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            finally:
+                item.fill_lock.release()
         return item.source_fd
 
     def _blocks(self, start: int, end: int) -> range:
