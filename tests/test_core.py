@@ -1,4 +1,4 @@
-"""Issue 2: the core daemon with the Nucleus driver on omni.client's file: provider, used
+"""The core daemon with the Nucleus driver on omni.client's file: provider, used
 through a real FUSE mount by ordinary tools."""
 
 from __future__ import annotations
