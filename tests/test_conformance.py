@@ -167,7 +167,8 @@ async def vsphere_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             await driver.close()
 
 
-@pytest.fixture(params=["memory", "nucleus", "omerofs", "vsphere"])
+@pytest.fixture(params=["memory", "nucleus", pytest.param("omerofs", marks=pytest.mark.omero),
+                        pytest.param("vsphere", marks=pytest.mark.vsphere)])
 async def target(request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
     make = {

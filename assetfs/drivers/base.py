@@ -110,7 +110,7 @@ class ChangeKind(enum.Enum):
     """A folder subscription went live with this listing (``ChangeEvent.listing``): changes
     made between the mount's own listing and that moment reach no event, so the invalidator
     compares the two (omni.client: a file made right after ``list_subscribe`` is in the
-    initial list and never in an event, backends/nucleus.md)."""
+    initial list and never in an event, docs/backends/nucleus.md)."""
 
 
 @dataclass(frozen=True)

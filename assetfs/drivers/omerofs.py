@@ -35,7 +35,7 @@ The block cache's reads (:meth:`OmeroFSDriver.read_into`) run in a fetch process
 (:mod:`assetfs.drivers.omerofs_fetch`), which writes the bytes straight into the cache files:
 in the daemon, Ice's reply unmarshalling and the FUSE request path compete for one GIL.
 
-Quirks of the real servers this driver is shaped by (see ``backends/omero-fs.md``):
+Quirks of the real servers this driver is shaped by (see ``docs/backends/omero-fs.md``):
 
 - ``getBulkDirectory`` stats names relative to the server's working directory, so listings
   are ``getDirectory`` plus one ``getStats`` per child, issued in parallel (AMI, no threads).
