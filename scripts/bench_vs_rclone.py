@@ -18,7 +18,8 @@ before" through it. Measured:
 
 - cold read: ``big.bin`` in 1 MiB reads after the kernel page cache was dropped (root only;
   otherwise it is a warm read and says so), MiB/s;
-- warm re-read: the median of three more reads of ``big.bin``, MiB/s;
+- warm re-read: once every view is warm again, three more reads of ``big.bin`` per view,
+  the views taking turns; their median, MiB/s;
 - small files: ``small/`` listed (as find, rsync or a file manager do first), then each file
   opened, read and closed, files/s; for assetfs the FUSE requests that took, per file, by
   operation (the daemon's ``requests`` counters in ``user.assetfs.status``), and for both
@@ -188,13 +189,20 @@ def open_view(name: str, store: Path, work: Path) -> Iterator[View]:
             yield view
 
 
-def read_figures(view: View, results: Results) -> None:
-    """Cold read, then the median of three warm re-reads, of ``big.bin`` through ``view``."""
-    figures = results.figures[view.name]
-    drop_caches()
-    figures["cold MiB/s"].append(read_all(view.root / "big.bin"))
-    figures["warm MiB/s"].append(statistics.median(read_all(view.root / "big.bin")
-                                                   for _ in range(3)))
+def read_figures(views: list[View], results: Results) -> None:
+    """``big.bin`` through each view: a cold read after dropping the caches, then, once all
+    are warm, three re-reads of each view taken in turn (their median)."""
+    for view in views:
+        drop_caches()
+        results.figures[view.name]["cold MiB/s"].append(read_all(view.root / "big.bin"))
+    for view in views:  # warm again what the later drops took
+        read_all(view.root / "big.bin")
+    warm: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(3):
+        for view in views:
+            warm[view.name].append(read_all(view.root / "big.bin"))
+    for name, values in warm.items():
+        results.figures[name]["warm MiB/s"].append(statistics.median(values))
 
 
 def small_file_figures(view: View, files: int, results: Results) -> None:
@@ -236,8 +244,7 @@ def measure_round(views: list[View], files: int, results: Results) -> None:
         listing_figures(view, results)
     for view in views:
         small_file_figures(view, files, results)
-    for view in views:  # last: each cold read drops the page cache, dentries and inodes
-        read_figures(view, results)
+    read_figures(views, results)  # last: each cold read drops the page cache and dentries
 
 
 def report(results: Results, rounds: int, cold: bool) -> None:
