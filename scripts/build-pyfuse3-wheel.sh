@@ -18,7 +18,7 @@
 # The wheel is cached in ${XDG_CACHE_HOME:-$HOME/.cache}/assetfs/wheels-pyfuse3/<key>, the key
 # being a hash of the patches, this script, build-libfuse.sh and the interpreter version: a
 # changed patch builds anew. About 1 min on 2 cores from nothing (libfuse, then the C compile
-# of pyfuse3); then instant.
+# of pyfuse3, without debug information: half the compile time); then instant.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,9 +46,10 @@ tar -xzf "$work"/pyfuse3-3.5.0.tar.gz -C "$work"
 for patch_file in "${PATCH_FILES[@]}"; do
   patch -d "$work/pyfuse3-3.5.0" -p1 < "$patch_file" >/dev/null
 done
-log "building pyfuse3 3.5.0 (${PATCHES[*]}) against libfuse in $prefix (Cython + C compile, ~40 s)"
+log "building pyfuse3 3.5.0 (${PATCHES[*]}) against libfuse in $prefix (Cython + C compile, ~25 s)"
 mkdir -p "$OUT.tmp"
-PKG_CONFIG_PATH="$prefix/lib/pkgconfig" LDFLAGS="-Wl,-rpath,$prefix/lib" \
+# -g0: no debug information for Cython's 40,000-line C file, half the compile time (-O3 stays)
+CFLAGS="${CFLAGS:-} -g0" PKG_CONFIG_PATH="$prefix/lib/pkgconfig" LDFLAGS="-Wl,-rpath,$prefix/lib" \
   "$PYTHON" -m pip wheel -q --no-deps --no-binary pyfuse3 -w "$OUT.tmp" "$work/pyfuse3-3.5.0" >&2
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 log "cached $(ls "$OUT"/pyfuse3-3.5.0-*.whl)"
