@@ -237,6 +237,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = events["last_event"]
         print(f"  events: {events['state']}, {events['received']} received, last "
               + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
+        driver_state = status.get("driver_state")
+        if driver_state:
+            print(f"  driver: {json.dumps(driver_state)}")
         loop = status.get("loop")
         if isinstance(loop, dict):
             print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "

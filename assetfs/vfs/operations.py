@@ -472,6 +472,7 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable or flags & os.O_TRUNC:
             self._writable()
+            self.driver.check_create(path, Kind.FILE)  # a file the store cannot replace
         # an inode open in passthrough mode is bound to its cache file (vfs/passthrough.py)
         item = self.passthrough.bound_item(inode) or self.cache.get(path, entry)
         if flags & os.O_TRUNC and writable:
@@ -609,8 +610,10 @@ class Operations(pyfuse3.Operations):
             except ValueError:
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
-        await self.driver.control(self._path(inode), action, value)
-        self.metadata.forget(self._path(inode))
+        path = self._path(inode)
+        await self.writeback.settle(path)  # the action sees what was written there
+        await self.driver.control(path, action, value)
+        self.metadata.forget(path)
 
     @_errno
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
