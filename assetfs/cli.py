@@ -99,6 +99,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return spawn_daemon(args, config)
 
 
+def shown_url(url: str) -> str:
+    """``url`` for messages: a query string (where a token would sit) is never printed."""
+    base, sep, _ = url.partition("?")
+    return base + ("?<redacted>" if sep else "")
+
+
 def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
     """Run the daemon in this process until unmounted."""
     logging.basicConfig(
@@ -117,7 +123,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
 
         trio.run(daemon.run, config, ready)
     except errors.AssetFSError as exc:
-        message = f"assetfs: cannot mount {config.url}: {exc}"
+        message = f"assetfs: cannot mount {shown_url(config.url)}: {exc}"
         if ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(ready_fd, message.encode() + b"\n")
@@ -158,7 +164,7 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.readline()
     if answer == READY:
-        print(f"assetfs: mounted {config.url} on {config.mountpoint} "
+        print(f"assetfs: mounted {shown_url(config.url)} on {config.mountpoint} "
               f"(pid {proc.pid}, log {logfile})")
         return 0
     proc.wait(timeout=30)

@@ -225,6 +225,12 @@ class Driver(ABC):
         I/O; the default is False."""
         return False
 
+    def appends_only(self, path: str) -> bool:
+        """True when the content of ``path`` only ever grows (a console log): a new version
+        keeps the bytes already cached, and open handles read on to the new end (``tail
+        -f``). No I/O; the default is False."""
+        return False
+
     def status(self) -> dict[str, object]:
         """Driver state for ``assetfs status`` (JSON-able: downloads in progress...)."""
         return {}

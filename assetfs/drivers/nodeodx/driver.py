@@ -414,6 +414,11 @@ class NodeODXDriver(Driver):
         parts = self._parts(path)
         return len(parts) == 2 and parts[1] == COMMIT_FILE and parts[0] in self._staged
 
+    def appends_only(self, path: str) -> bool:
+        """``console.txt`` of a task only grows while it runs (``tail -f`` follows it)."""
+        parts = self._parts(path)
+        return len(parts) == 2 and parts[1] == CONSOLE and parts[0] in self._folders
+
     async def mkdir(self, path: str) -> Entry:
         """Stage a new task named after the folder. Raises AlreadyExists, InvalidName,
         NotSupported/ReadOnly where :meth:`check_create` refuses."""
