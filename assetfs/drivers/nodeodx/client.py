@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 
 from ... import errors
-from ...config import flag
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +68,13 @@ class CannotRestart(errors.AssetFSError):
     errno = errno.EBUSY
 
 
-def read_token(options: Mapping[str, str]) -> str:
+def read_token(options: Mapping[str, Any]) -> str:
     """The token from ``-o token_file=PATH`` (mode 0600, owned by the caller; the first
     non-empty line, or a ``token=...`` line) or ``$ASSETFS_NODEODX_TOKEN``; "" for none.
 
     Raises PermissionDenied for a credentials file others can read, that is not the
     caller's or cannot be read; BadURL for ``-o token=`` (argv is visible to every user)."""
-    if "token" in options:
+    if options.get("token") is not None:
         raise errors.BadURL(
             f"never pass the token in -o token=: use ${TOKEN_ENV} or -o token_file=PATH "
             "(a mode 0600 file)")
@@ -161,7 +160,7 @@ class NodeClient:
     (for messages); ``timeout`` seconds per HTTP call (connect, each read, each write)."""
 
     def __init__(self, base_url: str, url: str, token: str, timeout: float,
-                 options: Mapping[str, str]) -> None:
+                 options: Mapping[str, Any]) -> None:
         self.base_url = base_url
         self.url = url
         self._token = token
@@ -170,7 +169,7 @@ class NodeClient:
             context = ssl.create_default_context(cafile=bundle or None)
         except (OSError, ssl.SSLError) as exc:
             raise errors.AssetFSError(f"cannot load CA bundle {bundle}: {exc}") from exc
-        if flag(options, "insecure"):
+        if options.get("insecure"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         self.http = httpx.AsyncClient(

@@ -10,15 +10,16 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from ... import errors
+from ... import options as opt
 from ...config import default_cache_root, mount_id
-from ..base import Capabilities, Driver, Entry, Kind
+from ..base import Capabilities, Driver, Entry, Kind, ReadMode
 from .archive import Archives
 from .client import TOKEN_ENV, NodeClient, NotReady, SessionLost, node_error, read_token
 from .staging import COMMIT_FILE, OPTIONS_FILE, Staged, parse_options, stored_name
@@ -43,9 +44,20 @@ class NodeODXDriver(Driver):
     token) and ``/options``."""
 
     schemes = ("nodeodx", "nodeodxs")
-    capabilities = Capabilities(writable=True, ranged_read=False, local_path=False,
-                                push_events=False, rename=False)
+    capabilities = Capabilities(writable=True, read_mode=ReadMode.STREAM, push_events=False,
+                                rename=False)
     poll_interval = 2.0
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("token_file", opt.text, "",
+                   f"a mode 0600 file holding the node's token (else ${TOKEN_ENV})"),
+        opt.Option("token", opt.text, None, "refused: a token in argv is visible to all"),
+        opt.Option("poll_finished", opt.seconds, 30.0,
+                   "how long the info of a finished task is kept"),
+        opt.Option("call_timeout", opt.seconds, 30.0, "timeout of every HTTP call"),
+        opt.Option("spool_dir", opt.text, "", "where result archives are downloaded"),
+        opt.Option("insecure", opt.boolean, False, "do not verify the node's TLS certificate"),
+        opt.Option("ca_bundle", opt.text, "", "trust the PEM certificates in this file"),
+    )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -64,9 +76,9 @@ class NodeODXDriver(Driver):
         port = parts.port or (443 if scheme == "nodeodxs" else 3000)
         self.url = f"{scheme}://{host}:{port}/"
         self.base_url = f"{'https' if scheme == 'nodeodxs' else 'http'}://{host}:{port}"
-        self.poll_finished = float(options.get("poll_finished") or 30)
-        self.call_timeout = float(options.get("call_timeout") or 30)
-        spool = options.get("spool_dir")
+        self.poll_finished = float(self.options["poll_finished"])
+        self.call_timeout = float(self.options["call_timeout"])
+        spool = self.options["spool_dir"]
         self.spool = Path(spool) if spool else (
             default_cache_root() / f"nodeodx-spool-{mount_id(self.url)}")
         self._client: NodeClient | None = None
