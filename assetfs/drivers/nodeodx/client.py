@@ -17,15 +17,20 @@ import os
 import re
 import ssl
 import stat as stat_module
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import httpcore
 import httpx
+import trio
 
 from ... import errors
+from ..vsphere.rest import LargeReadBackend
 
 log = logging.getLogger(__name__)
 
+CHUNK = 1 << 20
+"""Bytes per socket read and per piece of an uploaded file."""
 TOKEN_ENV = "ASSETFS_NODEODX_TOKEN"
 """Environment variable holding the node's token (when no ``-o token_file`` is given)."""
 
@@ -172,10 +177,19 @@ class NodeClient:
         if options.get("insecure"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        self.http = httpx.AsyncClient(
-            base_url=base_url, verify=context, timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-            follow_redirects=False)
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        self.http = httpx.AsyncClient(base_url=base_url, verify=context, limits=limits,
+                                      timeout=httpx.Timeout(timeout), follow_redirects=False)
+        direct = getattr(self.http, "_transport", None)
+        if isinstance(direct, httpx.AsyncHTTPTransport):
+            # 1 MiB per socket read instead of httpcore's 64 KiB, as the vSphere driver
+            # does (its rest.py explains the private attribute): a 512 MiB archive costs
+            # 512 reads in the daemon's one trio thread instead of 8192
+            direct._pool = httpcore.AsyncConnectionPool(
+                ssl_context=context, max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=LargeReadBackend(CHUNK))
 
     def params(self, **extra: Any) -> dict[str, Any]:
         """Query parameters of a call: ``extra`` plus the token, when there is one."""
@@ -205,3 +219,35 @@ class NodeClient:
         if isinstance(body, dict) and (body.get("error") or body.get("success") is False):
             raise node_error(str(body.get("error") or "refused"), what, url)
         return body
+
+
+def file_part(field: str, name: str, source: str, size: int
+              ) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+    """A ``multipart/form-data`` body holding local file ``source`` (``size`` bytes) as
+    field ``field`` with file name ``name``: (headers, body in pieces of :data:`CHUNK`).
+
+    httpx's own multipart encoder reads files 64 KiB at a time, 16 times the trio steps per
+    byte of this one (a copy-in of 800 MiB of images is 12800 of them); the body is the
+    same (RFC 7578; the file name quoted as httpx does: ``"`` as ``%22``)."""
+    boundary = os.urandom(16).hex()
+    quoted = name.replace("\\", "\\\\").replace('"', "%22")
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{quoted}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}",
+               "content-length": str(len(head) + size + len(tail))}
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        left = size
+        with open(source, "rb") as stream:
+            while left > 0:
+                piece = await trio.to_thread.run_sync(stream.read, min(CHUNK, left))
+                if not piece:
+                    raise errors.AssetFSError(f"{source} is shorter than {size} bytes")
+                left -= len(piece)
+                yield piece
+        yield tail
+
+    return headers, body()

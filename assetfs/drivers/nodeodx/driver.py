@@ -21,7 +21,15 @@ from ... import options as opt
 from ...config import default_cache_root, mount_id
 from ..base import Capabilities, Driver, Entry, Kind, ReadMode
 from .archive import Archives
-from .client import TOKEN_ENV, NodeClient, NotReady, SessionLost, node_error, read_token
+from .client import (
+    TOKEN_ENV,
+    NodeClient,
+    NotReady,
+    SessionLost,
+    file_part,
+    node_error,
+    read_token,
+)
 from .staging import COMMIT_FILE, OPTIONS_FILE, Staged, parse_options, stored_name
 from .tasks import ACTIVE, NODE_DIR, Rendered, TaskState, folder_names
 
@@ -477,7 +485,7 @@ class NodeODXDriver(Driver):
             uuid = await self._session(staged, path)
             shown = stored_name(set(staged.files), name)
             try:
-                await self._upload(uuid, shown if shown == name else name, source, path)
+                await self._upload(uuid, name, source, size, path)
             except SessionLost:
                 async with staged.lock:
                     if staged.session == uuid:
@@ -528,10 +536,10 @@ class NodeODXDriver(Driver):
                 log.info("staged task %s: upload session %s", staged.name, staged.session)
             return staged.session
 
-    async def _upload(self, uuid: str, name: str, source: str, path: str) -> None:
-        with open(source, "rb") as stream:
-            await self.client.call("POST", f"/task/new/upload/{uuid}", "upload", path,
-                                   files=[("images", (name, stream, "application/octet-stream"))])
+    async def _upload(self, uuid: str, name: str, source: str, size: int, path: str) -> None:
+        headers, body = file_part("images", name, source, size)
+        await self.client.call("POST", f"/task/new/upload/{uuid}", "upload", path,
+                               headers=headers, content=body)
 
     async def commit(self, staged: Staged, path: str) -> None:
         """Commit ``staged``: processing starts and the folder shows the task. Raises
