@@ -98,6 +98,8 @@ async def test_a_completed_task_shows_info_console_archive_and_members(
     assert await read(driver, f"/survey/results/{ortho}") == member_bytes(ortho,
                                                                           ZIP_LAYOUT[ortho])
     assert driver.status()["archives"][uuid]["complete"] is True
+    extracted = driver.archives.downloads[uuid].extracted
+    assert set(extracted) == set(ZIP_LAYOUT) and all(m.done for m in extracted.values())
     node_info = json.loads(await read(driver, "/.node/info.json"))
     assert node_info["engine"] == "odx"
     assert "dsm" in {o["name"] for o in json.loads(await read(driver, "/.node/options.json"))}
@@ -280,3 +282,79 @@ async def test_query_strings_never_reach_the_log(peer: Peer, driver: NodeODXDriv
         await driver.list("/")
     assert caplog.records and TOKEN not in caplog.text
     assert os.environ[TOKEN_ENV] == TOKEN
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream without seek: zipfile then writes data descriptors (bit 3), as
+    streaming zip writers do."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.data += b
+        return len(b)
+
+
+def _archive(streamed: bool, members: dict[str, bytes]) -> bytes:
+    target: Any = _Unseekable() if streamed else io.BytesIO()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            if streamed:
+                with archive.open(name, "w") as member:
+                    member.write(data)
+            else:
+                archive.writestr(name, data)
+    return bytes(target.data) if streamed else target.getvalue()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["sizes-in-header", "data-descriptor"])
+def test_members_are_extracted_while_the_archive_arrives(tmp_path: Path, streamed: bool) -> None:
+    import threading
+
+    from assetfs.drivers.nodeodx.unzip import Growing, extract
+
+    members = {"a/one.bin": os.urandom(3 << 20), "b.txt": b"text " * 1000, "c/d/e": b""}
+    data = _archive(streamed, members)
+    spool = tmp_path / "all.zip"
+    spool.write_bytes(b"")
+    state = {"received": 0, "ended": False}
+    found: list[Any] = []
+
+    def arrive() -> None:  # the download, in pieces
+        with open(spool, "r+b") as out:
+            for at in range(0, len(data), 100_000):
+                out.seek(at)
+                out.write(data[at:at + 100_000])
+                out.flush()
+                state["received"] = min(len(data), at + 100_000)
+        state["ended"] = True
+
+    writer = threading.Thread(target=arrive)
+    writer.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    feed = Growing(spool, lambda: state["received"], lambda: state["ended"], threading.Event())
+    extract(feed, out, found.append, lambda: None)
+    feed.close()
+    writer.join()
+    assert {m.name: m.path.read_bytes() for m in found} == members
+    assert all(m.done and not m.failed for m in found)
+
+
+def test_a_cut_archive_leaves_the_member_failed(tmp_path: Path) -> None:
+    import threading
+
+    from assetfs.drivers.nodeodx.unzip import Growing, extract
+
+    data = _archive(False, {"big": os.urandom(1 << 20)})[:500_000]
+    spool = tmp_path / "all.zip"
+    spool.write_bytes(data)
+    found: list[Any] = []
+    feed = Growing(spool, lambda: len(data), lambda: True, threading.Event())
+    extract(feed, tmp_path, found.append, lambda: None)
+    feed.close()
+    assert len(found) == 1 and found[0].failed and not found[0].done

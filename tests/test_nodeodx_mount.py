@@ -76,6 +76,9 @@ def test_a_task_folder_shows_info_console_archive_and_results(peer: Peer,
         task = m.path / "survey-1"
         assert sorted(os.listdir(m.path)) == [".node", "survey-1"]
         assert sorted(os.listdir(task)) == ["all.zip", "console.txt", "info.json", "results"]
+        subprocess.run(["ls", "-la", str(task), str(task / "info.json")], check=True,
+                       capture_output=True)  # what a file manager does: stat every child
+        assert (task / "results").is_dir() and (task / "all.zip").stat().st_size > 0
         status = json.loads(os.getxattr(m.path, "user.assetfs.status"))
         assert status["driver_state"]["archives"] == {}  # showing the folder fetched nothing
         assert xattr(task, "uuid") == uuid and xattr(task, "status") == "COMPLETED"
@@ -85,8 +88,12 @@ def test_a_task_folder_shows_info_console_archive_and_results(peer: Peer,
         assert info["uuid"] == uuid and info["name"] == "survey-1"
         assert (task / "console.txt").read_text().endswith("Done.\n")
         assert (task / "results" / ORTHO).read_bytes() == member_bytes(ORTHO, ZIP_LAYOUT[ORTHO])
-        status = json.loads(os.getxattr(m.path, "user.assetfs.status"))
-        assert status["driver_state"]["archives"][uuid]["complete"] is True
+
+        def downloaded() -> bool:  # the member may be read before the archive has ended
+            status = json.loads(os.getxattr(m.path, "user.assetfs.status"))
+            return bool(status["driver_state"]["archives"][uuid]["complete"])
+
+        wait_for(downloaded, 20, "the archive download")
         listing = subprocess.run(["ls", "-lR", str(task)], capture_output=True, text=True,
                                  check=True).stdout
         assert "report.pdf" in listing and "odm_orthophoto.tif" in listing
@@ -224,6 +231,22 @@ def test_wrong_token_and_token_in_url_are_refused_in_one_line(peer: Peer,
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "put no token" in result.stderr and TOKEN not in result.stderr
+
+
+def test_an_unreachable_node_fails_the_mount_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "mnt").mkdir()
+    cmd = assetfs_command("mount", f"nodeodx://127.0.0.1:{port}/", str(tmp_path / "mnt"),
+                          "-o", f"timeout=2,cache_dir={tmp_path / 'c'},spool_dir={tmp_path / 's'}")
+    result = subprocess.run(cmd, env={**os.environ, TOKEN_ENV: TOKEN}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "cannot connect" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_the_token_never_reaches_the_log(peer: Peer, tmp_path: Path) -> None:

@@ -236,13 +236,13 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         try:
-            path = self._path(inode)
-        except errors.NotFound:  # unlinked or replaced while open: fstat still works
+            return self.attributes(inode, await self.ns.entry(self._path(inode)))
+        except errors.NotFound:
+            # unlinked, replaced, or deleted on the store while open: fstat still works
             item = next((h.item for h in self._handles.values() if h.inode == inode), None)
             if item is None:
                 raise
             return self.attributes(inode, item.entry(None, split(item.path)[1]))
-        return self.attributes(inode, await self.ns.entry(path))
 
     @_errno
     async def setattr(

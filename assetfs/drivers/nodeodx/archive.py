@@ -7,6 +7,13 @@ download per task into ``<spool>/<uuid>.zip``; readers of ``all.zip`` follow it 
 grows (bytes already received answer at once); listings and members of ``results/``
 wait until it is complete, then are served from the spool file with :mod:`zipfile`.
 
+While it arrives, a worker thread inflates the members in archive order into files of
+their own (:mod:`.unzip`): a member's size is known once its local header has arrived
+(or, for a member with a data descriptor, once it is extracted), and its reader follows
+the extraction; so the first ``cat`` of a member overlaps the download, and once the
+archive is in, every member is a local file. Members the extractor leaves alone are read
+with :mod:`zipfile` from the complete archive.
+
 The download runs in a trio system task, so it outlives the reader that started it (a
 ``cat`` interrupted halfway does not waste what arrived); :meth:`Archives.close` stops it.
 """
@@ -19,6 +26,8 @@ import errno
 import logging
 import os
 import posixpath
+import shutil
+import threading
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +38,7 @@ import trio
 
 from ... import errors
 from .client import NodeClient, node_error
+from .unzip import Extracted, Growing, extract
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -60,6 +70,11 @@ class Download:
     members: dict[str, Member] | None = None
     arrived: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope | None = None
+    received_all: bool = False
+    """No more bytes will be written to the spool (done or failed): the extractor's end."""
+    extracted: dict[str, Extracted] = field(default_factory=dict)
+    """Members found by the extractor, by path."""
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def signal(self) -> None:
         """Wake everyone waiting for progress."""
@@ -108,10 +123,12 @@ class Archives:
         download = self.downloads.pop(uuid, None)
         if download is None:
             return
+        download.stop.set()
         if download.scope is not None:
             download.scope.cancel()
         with contextlib.suppress(OSError):
             download.path.unlink()
+        shutil.rmtree(download.path.with_suffix(".d"), ignore_errors=True)
 
     def close(self) -> None:
         """Stop every download and delete the spool files."""
@@ -136,14 +153,29 @@ class Archives:
         what = f"download of all.zip of task {download.uuid}"
         with trio.CancelScope() as scope:
             download.scope = scope
-            download.received = 0
+            download.received, download.received_all = 0, False
+            download.extracted, download.stop = {}, threading.Event()
             try:
                 fd = os.open(download.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                failure: list[errors.AssetFSError | OSError] = []
                 try:
-                    await self._receive(download, endpoint, what, where, fd)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._extract, download)
+                        try:
+                            await self._receive(download, endpoint, what, where, fd)
+                        except (errors.AssetFSError, OSError) as exc:
+                            failure.append(exc)  # raised below, not as an exception group
+                        finally:
+                            download.received_all = True
                 finally:
                     os.close(fd)
+                if failure:
+                    raise failure[0]
                 download.members = await trio.to_thread.run_sync(read_index, download.path)
+                for name, extracted in download.extracted.items():
+                    member = download.members.get(name)
+                    if member is None or member.size != extracted.size:
+                        extracted.failed = True
                 download.complete = True
                 log.info("downloaded all.zip of task %s (%d bytes)", download.uuid,
                          download.received)
@@ -158,6 +190,38 @@ class Archives:
         if scope.cancelled_caught and download.error is None:
             download.error = errors.Unavailable(f"{what}: stopped")
         download.signal()
+
+    async def _extract(self, download: Download) -> None:
+        """Run :func:`.unzip.extract` over the spool as it grows, in a worker thread."""
+        folder = download.path.with_suffix(".d")
+        folder.mkdir(exist_ok=True)
+        token = trio.lowlevel.current_trio_token()
+        stop = download.stop
+
+        def found(member: Extracted) -> None:
+            download.extracted.setdefault(member.name, member)
+
+        def progress() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(download.signal)
+
+        def run() -> None:
+            feed = Growing(download.path, lambda: download.received,
+                           lambda: download.received_all, stop)
+            try:
+                extract(feed, folder, found, progress)
+            finally:
+                feed.close()
+
+        try:
+            await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        except OSError as exc:
+            log.debug("extraction of all.zip of task %s stopped: %s", download.uuid, exc)
+        finally:
+            stop.set()
+            for member in download.extracted.values():
+                member.failed = member.failed or not member.done  # left to zipfile
+            download.signal()
 
     async def _receive(self, download: Download, endpoint: str, what: str, where: str,
                        fd: int) -> None:
@@ -227,18 +291,67 @@ class Archives:
             if download.complete and offset >= download.received:
                 return
 
+    async def member(self, uuid: str, name: str, where: str) -> Member | None:
+        """Member ``name`` as soon as its size is known (its local header arrived, or it is
+        extracted, or the archive is complete); None when ``name`` is a folder of the
+        archive. Starts the download if none runs. Raises NotFound, the download's error."""
+        download = self._get(uuid)
+        joined = False
+        prefix = name + "/"
+        while True:
+            if download.complete and download.members is not None:
+                found = download.members.get(name)
+                if found is not None:
+                    return found
+                if any(n.startswith(prefix) for n in download.members):
+                    return None
+                raise errors.NotFound(f"no {name} in the archive", url=where)
+            early = download.extracted.get(name)
+            if early is not None and early.size is not None and early.crc is not None:
+                return Member(name, early.size, early.mtime_ns, early.crc)
+            if any(n.startswith(prefix) for n in download.extracted):
+                return None
+            if not download.running:
+                if joined:
+                    raise download.error or errors.Unavailable("download stopped", url=where)
+                self._start(download, where)
+            joined = True
+            await download.arrived.wait()
+
     async def stream_member(self, uuid: str, name: str, where: str) -> AsyncIterator[bytes]:
-        """The bytes of member ``name`` (waits for the whole download). Raises NotFound."""
+        """The bytes of member ``name``: following its extraction while the archive
+        arrives, else (a member the extractor left alone) from the complete archive.
+        Raises NotFound, IsADirectory, the download's error."""
+        download = self._get(uuid)
+        sent = 0
+        if await self.member(uuid, name, where) is None:
+            raise errors.IsADirectory(url=where)
+        early = download.extracted.get(name)
+        if early is not None:
+            with open(early.path, "rb") as stream:
+                while not early.failed:
+                    piece = stream.read(min(CHUNK, early.written - sent))
+                    if piece:
+                        sent += len(piece)
+                        yield piece
+                    elif early.done:
+                        return
+                    else:
+                        await download.arrived.wait()
         members = await self.members(uuid, where)
         if name not in members:
             raise errors.NotFound(f"no {name} in the archive", url=where)
-        path = self._get(uuid).path
-        archive = await trio.to_thread.run_sync(zipfile.ZipFile, path)
+        archive = await trio.to_thread.run_sync(zipfile.ZipFile, download.path)
         try:
             member = await trio.to_thread.run_sync(archive.open, name)
             try:
+                skip = sent  # the extractor's bytes before it failed were sent already
                 while piece := await trio.to_thread.run_sync(member.read, CHUNK):
-                    yield piece
+                    if skip >= len(piece):
+                        skip -= len(piece)
+                        continue
+                    yield piece[skip:]
+                    skip = 0
             finally:
                 member.close()
         except (OSError, zipfile.BadZipFile) as exc:

@@ -20,7 +20,7 @@ from ... import errors
 from ... import options as opt
 from ...config import default_cache_root, mount_id
 from ..base import Capabilities, Driver, Entry, Kind, ReadMode
-from .archive import Archives
+from .archive import Archives, Member
 from .client import (
     TOKEN_ENV,
     NodeClient,
@@ -43,6 +43,12 @@ LIST_PARALLEL = 8
 
 def _dir(name: str, mtime_ns: int = 0, **metadata: str) -> Entry:
     return Entry(name=name, kind=Kind.DIR, mtime_ns=mtime_ns, mode=0o755, metadata=metadata)
+
+
+def _member_entry(task: TaskState, name: str, member: Member) -> Entry:
+    """A file of ``results/``: its size, time and CRC-32 as the archive gives them."""
+    return Entry(name=name, kind=Kind.FILE, size=member.size, mtime_ns=member.mtime_ns,
+                 version=f"{task.uuid}:{member.crc:08x}:{member.size}")
 
 
 class NodeODXDriver(Driver):
@@ -281,6 +287,7 @@ class NodeODXDriver(Driver):
         prefix = "/".join(rel)
         children: dict[str, Entry] = {}
         now = time.monotonic()
+        created = int(task.info.get("dateCreated") or 0) * 1_000_000
         for name, member in members.items():
             if prefix and not name.startswith(prefix + "/"):
                 if name == prefix:
@@ -291,11 +298,9 @@ class NodeODXDriver(Driver):
             if task.is_hidden("/".join([RESULTS, *rel, first]), now):
                 continue
             if deeper:
-                children.setdefault(first, _dir(first, member.mtime_ns))
+                children.setdefault(first, _dir(first, created))
             else:
-                children[first] = Entry(name=first, kind=Kind.FILE, size=member.size,
-                                        mtime_ns=member.mtime_ns,
-                                        version=f"{task.uuid}:{member.crc:08x}:{member.size}")
+                children[first] = _member_entry(task, first, member)
         if prefix and not children:
             raise errors.NotFound(url=self.describe(path))
         return children
@@ -347,6 +352,8 @@ class NodeODXDriver(Driver):
             if staged is not None:
                 return staged.entry()
             return (await self._task(parts[0], path)).entry(parts[0])
+        if len(parts) > 2 and parts[1] == RESULTS and parts[0] not in self._staged:
+            return await self._result(parts, path)
         parent = "/" + "/".join(parts[:-1])
         if len(parts) == 2 and parts[0] == NODE_DIR and parts[1] == INFO:
             info = await self.client.call("GET", "/info", "node info")
@@ -355,6 +362,22 @@ class NodeODXDriver(Driver):
         if entry is None:
             raise errors.NotFound(url=self.describe(path))
         return entry
+
+    async def _result(self, parts: list[str], path: str) -> Entry:
+        """The entry of ``results/<member or folder>``: answered as soon as the archive's
+        bytes tell (the member's local header), not only once it is complete."""
+        task = await self._task(parts[0], path)
+        where = self.describe(path)
+        if task.is_hidden("/".join(parts[1:]), time.monotonic()) or await self._asset(task) < 0:
+            raise errors.NotFound(url=where)
+        try:
+            member = await self.archives.member(task.uuid, "/".join(parts[2:]), where)
+        except NotReady:
+            task.asset = -1
+            raise
+        if member is None:
+            return _dir(parts[-1], int(task.info.get("dateCreated") or 0) * 1_000_000)
+        return _member_entry(task, parts[-1], member)
 
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``. Raises NotFound, NotADirectory."""
