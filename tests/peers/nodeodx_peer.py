@@ -124,9 +124,12 @@ def build_archive(target: Path, layout: dict[str, int], pad: int = 0) -> None:
     """Write the canned all.zip: ``layout`` members (name -> bytes), deflated at level 1
     (incompressible content makes that nearly a copy), plus a ``pad`` bytes member."""
     tmp = target.with_suffix(".tmp")
+    stamp = time.gmtime()[:6]
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for name, size in layout.items():
-            with archive.open(name, "w", force_zip64=size > (1 << 30)) as out:
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=size > (1 << 30)) as out:
                 rng = random.Random(name)
                 left = size
                 while left:

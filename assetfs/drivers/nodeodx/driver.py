@@ -104,6 +104,8 @@ class NodeODXDriver(Driver):
         self._staged: dict[str, Staged] = {}
         self._offered: list[dict[str, Any]] = []
         self._node_files = {INFO: Rendered(), "options.json": Rendered()}
+        self._started_ns = time.time_ns()
+        """Shown as the time of the top folder and of ``.node``."""
 
     # --- connection ---------------------------------------------------------------
     @property
@@ -310,7 +312,7 @@ class NodeODXDriver(Driver):
         parts = self._parts(path)
         if not parts:
             await self._refresh()
-            entries = {NODE_DIR: _dir(NODE_DIR)}
+            entries = {NODE_DIR: _dir(NODE_DIR, self._started_ns)}
             for folder, uuid in self._folders.items():
                 task = self._tasks.get(uuid)
                 if task is not None:
@@ -344,10 +346,10 @@ class NodeODXDriver(Driver):
         parts = self._parts(path)
         if not parts:
             await self.client.call("GET", "/info", "node info")
-            return _dir("")
+            return _dir("", self._started_ns)
         if len(parts) == 1:
             if parts[0] == NODE_DIR:
-                return _dir(NODE_DIR)
+                return _dir(NODE_DIR, self._started_ns)
             staged = self._staged.get(parts[0])
             if staged is not None:
                 return staged.entry()
