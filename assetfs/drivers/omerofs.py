@@ -35,7 +35,7 @@ The block cache's reads (:meth:`OmeroFSDriver.read_into`) run in a fetch process
 (:mod:`assetfs.drivers.omerofs_fetch`), which writes the bytes straight into the cache files:
 in the daemon, Ice's reply unmarshalling and the FUSE request path compete for one GIL.
 
-Quirks of the real servers this driver is shaped by (see ``backends/omero-fs.md``):
+Quirks of the real servers this driver is shaped by (see ``docs/backends/omero-fs.md``):
 
 - ``getBulkDirectory`` stats names relative to the server's working directory, so listings
   are ``getDirectory`` plus one ``getStats`` per child, issued in parallel (AMI, no threads).
@@ -614,7 +614,7 @@ class OmeroFSDriver(Driver):
         try:
             async with trio.open_nursery() as nursery:
                 if self.poll_interval > 0:
-                    nursery.start_soon(super().run_events, sink)
+                    nursery.start_soon(self.poll, sink)
                 await self._supervise_monitor(client, sink)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
