@@ -216,6 +216,33 @@ def test_node_restart_loses_tasks_and_results_without_a_hang(peer: Peer,
         assert sorted(os.listdir(m.path)) == [".node", "kept"]
 
 
+def test_node_restart_mid_upload_never_commits_with_images_missing(peer: Peer,
+                                                                     tmp_path: Path) -> None:
+    images = {f"{i}.jpg": os.urandom(64 << 10) for i in range(5)}
+    with mount_node(peer, tmp_path) as m:
+        task = m.path / "interrupted"
+        task.mkdir()
+        for name in ("0.jpg", "1.jpg", "2.jpg"):
+            (task / name).write_bytes(images[name])
+        wait_for(lambda: xattr(task, "images_count") == "3", 20, "the first uploads")
+        peer.restart(clean=False)  # the node forgets the upload session
+        for name in ("3.jpg", "4.jpg"):
+            (task / name).write_bytes(images[name])
+        wait_for(lambda: "copy these images again" in xattr(task, "error"), 20, "the loss")
+        with pytest.raises(OSError) as refused:
+            os.setxattr(task, "user.assetfs.commit", b"1")
+        assert refused.value.errno == errno.EBUSY
+        assert peer.uuids() == []
+        for name in ("0.jpg", "1.jpg", "2.jpg"):
+            (task / name).write_bytes(images[name])
+        os.setxattr(task, "user.assetfs.commit", b"1")
+        held = peer.task(peer.uuids()[0])
+        import hashlib
+
+        assert {i["name"]: i["sha256"] for i in held["images"]} == {
+            n: hashlib.sha256(b).hexdigest() for n, b in images.items()}
+
+
 def test_wrong_token_and_token_in_url_are_refused_in_one_line(peer: Peer,
                                                                tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()

@@ -39,7 +39,9 @@ Choices made where upstream is silent (docs/backends/nodeodx.md, "The test peer"
 - a missing token is answered like a wrong one (``token does not match.``);
 - uploaded images are not kept: their names, sizes and SHA-256 are (``GET /_peer/task``);
 - console output: two lines at commit, twenty over the RUNNING phase, three at the end;
-- ``outputs`` is recorded but the archive is not narrowed; ``webhook`` is never called.
+- ``outputs`` is recorded but the archive is not narrowed; ``webhook`` is never called;
+- the canned archive is written by :mod:`zipfile`: sizes in the local headers, no data
+  descriptors (whether the real node's writes them was not observed).
 
 Peer-only routes (never used by the driver): ``POST /_peer/timings`` (JSON ``start``,
 ``queued``, ``running`` seconds, ``fail`` message or null), ``GET /_peer/task/{uuid}``,

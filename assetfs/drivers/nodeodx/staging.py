@@ -35,9 +35,10 @@ COMMIT_FILE = "COMMIT"
 
 
 class Incomplete(errors.AssetFSError):
-    """The staged task cannot be committed as it is (images missing or taken back)."""
+    """The staged task cannot be committed as it is (images missing, taken back, or none):
+    EBUSY, since EAGAIN from a FUSE setxattr reaches the caller as EOPNOTSUPP."""
 
-    errno = errno.EAGAIN
+    errno = errno.EBUSY
 
 
 def parse_options(data: bytes, offered: list[dict[str, Any]]) -> list[dict[str, Any]]:
