@@ -31,7 +31,7 @@ from .client import (
     read_token,
 )
 from .staging import COMMIT_FILE, OPTIONS_FILE, Staged, parse_options, stored_name
-from .tasks import ACTIVE, NODE_DIR, Rendered, TaskState, folder_names
+from .tasks import ACTIVE, FINISHED_WITH_RESULTS, NODE_DIR, Rendered, TaskState, folder_names
 
 log = logging.getLogger(__name__)
 INFO, CONSOLE, ARCHIVE, RESULTS = "info.json", "console.txt", "all.zip", "results"
@@ -178,7 +178,7 @@ class NodeODXDriver(Driver):
             raise node_error("task info is not an object", "task info", where)
         before = task.code
         task.take_info(info, time.monotonic())
-        if task.code != before and (task.code in ACTIVE or before == 40):
+        if task.code != before and task.code in ACTIVE:  # restarted: a new archive will come
             self.archives.forget(task.uuid)
 
     async def _refresh(self, force: bool = False) -> None:
@@ -244,7 +244,7 @@ class NodeODXDriver(Driver):
 
     async def _asset(self, task: TaskState) -> int:
         """The archive's size in bytes (a HEAD), or -1 when it is not available."""
-        if task.code not in (40, 50):
+        if task.code not in FINISHED_WITH_RESULTS:
             return -1
         now = time.monotonic()
         if task.asset is not None and now - task.asset_checked < self.poll_finished:

@@ -19,9 +19,13 @@ from typing import Any
 
 from ..base import Entry, Kind
 
-STATUS = {10: "QUEUED", 20: "RUNNING", 30: "FAILED", 40: "COMPLETED", 50: "CANCELED"}
+QUEUED, RUNNING, FAILED, COMPLETED, CANCELED = 10, 20, 30, 40, 50
 """Task status codes (docs/backends/nodeodx.md, Status and lifecycle)."""
-ACTIVE = (10, 20)
+STATUS = {QUEUED: "QUEUED", RUNNING: "RUNNING", FAILED: "FAILED", COMPLETED: "COMPLETED",
+          CANCELED: "CANCELED"}
+ACTIVE = (QUEUED, RUNNING)
+FINISHED_WITH_RESULTS = (COMPLETED, CANCELED)
+"""Statuses whose archive may be downloadable (a COMPLETED task canceled keeps it)."""
 NODE_DIR = ".node"
 """The reserved folder holding the node's ``info.json`` and ``options.json``."""
 NAME_LIMIT = 200
