@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import errors, retry
+from ..backoff import Backoff
 from ..drivers.base import ChangeEvent, ChangeKind, Driver, Entry, split
 from .blocks import BlockCache, CacheItem
 
@@ -75,7 +75,8 @@ class WriteBack:
         self.on_uploaded = on_uploaded
         self.events = events
         self.workers = workers
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.5, cap=max_backoff, floor=0.5)
+        """Waits between tries of a failing upload (0.5-1 s, doubling up to ``max_backoff``)."""
         self.stats = UploadStats()
         self._due: dict[CacheItem, float] = {}
         self._attempts: dict[CacheItem, int] = {}
@@ -185,8 +186,7 @@ class WriteBack:
             self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
             self._errors[item] = exc
             log.warning("upload of %s failed (%s); retrying", self.driver.describe(item.path), exc)
-            backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
-            self.schedule(item, backoff)
+            self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)
