@@ -30,7 +30,7 @@ the daemon is mostly per read.
 Units: sizes in bytes, times in seconds unless a name says ``_ns``.
 
 Errors: every HTTP status, vAPI error type and transport failure is translated in one place,
-:meth:`VsphereDriver._error`, into :mod:`assetfs.errors` types: 401/403 -> PermissionDenied,
+:meth:`.rest.RestClient.error`, into :mod:`assetfs.errors` types: 401/403 -> PermissionDenied,
 404 -> NotFound, ``already_exists`` -> AlreadyExists, ``invalid_argument`` -> InvalidName,
 ``resource_busy``/``not_allowed_in_current_state`` -> Locked, 502/503/504, connection and
 read failures -> Unavailable, timeouts -> TimedOut, TLS verification failures -> a plain
