@@ -37,6 +37,7 @@ from .base import (
     Entry,
     EventSink,
     Kind,
+    ReadMode,
     join,
     size_mtime_version,
 )
@@ -121,7 +122,7 @@ class NucleusDriver(Driver):
 
     schemes = ("omniverse", "omni", "file")
     capabilities = Capabilities(
-        writable=True, local_path=True, push_events=True, checkpoints=True, locks=True
+        writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
     lazy_xattrs = ("acl", "checkpoints")
 
@@ -159,7 +160,9 @@ class NucleusDriver(Driver):
         """The ``file:`` provider has no checkpoints, locks or ACLs (ERROR_NOT_SUPPORTED,
         backends/nucleus.md): say so in the capabilities and do not list those xattrs."""
         if self._local_root is not None:
-            self.capabilities = Capabilities(writable=True, local_path=True, push_events=True)
+            self.capabilities = Capabilities(
+                writable=True, read_mode=ReadMode.LOCAL, push_events=True
+            )
             self.lazy_xattrs = ()
 
     def url_of(self, path: str) -> str:

@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlsplit
 import trio
 
 from ... import bounded, errors
-from ..base import Capabilities, Driver, Entry, EventSink
+from ... import options as opt
+from ..base import Capabilities, Driver, Entry, EventSink, ReadMode
 from .entries import Versions, to_entry
 from .fetch import FetchWorker
 from .ice import IceSession, KiB, MiB, ice_properties
@@ -30,11 +31,30 @@ class OmeroFSDriver(Driver):
 
     schemes: ClassVar[tuple[str, ...]] = ("omerofs",)
     capabilities: ClassVar[Capabilities] = Capabilities(
-        writable=False, ranged_read=True, push_events=True, rename=False
+        writable=False, read_mode=ReadMode.RANGED, push_events=True, rename=False
     )
     lazy_xattrs: ClassVar[tuple[str, ...]] = ("sha1",)
     poll_interval: float = 60.0
     """Seconds between safety-net re-lists of watched folders (see :meth:`run_events`)."""
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("fileserver", opt.text, "", "Ice proxy of the FileServer (overrides HOST:PORT)"),
+        opt.Option("monitor", opt.text, "",
+                   "MonitorServer as HOST:PORT, PORT or a proxy (default PORT+1); off: no events"),
+        opt.Option("fileserver_id", opt.text, "FileServer", "FileServer object identity"),
+        opt.Option("monitor_id", opt.text, "MonitorServer", "MonitorServer object identity"),
+        opt.Option("locator", opt.text, "", "Ice.Default.Locator (behind IceGrid)"),
+        opt.Option("call_timeout", opt.seconds, 10.0, "Ice invocation timeout of one call"),
+        opt.Option("connect_timeout", opt.seconds, 5.0, "Ice connect timeout"),
+        opt.Option("sha1_timeout", opt.seconds, 300.0, "invocation timeout of getSHA1"),
+        opt.Option("block_size", opt.size, DEFAULT_BLOCK, "bytes per readBlock call"),
+        opt.Option("read_parallel", opt.integer, 4, "readBlock calls in flight"),
+        opt.Option("callback_host", opt.text, "127.0.0.1",
+                   "address our MonitorClient adapter listens on"),
+        opt.Option("monitor_check", opt.seconds, 1.0,
+                   "seconds between liveness checks of the MonitorServer"),
+        opt.Option("Ice.*", opt.text, None, "an Ice communicator property"),
+        opt.Option("IceSSL.*", opt.text, None, "an IceSSL communicator property"),
+    )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)

@@ -39,7 +39,7 @@ AssetFSError naming ``-o ca_bundle``/``-o insecure``.
 Server quirks handled here (vcsim from govmomi 0.24.2; a real vCenter may differ):
 
 - **No ranged read**: the download endpoint ignores ``Range`` and replies 200 with the whole
-  body (chunked, no Content-Length), so ``capabilities.ranged_read`` is False and content is
+  body (chunked, no Content-Length), so ``capabilities.read_mode`` is ``STREAM`` and content is
   read with :meth:`~VsphereDriver.open_stream`. :meth:`~VsphereDriver.read` still works: it
   uses a 206 reply when the server honours Range and otherwise skips to ``offset``.
 - **One global lock**: the simulator serves every ``/rest`` request, data transfers included,

@@ -9,14 +9,14 @@ import contextlib
 import errno
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import trio
 
 from ... import errors
-from ...config import flag
-from ..base import Capabilities, Driver, Entry, Kind, split
+from ... import options as opt
+from ..base import Capabilities, Driver, Entry, Kind, ReadMode, split
 from .catalog import Catalog, File, Where
 from .entries import file_entry, item_entry, library_entry, root_entry
 from .rest import CONTENT_API, PASSWORD_ENV, REBUILD_PREFIX, RestClient
@@ -38,10 +38,22 @@ class VsphereDriver(Driver):
     schemes = ("vsphere",)
     capabilities = Capabilities(
         writable=True,
-        ranged_read=False,  # vcsim ignores Range (package docstring)
-        local_path=False,
+        read_mode=ReadMode.STREAM,  # vcsim ignores Range (package docstring)
         push_events=False,
         rename=True,
+    )
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("http", opt.boolean, False, "plain http (the test simulator)"),
+        opt.Option("insecure", opt.boolean, False, "do not verify the server's TLS certificate"),
+        opt.Option("ca_bundle", opt.text, "", "trust the PEM certificates in this file"),
+        opt.Option("credentials", opt.text, "", "a mode 0600 file holding the password"),
+        opt.Option("call_timeout", opt.seconds, 30.0, "timeout of every HTTP call"),
+        opt.Option("prepare_timeout", opt.seconds, 120.0,
+                   "how long a download session may take to reach PREPARED"),
+        opt.Option("keepalive", opt.seconds, 120.0, "transfer session keep-alive interval"),
+        opt.Option("item_type", opt.text, "file", "type of the items mkdir creates"),
+        opt.Option("datastore", opt.text, "", "datastore id of libraries mkdir creates"),
+        opt.Option("spool_dir", opt.text, "", "scratch space for the simulator's item rebuild"),
     )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
@@ -53,29 +65,29 @@ class VsphereDriver(Driver):
             raise errors.BadURL(
                 f"put no password in the URL; use ${PASSWORD_ENV} or -o credentials=PATH"
             )
-        use_http = flag(options, "http")
+        use_http = bool(self.options["http"])
         scheme = "http" if use_http else "https"
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         port = parts.port or (80 if use_http else 443)
         prefix = tuple(unquote(p) for p in parts.path.split("/") if p)
         if len(prefix) > 2:
             raise errors.BadURL(f"a mount URL names at most /LIBRARY/ITEM: {url!r}")
-        self.item_type = options.get("item_type") or "file"
-        self.datastore = options.get("datastore") or ""
+        self.item_type = str(self.options["item_type"])
+        self.datastore = str(self.options["datastore"])
         self._rest = RestClient(
             f"{scheme}://{host}:{port}",
             unquote(parts.username or ""),
             self.options,
-            float(options.get("call_timeout") or 30),
+            float(self.options["call_timeout"]),
             self.describe,
         )
         self._catalog = Catalog(self._rest, prefix)
         self._transfers = Transfers(
             self._rest,
             self._catalog,
-            prepare_timeout=float(options.get("prepare_timeout") or 120),
-            keepalive_interval=float(options.get("keepalive") or 120),
-            spool_dir=options.get("spool_dir") or tempfile.gettempdir(),
+            prepare_timeout=float(self.options["prepare_timeout"]),
+            keepalive_interval=float(self.options["keepalive"]),
+            spool_dir=str(self.options["spool_dir"]) or tempfile.gettempdir(),
             item_type=self.item_type,
         )
         self._item_locks: dict[str, trio.Lock] = {}
@@ -179,7 +191,7 @@ class VsphereDriver(Driver):
     async def read(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``: one download session and one GET with Range.
         On a server that ignores Range (vcsim) the bytes before ``offset`` are read and
-        dropped, so prefer :meth:`open_stream` there (``capabilities.ranged_read`` is False).
+        dropped, so prefer :meth:`open_stream` there (``capabilities.read_mode`` is ``STREAM``).
         """
         item, file = await self._file_for_read(path)
         if size <= 0 or offset >= file.size:
