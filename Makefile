@@ -45,10 +45,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -rs
 
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) scripts/bench_read.py

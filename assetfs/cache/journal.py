@@ -254,7 +254,8 @@ class Journal:
         done: Handoff[T] = Handoff()
         self._submit(fn).add_done_callback(lambda future: done.set(outcome.capture(future.result)))
         with trio.CancelScope(shield=True):
-            return await done.wait()
+            result = await done.wait()
+        return result
 
 
 def _logged(fn: Callable[[], None], consequence: str) -> None:

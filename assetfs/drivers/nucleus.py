@@ -16,6 +16,7 @@ Quirks handled here (observed on omni.client 2.75.1):
 
 from __future__ import annotations
 
+import builtins
 import calendar
 import collections
 import datetime as dt
@@ -124,7 +125,7 @@ class NucleusDriver(Driver):
     capabilities = Capabilities(
         writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
-    lazy_xattrs = ("acl", "checkpoints")
+    lazy_xattrs: tuple[str, ...] = ("acl", "checkpoints")
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -355,7 +356,7 @@ class NucleusDriver(Driver):
             except trio.ClosedResourceError:
                 pass
 
-    def _ended(self, folder: str, this: list[Any], result: Any) -> None:
+    def _ended(self, folder: str, this: builtins.list[Any], result: Any) -> None:
         """The subscription ``this`` (a one-element list) of ``folder`` ended. A folder
         deleted and made again may already have a new subscription, which the old one's
         late end must not drop (seen under load: files made in the new folder went unseen)."""
@@ -376,7 +377,7 @@ class NucleusDriver(Driver):
         self._subscriptions.pop(folder, None)
 
     @property
-    def watched(self) -> list[str]:
+    def watched(self) -> builtins.list[str]:
         return list(self._subscriptions)
 
     async def run_events(self, sink: EventSink) -> None:

@@ -30,10 +30,10 @@ class OmeroFSDriver(Driver):
     """Read-only OMERO.fs store with push events. See the module docstring for URL/options."""
 
     schemes: ClassVar[tuple[str, ...]] = ("omerofs",)
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities: Capabilities = Capabilities(
         writable=False, read_mode=ReadMode.RANGED, push_events=True, rename=False
     )
-    lazy_xattrs: ClassVar[tuple[str, ...]] = ("sha1",)
+    lazy_xattrs: tuple[str, ...] = ("sha1",)
     poll_interval: float = 60.0
     """Seconds between safety-net re-lists of watched folders (see :meth:`run_events`)."""
     declared_options: ClassVar[tuple[opt.Option, ...]] = (

@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import Ice  # type: ignore[import-not-found]
-import omero  # type: ignore[import-not-found]
-import omero_FS_ice  # type: ignore[import-not-found]  # noqa: F401  (omero.grid.monitors)
+import Ice
+import omero
+import omero_FS_ice  # noqa: F401  (omero.grid.monitors)
 import trio
 
 from ... import errors

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import Ice  # type: ignore[import-not-found]
+import Ice
 import trio
 
 from ... import errors
@@ -80,7 +80,7 @@ class MonitorKeeper:
         token = trio.lowlevel.current_trio_token()
         keeper = self
 
-        class Client(monitors.MonitorClient):  # type: ignore[misc, name-defined]
+        class Client(monitors.MonitorClient):  # type: ignore[misc]  # an untyped Ice class
             def fsEventHappened(self, monitor_id: str, events: Any, current: Any = None) -> None:
                 batch = [(str(e.fileId), e.type) for e in events]
                 try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -175,7 +175,7 @@ class VsphereDriver(Driver):
         assert item is not None and file is not None
         return item, file
 
-    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The whole file as chunks of up to 1 MiB from offset 0, through one download
         session (deleted afterwards, also on cancellation or ``aclose``).
 
@@ -184,7 +184,7 @@ class VsphereDriver(Driver):
         short: fewer bytes than the listed size)."""
         item, file = await self._file_for_read(path)
         stream = self._transfers.download(str(item["id"]), file.name, path, file.size)
-        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+        async with contextlib.aclosing(stream) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -198,7 +198,7 @@ class VsphereDriver(Driver):
             return b""
         size = min(size, file.size - offset)
         stream = self._transfers.download(str(item["id"]), file.name, path, None, offset, size)
-        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+        async with contextlib.aclosing(stream) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
     def check_create(self, path: str, kind: Kind) -> None:

@@ -7,13 +7,12 @@ package docstring).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +91,8 @@ class Transfers:
         endpoint = f"{CONTENT_API}/library/item/downloadsession/file/id:{sid}"
         deadline = time.monotonic() + self.prepare_timeout
         action, what = "prepare", "prepare download"
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             info = await self._rest.call(
                 "POST", endpoint, what, path, params={"~action": action}, body={"file_name": name}
             )
@@ -114,6 +114,7 @@ class Transfers:
                     url=self._rest.describe(path),
                 )
             await trio.sleep(POLL_BACKOFF.delay(attempt))
+            attempt += 1
             action, what = "get", "download status"
 
     async def _end_session(self, kind: str, sid: str, path: str) -> None:
@@ -162,7 +163,7 @@ class Transfers:
         expected: int | None,
         offset: int = 0,
         length: int | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes ``[offset, offset+length)`` of file ``name`` of item ``item_id`` (all when
         ``length`` is None) through a download session: create, prepare, wait PREPARED, GET,
         delete. Ranged when the server honours Range, else by skipping (vcsim).
@@ -317,7 +318,8 @@ class Transfers:
                 "POST", endpoint, "complete upload", path, params={"~action": "complete"}
             )
         deadline = time.monotonic() + self.prepare_timeout
-        for attempt in itertools.count():
+        attempt = 0
+        while True:
             try:
                 info = await self._rest.call("GET", endpoint, "upload status", path) or {}
             except errors.NotFound:
@@ -337,6 +339,7 @@ class Transfers:
                     url=self._rest.describe(path),
                 )
             await trio.sleep(POLL_BACKOFF.delay(attempt))
+            attempt += 1
 
     async def abort(self, sid: str, path: str) -> None:
         """Cancel and delete an update session (best effort, shielded, 5 s)."""
@@ -410,7 +413,7 @@ class Transfers:
                     stream = self.download(old_id, file.name, path, file.size)
                     async with (
                         await trio.open_file(spool, "wb") as out,
-                        contextlib.aclosing(stream) as chunks,  # type: ignore[type-var]
+                        contextlib.aclosing(stream) as chunks,
                     ):
                         async for chunk in chunks:
                             await out.write(chunk)
