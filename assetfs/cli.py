@@ -321,12 +321,15 @@ def mount_helper(argv: list[str] | None = None) -> int:
     while rest:
         flag = rest.pop(0)
         if flag == "-o" and rest:
-            options += [o for o in rest.pop(0).split(",") if o and o not in _FSTAB_ONLY]
+            options += [o for o in rest.pop(0).split(",")
+                        if o and o not in _FSTAB_ONLY and not o.startswith(_FSTAB_PREFIXES)]
     return main(["mount", url, mountpoint] + (["-o", ",".join(options)] if options else []))
 
 
 _FSTAB_ONLY = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev"}
+_FSTAB_PREFIXES = ("x-", "comment=")
+"""Options for mount(8) and systemd (``x-systemd.automount``, ``comment=systemd.*``)."""
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ _M_MMAP_THRESHOLD = -3
 
 def raise_read_ahead(mountpoint: Path, kib: int) -> None:
     """Let the kernel send 1 MiB reads instead of 128 KiB ones by raising the mount's
-    ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (design.md, Request sizes). Root only;
-    silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
+    ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (docs/architecture.md, Request sizes).
+    Root only; silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
     ``stat`` of the mount point from the daemon's own trio thread would hang. The kernel
     resets the value when it gets the daemon's FUSE_INIT reply, so this runs after it."""
     target = os.path.abspath(mountpoint)

@@ -108,7 +108,7 @@ def parse(raw: Mapping[str, str], *declared: Iterable[Option]) -> dict[str, Any]
     known = {option.name: option for group in declared for option in group}
     prefixes = {name[:-1]: option for name, option in known.items() if name.endswith("*")}
     values: dict[str, Any] = {
-        name: option.default for name, option in known.items() if name not in prefixes
+        name: option.default for name, option in known.items() if not name.endswith("*")
     }
     for name, value in raw.items():
         option = known.get(name) or next(

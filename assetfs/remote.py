@@ -92,10 +92,12 @@ class Remote:
         """``fn()`` under ``policy`` (the mount's by default). A failure for want of the
         store (Unavailable, TimedOut) is logged here once with the URL and marked
         ``logged``; other errors (NotFound...) are answers, not failures."""
+        label = f"{what} of {self.describe(path)}"
         try:
-            return await retry.call(fn, policy or self.policy, f"{what} {self.describe(path)}")
+            return await retry.call(fn, policy or self.policy, label)
         except errors.Unavailable as exc:
-            log.warning("%s of %s failed: %s", what, self.describe(path), exc)
+            text = str(exc)
+            log.warning("%s", text if text.startswith(label) else f"{label}: {text}")
             exc.logged = True
             raise
 

@@ -1,4 +1,4 @@
-"""Issue 3: unit tests of the write-back journal (and of how the block cache replays it),
+"""Unit tests of the write-back journal (and of how the block cache replays it),
 without FUSE: replay after a clean close, a journal left by a SIGKILLed process, a torn
 write-ahead log, and rows for renamed, re-dirtied and deleted files."""
 

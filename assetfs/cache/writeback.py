@@ -6,7 +6,7 @@ the result), and at start-up for every file the journal lists. A failed upload i
 with capped exponential backoff and jitter, for ever: the journal keeps the data safe
 meanwhile, and a store that comes back gets everything. If the remote version changed since
 the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time>``
-(design.md, Conflicts), never over it.
+(docs/architecture.md, What a write does), never over it.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class ChangeKind(enum.Enum):
     """A folder subscription went live with this listing (``ChangeEvent.listing``): changes
     made between the mount's own listing and that moment reach no event, so the invalidator
     compares the two (omni.client: a file made right after ``list_subscribe`` is in the
-    initial list and never in an event, backends/nucleus.md)."""
+    initial list and never in an event, docs/backends/nucleus.md)."""
 
 
 @dataclass(frozen=True)
@@ -301,6 +301,12 @@ class Driver(ABC):
         :attr:`events_ready` once their subscription is live.
         """
         self.events_ready.set()
+        await self.poll(sink)
+
+    async def poll(self, sink: EventSink) -> None:
+        """The polling loop of :meth:`run_events`, without reporting readiness: a push
+        driver that also polls as a safety net (OMERO.fs) runs this beside its
+        subscription and sets :attr:`events_ready` only once the subscription is live."""
         while True:
             folders = self.watched
             if not folders:

@@ -3,7 +3,7 @@
 Each handler resolves inodes to driver paths, asks the :class:`Namespace` what exists, and
 sends data through the block cache; project exceptions become ``FUSEError(exc.errno)`` in
 one place (:func:`_errno`). Handlers never call ``pyfuse3.invalidate_*`` (that deadlocks
-the mount, design.md); the invalidator task does.
+the mount, docs/architecture.md); the invalidator task does.
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ class Operations(pyfuse3.Operations):
         folder, entries = self._dirs[fh]
         if start_id == 0 and fh in self._listed:
             # rewinddir() on a handle held open (a file manager, os.listdir(fd)): POSIX
-            # wants the folder as it is now, not the snapshot taken at opendir (issue 4).
+            # wants the folder as it is now, not the snapshot taken at opendir.
             entries = sorted((await self.ns.listing(folder)).items())
             self._dirs[fh] = (folder, entries)
         self._listed.add(fh)

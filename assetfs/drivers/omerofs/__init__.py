@@ -40,7 +40,7 @@ Modules: :mod:`.driver` (the driver: URL, options, metadata and data calls), :mo
 (stats to entries and their versions), :mod:`.monitor` (the change feed), :mod:`.fetch` and
 :mod:`.fetch_process` (the fetch process, each side).
 
-Quirks of the real servers this driver is shaped by (see docs/omerofs.md):
+Quirks of the real servers this driver is shaped by (see docs/backends/omero-fs.md):
 
 - ``getBulkDirectory`` stats names relative to the server's working directory, so listings
   are ``getDirectory`` plus one ``getStats`` per child, issued in parallel (AMI, no threads).

@@ -315,7 +315,7 @@ class OmeroFSDriver(Driver):
         session = self._session()
         async with trio.open_nursery() as nursery:
             if self.poll_interval > 0:
-                nursery.start_soon(super().run_events, sink)
+                nursery.start_soon(self.poll, sink)
             await self._monitor.run(
                 session, sink, self.callback_host, self.monitor_check, self.events_ready
             )
