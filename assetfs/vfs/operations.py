@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,7 +23,8 @@ import pyfuse3
 import trio
 
 from .. import errors
-from ..cache.blocks import BlockCache, CacheItem
+from ..cache.blocks import BlockCache
+from ..cache.item import CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
 from ..loopwatch import OPERATION
@@ -41,7 +42,7 @@ BLKSIZE = 1 << 20
 """st_blksize: cp and friends size their buffers from it; 1 MiB requests suit FUSE."""
 
 
-def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Translate project exceptions and local OS errors into ``pyfuse3.FUSEError``."""
 
     name = handler.__name__
@@ -266,16 +267,18 @@ class Operations(pyfuse3.Operations):
             if not item.writers:
                 self.writeback.schedule(item)
         if fields.update_mtime and not entry.is_dir:
-            item = self.cache.shadowing(path)
-            if item is not None:
-                self.cache.set_mtime(item, attr.st_mtime_ns)
+            shadow = self.cache.shadowing(path)
+            if shadow is not None:
+                self.cache.set_mtime(shadow, attr.st_mtime_ns)
             elif (remote := await self.ns.remote(path)) is not None:
                 self.ns.mtimes.keep(path, remote.version, attr.st_mtime_ns)
         # chmod/chown/atime: the stores keep no POSIX owners or modes; accepted and ignored
         # so that cp -p and rsync -a work (as rclone mount and gcsfuse do).
         return self.attributes(inode, await self.ns.entry(path))
 
-    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    # pyfuse3 calls forget from its C callback without awaiting (handlers.pxi), so a plain
+    # function runs at once, before the next request; its stub declares a coroutine.
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
         for inode, count in inode_list:
             path = self.inodes.forget(inode, count)
             if path is not None:
@@ -456,7 +459,7 @@ class Operations(pyfuse3.Operations):
         if mode is IOMode.PASSTHROUGH:
             if writable:  # the page cache of earlier cached opens is stale from now on
                 self.kernel_version.pop(inode, None)
-            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)  # type: ignore[call-arg]
+            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)
         info = pyfuse3.FileInfo(fh=fh)
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
