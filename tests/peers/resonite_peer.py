@@ -46,7 +46,6 @@ import base64
 import contextlib
 import json
 import os
-import posixpath
 import signal
 import subprocess
 import sys
@@ -63,9 +62,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from resonite_seed import DIRECTORY, LINK, OWNER, Node, record_id, seed  # noqa: E402
+from resonite_seed import DIRECTORY, LINK, OWNER, Node, record_id, seed
 
-from assetfs.drivers.resonite import protocol  # noqa: E402
+from assetfs.drivers.resonite import protocol
 
 pb = protocol.inventory_pb2
 
@@ -184,7 +183,7 @@ class Inventory:
             os.replace(scratch, self.state)
 
     # --- rpcs -------------------------------------------------------------------------
-    def List(self, request: Any) -> Any:  # noqa: N802 - rpc names
+    def List(self, request: Any) -> Any:
         self._gate("List", request.path)
         node = self._walk(request.path)
         if not node.is_folder:
@@ -199,7 +198,7 @@ class Inventory:
         ]
         return pb.InventoryListing(path=request.path, entries=entries)
 
-    def MakeDir(self, request: Any) -> Any:  # noqa: N802
+    def MakeDir(self, request: Any) -> Any:
         self._gate("MakeDir", request.path)
         parent, name = self._parent(request.path, "create")
         if any(c.name == name for c in parent.children):
@@ -209,7 +208,7 @@ class Inventory:
         self._save()
         return pb.InventoryMutationResult(path=request.path, record_id=node.record_id)
 
-    def Copy(self, request: Any) -> Any:  # noqa: N802
+    def Copy(self, request: Any) -> Any:
         self._gate("Copy", request.source_path, request.destination_path)
         source = self._walk(request.source_path)
         if source is self.root:
@@ -224,7 +223,7 @@ class Inventory:
         return pb.InventoryMutationResult(path=request.destination_path,
                                           record_id=copy.record_id)
 
-    def Move(self, request: Any) -> Any:  # noqa: N802
+    def Move(self, request: Any) -> Any:
         self._gate("Move", request.source_path, request.destination_path)
         source = self._walk(request.source_path)
         if source is self.root:
@@ -241,7 +240,7 @@ class Inventory:
         return pb.InventoryMutationResult(path=request.destination_path,
                                           record_id=source.record_id)
 
-    def Remove(self, request: Any) -> Any:  # noqa: N802
+    def Remove(self, request: Any) -> Any:
         self._gate("Remove", request.path)
         node = self._walk(request.path)
         if node is self.root:
@@ -254,7 +253,7 @@ class Inventory:
         self._save()
         return pb.InventoryMutationResult(path=request.path, record_id=node.record_id)
 
-    def Spawn(self, request: Any) -> Any:  # noqa: N802
+    def Spawn(self, request: Any) -> Any:
         self._gate("Spawn", request.path)
         node = self._walk(request.path)
         if node.is_folder:
@@ -267,7 +266,7 @@ class Inventory:
                                        spawned_slot_id=f"ID{uuid.uuid4().hex[:8].upper()}",
                                        spawned_slot_name=node.name)
 
-    def FetchThumbnail(self, request: Any) -> Any:  # noqa: N802
+    def FetchThumbnail(self, request: Any) -> Any:
         if not request.path.strip():
             raise Fail(grpc.StatusCode.INVALID_ARGUMENT, "path must not be empty.")
         self._gate("FetchThumbnail", request.path)
@@ -277,13 +276,13 @@ class Inventory:
         return pb.InventoryThumbnailResponse(data=node.thumbnail,
                                              content_type=node.content_type)
 
-    def Ping(self, request: Any) -> Any:  # noqa: N802
+    def Ping(self, request: Any) -> Any:
         if time.monotonic() < self.switches.ready_at:
             raise Fail(grpc.StatusCode.FAILED_PRECONDITION, "Resonite is still starting.")
         return protocol.connection_pb2.PingResponse(message=request.message,
                                                     server_unix_nanos=time.time_ns())
 
-    def GetServerInfo(self, request: Any) -> Any:  # noqa: N802
+    def GetServerInfo(self, request: Any) -> Any:
         return protocol.info_pb2.ServerInfo(
             mod_version="0.7.0+assetfs-peer", engine_version="2026.1.1.0",
             platform=protocol.info_pb2.SERVER_PLATFORM_LINUX, is_wine=False,
@@ -313,7 +312,8 @@ def _copied(node: Node, name: str, now: int) -> Node:
 
 def _dump(node: Node) -> dict[str, Any]:
     data = asdict(node)
-    data["thumbnail"] = None if node.thumbnail is None else base64.b64encode(node.thumbnail).decode()
+    thumb = node.thumbnail
+    data["thumbnail"] = None if thumb is None else base64.b64encode(thumb).decode()
     data["children"] = [_dump(c) for c in node.children]
     return data
 
