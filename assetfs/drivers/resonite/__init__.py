@@ -12,8 +12,9 @@ Options (``-o``):
 - ``socket=PATH``: the game's socket; otherwise ``$RESONITE_IO_SOCKET``, else the one
   live ``resonite-<pid>.sock`` in ``$RESONITE_IO_SOCKET_DIR`` (else ``~/.resonite-io``),
   found again after the game restarts (discovery.py);
-- ``ready_timeout=SECONDS`` (30): how long the mount waits for ``Connection/Ping`` to stop
-  answering FAILED_PRECONDITION (the game starting);
+- ``ready_timeout=SECONDS`` (20): how long the mount waits for ``Connection/Ping`` to stop
+  answering FAILED_PRECONDITION (the game starting); the core's ``-o timeout`` (30) bounds
+  the whole connect as well;
 - ``call_timeout=SECONDS`` (10): the deadline of each rpc;
 - ``thumbnail_cache=PATH`` (``$XDG_CACHE_HOME/assetfs/resonite-thumbnails``): the store of
   thumbnails by record id and modification time, shared by all mounts (thumbnails.py);

@@ -102,7 +102,7 @@ class ResoniteDriver(Driver):
         options.setdefault("poll_interval", "5")
         super().__init__(url, options)
         self.root = server_root(url)
-        self.ready_timeout = self._seconds(options, "ready_timeout", 30.0)
+        self.ready_timeout = self._seconds(options, "ready_timeout", 20.0)
         self.listing_ttl = self._seconds(options, "listing_ttl", 1.0)
         try:
             self.concurrency = int(options.get("concurrency") or 16)
@@ -134,11 +134,14 @@ class ResoniteDriver(Driver):
         answers FAILED_PRECONDITION while starting), log ``Info/GetServerInfo``, and check
         that the mounted path is a folder.
 
-        Raises SocketNotFound / AmbiguousSocket at once (a one-line message naming the
-        variable), Unavailable when the game is not ready in time, NotFound or
+        Raises AssetFSError at once when no single socket is found (a one-line message
+        naming the variable) or when the game is not ready in time, NotFound or
         NotADirectory for the mounted path."""
         await trio.to_thread.run_sync(self.store.get, "")  # the store's one scan
-        await self._wait_ready()
+        try:
+            await self._wait_ready()
+        except (SocketNotFound, AmbiguousSocket) as exc:  # not worth a retry at mount time
+            raise errors.AssetFSError(str(exc)) from None
         try:
             info = await self._call("Info", "GetServerInfo",
                                     protocol.info_pb2.GetServerInfoRequest(), "")
@@ -161,7 +164,7 @@ class ResoniteDriver(Driver):
                 raise
             except (GameState, errors.Unavailable) as exc:
                 if trio.current_time() > deadline:
-                    raise errors.Unavailable(
+                    raise errors.AssetFSError(  # not retried: the wait was the retry
                         f"Resonite IO not ready after {self.ready_timeout:g}s ({exc}); "
                         "raise -o ready_timeout=SECONDS", url=self.url) from None
                 log.info("Resonite IO not ready yet (%s); waiting", exc)
