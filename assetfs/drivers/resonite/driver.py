@@ -11,14 +11,25 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import trio
 
 from ... import errors
+from ... import options as opt
 from ...config import default_cache_root
-from ..base import Capabilities, ChangeEvent, ChangeKind, Driver, Entry, EventSink, Kind, split
+from ..base import (
+    Capabilities,
+    ChangeEvent,
+    ChangeKind,
+    Driver,
+    Entry,
+    EventSink,
+    Kind,
+    ReadMode,
+    split,
+)
 from . import protocol
 from .discovery import AmbiguousSocket, SocketNotFound
 from .naming import Named, reachable, shown_names
@@ -94,35 +105,39 @@ class ResoniteDriver(Driver):
 
     schemes = ("resonite",)
     capabilities = Capabilities(
-        writable=True, ranged_read=False, local_path=True, push_events=False, rename=True,
+        writable=True, read_mode=ReadMode.LOCAL, push_events=False, rename=True,
     )
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("socket", opt.text, "", "the game's Resonite IO socket (default: found "
+                   "from $RESONITE_IO_SOCKET, $RESONITE_IO_SOCKET_DIR, ~/.resonite-io)"),
+        opt.Option("ready_timeout", opt.seconds, 20.0,
+                   "how long the mount waits for the game to answer Ping"),
+        opt.Option("call_timeout", opt.seconds, 10.0, "the deadline of each rpc"),
+        opt.Option("thumbnail_cache", opt.text, "",
+                   "the thumbnail store shared by all mounts (default "
+                   "$XDG_CACHE_HOME/assetfs/resonite-thumbnails)"),
+        opt.Option("concurrency", opt.integer, 16,
+                   "FetchThumbnail calls in flight while a folder is listed"),
+        opt.Option("listing_ttl", opt.seconds, 1.0,
+                   "how old a folder's listing may be when one name in it is looked up"),
+    )
+    poll_interval: float = 5.0
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
-        options = dict(options)
-        options.setdefault("poll_interval", "5")
         super().__init__(url, options)
         self.root = server_root(url)
-        self.ready_timeout = self._seconds(options, "ready_timeout", 20.0)
-        self.listing_ttl = self._seconds(options, "listing_ttl", 1.0)
-        try:
-            self.concurrency = int(options.get("concurrency") or 16)
-        except ValueError:
-            raise errors.InvalidName("-o concurrency= needs a whole number") from None
-        cache = options.get("thumbnail_cache") or str(default_cache_root() / "resonite-thumbnails")
+        self.ready_timeout: float = self.options["ready_timeout"]
+        self.listing_ttl: float = self.options["listing_ttl"]
+        self.concurrency = max(1, int(self.options["concurrency"]))
+        cache = self.options["thumbnail_cache"] or str(
+            default_cache_root() / "resonite-thumbnails")
         self.store = ThumbnailStore(Path(cache))
-        self.session = Session(options.get("socket"), os.environ,
-                               self._seconds(options, "call_timeout", 10.0))
+        self.session = Session(self.options["socket"] or None, os.environ,
+                               self.options["call_timeout"])
         self._folders: dict[str, Folder] = {}
         self._pending: dict[str, trio.Event] = {}
         self._sink: EventSink | None = None
         self._stale_logged = False
-
-    @staticmethod
-    def _seconds(options: Mapping[str, str], name: str, default: float) -> float:
-        try:
-            return float(options.get(name) or default)
-        except ValueError:
-            raise errors.InvalidName(f"-o {name}= needs a number of seconds") from None
 
     async def _call(self, service: str, rpc: str, request: Any, server_path: str) -> Any:
         return await self.session.call(service, rpc, request, f"{rpc} {server_path}",
