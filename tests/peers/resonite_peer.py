@@ -351,7 +351,8 @@ def serve(args: argparse.Namespace) -> None:
         _clear_stale(folder)
         sock = folder / f"resonite-{os.getpid()}.sock"
     state = Path(args.state) if args.state else None
-    root = _load(json.loads(state.read_text())) if state and state.exists() else seed(args.bulk)
+    saved = state is not None and state.exists()
+    root = _load(json.loads(state.read_text())) if saved and state else seed(tuple(args.bulk))
     switches = Switches(signed_in=not args.not_signed_in, focused_world=not args.no_world,
                         ready_at=time.monotonic() + args.not_ready_for)
     inventory = Inventory(root, switches, state)
@@ -510,14 +511,14 @@ def running(folder: Path, *extra: str) -> Iterator[Peer]:
 
 
 def main() -> None:
-    """``resonite_peer.py --socket-dir DIR | --socket PATH [--state FILE] [--bulk N]
+    """``resonite_peer.py --socket-dir DIR | --socket PATH [--state FILE] [--bulk N]...
     [--not-signed-in] [--no-world] [--not-ready-for SECONDS]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket-dir")
     where.add_argument("--socket")
     parser.add_argument("--state")
-    parser.add_argument("--bulk", type=int, default=0)
+    parser.add_argument("--bulk", type=int, action="append", default=[])
     parser.add_argument("--not-signed-in", action="store_true")
     parser.add_argument("--no-world", action="store_true")
     parser.add_argument("--not-ready-for", type=float, default=0.0)

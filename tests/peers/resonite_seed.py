@@ -12,7 +12,7 @@ The tree, as the game would list it (``*`` = no thumbnail)::
       Empty Folder/
       Shared Worlds       link -> /Inventory/Worlds
       Broken Link         link -> a folder that does not exist
-      Bulk/               ``bulk`` items "Item 00000".. (webp), when asked for
+      Bulk<N>/            N items "Item 00000".. (webp) for each N in ``bulk``
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def _folder(name: str, *children: Node, kind: int = DIRECTORY, target: str = "")
                 mtime_ns=BASE_NS, children=list(children))
 
 
-def seed(bulk: int = 0) -> Node:
-    """The root ``Inventory`` folder of a fresh peer; ``bulk`` items in ``/Inventory/Bulk``
-    (a few distinct WebP pictures, repeated)."""
+def seed(bulk: tuple[int, ...] = ()) -> Node:
+    """The root ``Inventory`` folder of a fresh peer; for each ``n`` in ``bulk`` a folder
+    ``/Inventory/Bulk<n>`` of ``n`` items (a few distinct WebP pictures, repeated)."""
     root = _folder(
         "Inventory",
         _folder(
@@ -117,12 +117,12 @@ def seed(bulk: int = 0) -> Node:
         _folder("Broken Link", kind=LINK, target="/Inventory/Nowhere"),
     )
     root.children[0].children[0].is_public = True
-    if bulk:
-        pictures = [image((i * 37 % 256, i * 91 % 256, i * 53 % 256), "WEBP") for i in range(8)]
+    pictures = [image((i * 37 % 256, i * 91 % 256, i * 53 % 256), "WEBP") for i in range(8)]
+    for n in bulk:
         items = [
-            Node(f"Item {i:05d}", OBJECT, record_id(), asset_uri=f"resdb:///bulk{i}.brson",
+            Node(f"Item {i:05d}", OBJECT, record_id(), asset_uri=f"resdb:///bulk{n}-{i}.brson",
                  mtime_ns=BASE_NS + i, thumbnail=pictures[i % 8], content_type="image/webp")
-            for i in range(bulk)
+            for i in range(n)
         ]
-        root.children.append(_folder("Bulk", *items))
+        root.children.append(_folder(f"Bulk{n}", *items))
     return root

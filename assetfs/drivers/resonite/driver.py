@@ -33,7 +33,7 @@ from ..base import (
 from . import protocol
 from .discovery import AmbiguousSocket, SocketNotFound
 from .naming import Named, reachable, shown_names
-from .session import GameState, Session
+from .session import GameState, Session, call_many
 from .thumbnails import RECORD_EXT, Stored, ThumbnailStore, extension, key
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class ResoniteDriver(Driver):
         self._pending: dict[str, trio.Event] = {}
         self._sink: EventSink | None = None
         self._stale_logged = False
+        self._flushing = False
 
     async def _call(self, service: str, rpc: str, request: Any, server_path: str) -> Any:
         return await self.session.call(service, rpc, request, f"{rpc} {server_path}",
@@ -186,8 +187,13 @@ class ResoniteDriver(Driver):
                 await trio.sleep(0.5)
 
     async def close(self) -> None:
-        """Close the channel; never raises."""
+        """Write what the thumbnail store still holds in memory and close the channel;
+        never raises."""
         self.session.close()
+        try:
+            await trio.to_thread.run_sync(self.store.flush)
+        except OSError as exc:
+            log.warning("thumbnail store %s: %s", self.store.root, exc)
 
     # --- listings ---------------------------------------------------------------------
     async def _folder(self, path: str, max_age: float) -> Folder:
@@ -242,12 +248,10 @@ class ResoniteDriver(Driver):
         listing = await self._call("Inventory", "List", pb.InventoryListRequest(path=server),
                                    server)
         records = list(listing.entries)
-        stored: dict[int, Stored] = {}
-        async with trio.open_nursery() as nursery:
-            limiter = trio.CapacityLimiter(self.concurrency)
-            for i, (record, ok) in enumerate(zip(records, reachable(records), strict=True)):
-                if record.kind not in FOLDER_KINDS:
-                    nursery.start_soon(self._stored, server, record, ok, stored, i, limiter)
+        stored = await self._stored(server, records)
+        if self.store.pending and not self._flushing:
+            self._flushing = True
+            trio.lowlevel.spawn_system_task(self._flush)
         exts = {id(records[i]): "." + found.ext for i, found in stored.items()}
         children = {}
         for i, item in enumerate(shown_names(records, lambda r: exts.get(id(r), ""))):
@@ -256,40 +260,76 @@ class ResoniteDriver(Driver):
                                          self._entry(item, found), found)
         return Folder(server, children, listed_at)
 
-    async def _stored(self, folder: str, record: Any, ok: bool, out: dict[int, Stored],
-                      index: int, limiter: trio.CapacityLimiter) -> None:
-        """The local file of one item: its thumbnail (fetched once per record id and
-        modification time), or its record as JSON when it has none or no path reaches it
-        (``ok`` False)."""
-        server_path = f"{folder}/{record.name}"
-        if ok:
-            thumb_key = key(record.record_id, record.last_modified_unix_nanos, server_path)
+    async def _flush(self) -> None:
+        """Write the thumbnails a listing left in memory, in a worker thread."""
+        try:
+            await trio.to_thread.run_sync(self.store.flush)
+        except OSError as exc:
+            log.warning("thumbnail store %s: %s", self.store.root, exc)
+        finally:
+            self._flushing = False
+
+    async def _stored(self, folder: str, records: list[Any]) -> dict[int, Stored]:
+        """The local file of each item of ``records`` (by index): its thumbnail (fetched
+        once per record id and modification time, ``concurrency`` calls in flight), or its
+        record as JSON when it has none or no path reaches it. The fetches and the store's
+        writes run in one worker thread (session.py :func:`~.session.call_many`). Raises
+        the first failure other than NotFound (no thumbnail)."""
+        stored: dict[int, Stored] = {}
+        fetch: list[tuple[int, str, str]] = []
+        records_only: list[tuple[int, bool]] = []
+        for i, (record, ok) in enumerate(zip(records, reachable(records), strict=True)):
+            if record.kind in FOLDER_KINDS:
+                continue
+            path = f"{folder}/{record.name}"
+            if not ok:
+                records_only.append((i, False))
+                continue
+            thumb_key = key(record.record_id, record.last_modified_unix_nanos, path)
             found = self.store.get(thumb_key)
             if found is None:
-                async with limiter:
-                    found = await self._fetch_thumbnail(thumb_key, server_path)
-            if found.ext != NO_THUMBNAIL:
-                out[index] = found
-                return
-        record_key = key(record.record_id, record.last_modified_unix_nanos, server_path,
-                         record.name, str(ok))
-        found = self.store.get(record_key)
-        if found is None:
-            found = await trio.to_thread.run_sync(
-                self.store.put, record_key, _record_json(record, ok), RECORD_EXT)
-        out[index] = found
+                fetch.append((i, thumb_key, path))
+            elif found.ext == NO_THUMBNAIL:
+                records_only.append((i, True))
+            else:
+                stored[i] = found
+        if fetch:
+            stub = self.session.stub("Inventory", "FetchThumbnail")
 
-    async def _fetch_thumbnail(self, thumb_key: str, server_path: str) -> Stored:
-        try:
-            reply = await self._call("Inventory", "FetchThumbnail",
-                                     pb.InventoryThumbnailRequest(path=server_path), server_path)
-        except errors.NotFound:
-            return await trio.to_thread.run_sync(self.store.put, thumb_key, b"", NO_THUMBNAIL)
-        ext = extension(reply.content_type, reply.data)
-        try:
-            return await trio.to_thread.run_sync(self.store.put, thumb_key, reply.data, ext)
-        except OSError as exc:
-            raise errors.NoSpace(f"thumbnail store {self.store.root}: {exc}") from exc
+            def keep(index: int, reply: Any) -> None:
+                i, thumb_key, _ = fetch[index]
+                stored[i] = self.store.put(thumb_key, reply.data,
+                                           extension(reply.content_type, reply.data))
+
+            try:
+                failures = await trio.to_thread.run_sync(
+                    call_many, stub, [pb.InventoryThumbnailRequest(path=p) for _, _, p in fetch],
+                    self.concurrency, self.session.timeout, keep,
+                    lambda index: f"FetchThumbnail {fetch[index][2]}", self.url)
+            except OSError as exc:
+                raise errors.NoSpace(f"thumbnail store {self.store.root}: {exc}") from exc
+            for _, failure in failures:
+                if not isinstance(failure, errors.NotFound):
+                    self.session.failed(failure)
+                    raise failure
+            missing = [fetch[index][:2] for index, _ in failures]
+            records_only += [(i, True) for i, _ in missing]
+        else:
+            missing = []
+
+        def write_records() -> None:
+            for _, thumb_key in missing:
+                self.store.put(thumb_key, b"", NO_THUMBNAIL)
+            for i, ok in records_only:
+                record = records[i]
+                record_key = key(record.record_id, record.last_modified_unix_nanos,
+                                 f"{folder}/{record.name}", record.name, str(ok))
+                stored[i] = self.store.get(record_key) or self.store.put(
+                    record_key, _record_json(record, ok), RECORD_EXT)
+
+        if records_only:
+            await trio.to_thread.run_sync(write_records)
+        return stored
 
     def _entry(self, item: Named, stored: Stored | None) -> Entry:
         record = item.record
@@ -306,7 +346,7 @@ class ResoniteDriver(Driver):
             return Entry(item.shown, Kind.DIR, 0, mtime, mode=0o755, metadata=metadata)
         metadata["thumbnail"] = "none" if stored.is_record else stored.ext
         return Entry(item.shown, Kind.FILE, stored.size, mtime,
-                     version=Path(stored.path).name, mode=0o644, metadata=metadata)
+                     version=os.path.basename(stored.path), mode=0o644, metadata=metadata)
 
     # --- the driver contract ----------------------------------------------------------
     async def stat(self, path: str) -> Entry:
@@ -336,6 +376,11 @@ class ResoniteDriver(Driver):
         child = await self._child(path)
         if child.stored is None:
             raise errors.IsADirectory(url=self.describe(path))
+        if self.store.unwritten(child.stored.key):
+            try:
+                await trio.to_thread.run_sync(self.store.flush, child.stored.key)
+            except OSError as exc:
+                raise errors.NoSpace(f"thumbnail store {self.store.root}: {exc}") from exc
         return child.stored.path
 
     def check_write(self, path: str) -> None:

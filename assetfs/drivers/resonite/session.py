@@ -13,7 +13,8 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Mapping
+import queue
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +83,31 @@ class Session:
         self._stubs: dict[str, dict[str, Any]] = {}
 
     def _open(self) -> dict[str, dict[str, Any]]:
+        if self._channel is not None:
+            return self._stubs
         path = self.fixed or find_socket(self.environ)
-        if path != self.socket or self._channel is None:
-            self.close()
-            if self.socket is not None and path != self.socket:
-                log.warning("Resonite IO: now using socket %s", path)
-            self.socket = path
-            self._channel = grpc.insecure_channel(f"unix:{os.path.abspath(path)}",
-                                                  options=CHANNEL_OPTIONS)
-            self._stubs = {
-                "Inventory": protocol.client(self._channel, protocol.INVENTORY),
-                "Connection": protocol.client(self._channel, protocol.CONNECTION),
-                "Info": protocol.client(self._channel, protocol.INFO),
-            }
+        if self.socket is not None and path != self.socket:
+            log.warning("Resonite IO: now using socket %s", path)
+        self.socket = path
+        self._channel = grpc.insecure_channel(f"unix:{os.path.abspath(path)}",
+                                              options=CHANNEL_OPTIONS)
+        self._stubs = {
+            "Inventory": protocol.client(self._channel, protocol.INVENTORY),
+            "Connection": protocol.client(self._channel, protocol.CONNECTION),
+            "Info": protocol.client(self._channel, protocol.INFO),
+        }
         return self._stubs
 
-    async def call(self, service: str, rpc: str, request: Any, what: str, url: str) -> Any:
+    async def call(self, service: str, rpc: str, request: Any, what: str, url: str,
+                   again: bool = True) -> Any:
         """The reply of ``service``/``rpc`` (``"Inventory"``, ``"List"``) to ``request``.
 
-        Raises what :func:`translate` gives (``what`` and ``url`` name the operation in the
-        message), and :class:`~.discovery.SocketNotFound` / ``AmbiguousSocket`` when no
-        single game socket is found.
+        After UNAVAILABLE, when the game's socket has changed (it restarted), the call is
+        made once more on the new socket (``again``): the old process is gone, so it
+        cannot have made the change. Raises what :func:`translate` gives (``what`` and
+        ``url`` name the operation in the message), and
+        :class:`~.discovery.SocketNotFound` / ``AmbiguousSocket`` when no single game
+        socket is found.
         """
         stub = self._open()[service][rpc]
         future = stub.future(request, timeout=self.timeout)
@@ -123,12 +128,80 @@ class Session:
             return future.result()
         except grpc.RpcError as exc:
             failure = translate(exc, what, url)
-            if isinstance(failure, errors.Unavailable) and not self.fixed:
-                self.close()  # next call looks for the socket again
-            raise failure from None
+        if not isinstance(failure, errors.Unavailable) or self.fixed:
+            raise failure
+        used = self.socket
+        self.close()  # the next call looks for the socket again
+        try:
+            moved = find_socket(self.environ) != used
+        except errors.Unavailable:
+            moved = False
+        if moved and again:
+            return await self.call(service, rpc, request, what, url, again=False)
+        raise failure
+
+    def stub(self, service: str, rpc: str) -> Any:
+        """The callable of ``service``/``rpc`` on the current channel (found and opened
+        when needed), for :func:`call_many` in a worker thread. Raises SocketNotFound,
+        AmbiguousSocket."""
+        return self._open()[service][rpc]
+
+    def failed(self, failure: errors.AssetFSError) -> None:
+        """A call made outside :meth:`call` failed with ``failure``: after an Unavailable
+        the next call looks for the socket again."""
+        if isinstance(failure, errors.Unavailable) and not self.fixed:
+            self.close()
 
     def close(self) -> None:
         """Close the channel (a later call opens a new one); never raises."""
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
+
+
+def call_many(
+    stub: Any,
+    requests: Sequence[Any],
+    in_flight: int,
+    timeout: float,
+    on_reply: Callable[[int, Any], None],
+    what: Callable[[int], str],
+    url: str,
+) -> list[tuple[int, errors.AssetFSError]]:
+    """Blocking (run it in a worker thread): call ``stub`` with each of ``requests``,
+    ``in_flight`` at a time, each with a deadline of ``timeout`` seconds, calling
+    ``on_reply(index, reply)`` in this thread as replies arrive (in completion order).
+    Returns the failures as ``(index, error)`` translated by :func:`translate` (``what``
+    names request ``index`` in the message).
+
+    One thread keeping a window of grpc futures open is what a direct grpcio client does
+    for the same work; per-call hand-offs to trio cost more than the calls themselves.
+    """
+    finished: queue.SimpleQueue[tuple[int, grpc.Future]] = queue.SimpleQueue()
+    failures: list[tuple[int, errors.AssetFSError]] = []
+    queued = iter(enumerate(requests))
+    running = 0
+
+    def launch() -> bool:
+        step = next(queued, None)
+        if step is None:
+            return False
+        index, request = step
+        future = stub.future(request, timeout=timeout)
+        future.add_done_callback(lambda f, i=index: finished.put((i, f)))
+        return True
+
+    while running < in_flight and launch():
+        running += 1
+    while running:
+        index, future = finished.get()
+        running -= 1
+        if launch():
+            running += 1
+        try:
+            reply = future.result()
+        except grpc.RpcError as exc:
+            failures.append((index, translate(exc, what(index), url)))
+            continue
+        on_reply(index, reply)
+    return failures
