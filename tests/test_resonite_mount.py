@@ -186,8 +186,19 @@ def test_file_contents_are_refused_and_names_keep_their_type(peer: Peer, tmp_pat
         assert os_error(lambda: existing.rename(m.path / "Avatars" / "Robot")) == errno.EINVAL
         assert os_error(
             lambda: existing.rename(m.path / "Avatars" / "Robot.webp")) == errno.EINVAL
+        assert os_error(
+            lambda: existing.rename(m.path / "Avatars" / "Chair.webp")) == errno.EINVAL
+        fox = m.path / "Avatars" / "Kitsune ☆ Fox.webp"
+        assert os_error(lambda: fox.rename(m.path / "Avatars" / "Chair.webp")) == errno.EEXIST
+        assert game.names("/Inventory/Avatars").count("Chair") == 2  # nothing was replaced
         assert "Robot Avatar" in game.list("/Inventory/Avatars")
         assert existing.read_bytes() == game.thumbnail("/Inventory/Avatars/Robot Avatar")[0]
+        home = m.path / "Worlds" / "My Home.webp"
+        fox.rename(m.path / "Worlds" / "My Home.webp")  # replaces the file there
+        worlds = game.names("/Inventory/Worlds")
+        assert worlds.count("My Home") == 1 and "Kitsune ☆ Fox" not in game.names(
+            "/Inventory/Avatars")
+        assert home.read_bytes() == game.thumbnail("/Inventory/Worlds/My Home")[0]
 
 
 def test_copy_action_is_a_server_side_copy(peer: Peer, tmp_path: Path) -> None:

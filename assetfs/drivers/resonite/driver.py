@@ -403,19 +403,21 @@ class ResoniteDriver(Driver):
                 if known == folder or known.startswith(folder.rstrip("/") + "/"):
                     del self._folders[known]
 
-    async def _new_name(self, path: str, ext: str) -> tuple[str, str]:
+    async def _new_name(self, path: str, ext: str, *replacing: Child) -> tuple[str, str]:
         """(server folder, server name) for a new record at driver path ``path``; an item's
         shown name must end with its type's extension ``ext`` (``.webp``). Raises
-        InvalidName, AlreadyExists (another record has the name there)."""
+        InvalidName, AlreadyExists (another record, not one of ``replacing``, has the name
+        there: the server would make a second record of that name)."""
         parent, shown = split(path)
-        server_folder = await self._folder_server_path(parent)
         if ext:
             if not shown.endswith(ext) or shown == ext:
                 raise errors.InvalidName(f"an item's name must end with {ext}",
                                          url=self.describe(path))
             shown = shown[: -len(ext)]
+        server_folder = await self._folder_server_path(parent)
         folder = await self._folder(parent, self.listing_ttl)
-        taken = [c for c in folder.children.values() if c.record.name == shown]
+        taken = [c for c in folder.children.values()
+                 if c.record.name == shown and all(c is not r for r in replacing)]
         if taken:
             raise errors.AlreadyExists(f"the folder holds a record named {shown!r} "
                                        f"(shown as {taken[0].named.shown})",
@@ -442,17 +444,21 @@ class ResoniteDriver(Driver):
 
     async def rename(self, old: str, new: str) -> None:
         """Move (record ids kept). A file's new name must keep its extension; a file at
-        ``new`` is removed first (POSIX rename replaces it)."""
+        ``new`` is removed first (POSIX rename replaces it), once the move is known to be
+        possible."""
         child = await self._child(old)
         self._reachable(child, old)
         ext = "" if child.stored is None else "." + child.stored.ext
-        target = (await self._folder(split(new)[0], self.listing_ttl)).children.get(split(new)[1])
-        if target is not None and not target.entry.is_dir:
-            self._reachable(target, new)
+        parent = await self._folder(split(new)[0], self.listing_ttl)
+        target = parent.children.get(split(new)[1])
+        replaced = target if target is not None and not target.entry.is_dir else None
+        server_folder, name = await self._new_name(new, ext, child,
+                                                   *([replaced] if replaced else []))
+        if replaced is not None:
+            self._reachable(replaced, new)
             await self._call("Inventory", "Remove", pb.InventoryRemoveRequest(
-                path=target.server_path), target.server_path)
+                path=replaced.server_path), replaced.server_path)
             self._forget(split(new)[0])
-        server_folder, name = await self._new_name(new, ext)
         destination = f"{server_folder}/{name}"
         await self._call("Inventory", "Move", pb.InventoryMoveRequest(
             source_path=child.server_path, destination_path=destination), child.server_path)
