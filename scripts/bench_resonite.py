@@ -81,6 +81,8 @@ def direct_listing(peer: Peer, folder: str, in_flight: int, fetch: bool, limit: 
 
 
 def mount_options(work: Path, name: str, store: str) -> dict[str, str | None]:
+    """Options of mount ``name``: its own block cache, thumbnail store ``store``, no poll
+    during the measurement."""
     return {"cache_dir": str(work / f"{name}-cache"), "thumbnail_cache": str(work / store),
             "poll_interval": "60"}
 
@@ -130,6 +132,7 @@ def best(runs: int, first: Callable[[int], float], second: Callable[[int], float
 
 
 def main() -> None:
+    """Run the three measurements and print their ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -184,6 +184,7 @@ class Inventory:
 
     # --- rpcs -------------------------------------------------------------------------
     def List(self, request: Any) -> Any:
+        """Children of a folder or link (link: its target's), paths built unnormalised."""
         self._gate("List", request.path)
         node = self._walk(request.path)
         if not node.is_folder:
@@ -199,6 +200,7 @@ class Inventory:
         return pb.InventoryListing(path=request.path, entries=entries)
 
     def MakeDir(self, request: Any) -> Any:
+        """A new folder; the parent must exist (peer choice)."""
         self._gate("MakeDir", request.path)
         parent, name = self._parent(request.path, "create")
         if any(c.name == name for c in parent.children):
@@ -209,6 +211,7 @@ class Inventory:
         return pb.InventoryMutationResult(path=request.path, record_id=node.record_id)
 
     def Copy(self, request: Any) -> Any:
+        """A copy with new ids (folders only with ``recursive``), appended to the target folder."""
         self._gate("Copy", request.source_path, request.destination_path)
         source = self._walk(request.source_path)
         if source is self.root:
@@ -224,6 +227,7 @@ class Inventory:
                                           record_id=copy.record_id)
 
     def Move(self, request: Any) -> Any:
+        """The record moved and renamed, id and modification time kept."""
         self._gate("Move", request.source_path, request.destination_path)
         source = self._walk(request.source_path)
         if source is self.root:
@@ -241,6 +245,7 @@ class Inventory:
                                           record_id=source.record_id)
 
     def Remove(self, request: Any) -> Any:
+        """The record removed (folders only with ``recursive``)."""
         self._gate("Remove", request.path)
         node = self._walk(request.path)
         if node is self.root:
@@ -254,6 +259,7 @@ class Inventory:
         return pb.InventoryMutationResult(path=request.path, record_id=node.record_id)
 
     def Spawn(self, request: Any) -> Any:
+        """Records the spawn; needs a focused world."""
         self._gate("Spawn", request.path)
         node = self._walk(request.path)
         if node.is_folder:
@@ -267,6 +273,7 @@ class Inventory:
                                        spawned_slot_name=node.name)
 
     def FetchThumbnail(self, request: Any) -> Any:
+        """The stored image bytes and content type."""
         if not request.path.strip():
             raise Fail(grpc.StatusCode.INVALID_ARGUMENT, "path must not be empty.")
         self._gate("FetchThumbnail", request.path)
@@ -277,12 +284,14 @@ class Inventory:
                                              content_type=node.content_type)
 
     def Ping(self, request: Any) -> Any:
+        """Echo and server time, FAILED_PRECONDITION while not ready."""
         if time.monotonic() < self.switches.ready_at:
             raise Fail(grpc.StatusCode.FAILED_PRECONDITION, "Resonite is still starting.")
         return protocol.connection_pb2.PingResponse(message=request.message,
                                                     server_unix_nanos=time.time_ns())
 
     def GetServerInfo(self, request: Any) -> Any:
+        """Versions, platform and this process's pid."""
         return protocol.info_pb2.ServerInfo(
             mod_version="0.7.0+assetfs-peer", engine_version="2026.1.1.0",
             platform=protocol.info_pb2.SERVER_PLATFORM_LINUX, is_wine=False,
@@ -295,6 +304,7 @@ class Inventory:
         method = getattr(self, name)
 
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            """One rpc under the lock; a :class:`Fail` becomes its status."""
             try:
                 with self.lock:
                     return method(request)
