@@ -246,6 +246,12 @@ class Driver(ABC):
         the VFS refuses a create/mkdir at once instead of failing its upload later. No I/O;
         the default allows everything."""
 
+    def check_write(self, path: str) -> None:  # noqa: B027 - optional hook
+        """Raise (NotSupported, ReadOnly, ...) when new content can never be stored at the
+        file ``path`` (a store with folders and actions but no upload), so a create, a
+        writable open or a truncate fails at once instead of its upload later. No I/O; the
+        default allows everything."""
+
     async def mkdir(self, path: str) -> Entry:
         """Create folder ``path``. Raises AlreadyExists, NotFound (parent), ReadOnly."""
         raise errors.ReadOnly(url=self.describe(path))

@@ -261,6 +261,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if entry.is_dir:
                 raise errors.IsADirectory()
+            self.remote.check_write(path)
             handle = self._handles.get(fh) if fh is not None else None
             item = handle.item if handle else self.cache.get(path, entry)
             await self.cache.truncate(item, attr.st_size)
@@ -475,6 +476,7 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable or flags & os.O_TRUNC:
             self._writable()
+            self.remote.check_write(path)
         # an inode open in passthrough mode is bound to its cache file (vfs/passthrough.py)
         item = self.passthrough.bound_item(inode) or self.cache.get(path, entry)
         if flags & os.O_TRUNC and writable:
@@ -492,6 +494,7 @@ class Operations(pyfuse3.Operations):
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
         self.remote.check_create(path, Kind.FILE)
+        self.remote.check_write(path)
         item = await self.cache.new_file(path)
         if self.passthrough.bound_item(self.inodes.get(path) or 0) is not None:
             self.inodes.detach(path)  # that inode's open files keep the old content
