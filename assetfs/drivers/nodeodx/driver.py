@@ -454,6 +454,11 @@ class NodeODXDriver(Driver):
             raise errors.NotSupported("a task takes its images in one folder, without "
                                       "subfolders", url=where)
 
+    def check_write(self, path: str) -> None:
+        """New content can go only into a staged folder: a file of a committed task or of
+        ``.node`` is EROFS, one at the top EOPNOTSUPP (as :meth:`check_create`). No I/O."""
+        self.check_create(path, Kind.FILE)
+
     def uploads_last(self, path: str) -> bool:
         """``COMMIT`` in a staged folder is uploaded only after every other file there."""
         parts = self._parts(path)
