@@ -25,6 +25,7 @@ from peers.nodeodx_peer import (
 )
 
 from assetfs import errors
+from assetfs.drivers.base import Kind
 from assetfs.drivers.nodeodx import TOKEN_ENV, NodeODXDriver
 from assetfs.drivers.nodeodx.client import redact
 
@@ -137,14 +138,10 @@ async def test_staging_uploads_images_and_commit_starts_the_task(
     assert held["options"] == [{"name": "dsm", "value": True}]
     assert (await driver.stat("/flight")).metadata["uuid"] == uuid
     with pytest.raises(errors.ReadOnly):
-        driver.check_create("/flight/3.jpg", driver_kind_file())
+        driver.check_create("/flight/3.jpg", Kind.FILE)
+    with pytest.raises(errors.ReadOnly):
+        driver.check_write("/flight/info.json")
     await wait_status(driver, "flight", "COMPLETED")
-
-
-def driver_kind_file() -> Any:
-    from assetfs.drivers.base import Kind
-
-    return Kind.FILE
 
 
 async def test_bad_options_refuse_the_commit_with_the_reason(
@@ -228,8 +225,6 @@ async def test_cancel_restart_remove(peer: Peer, driver: NodeODXDriver) -> None:
     assert peer.task(uuid)["options"] == [{"name": "fast-orthophoto", "value": True}]
     with pytest.raises(errors.NotSupported):
         await driver.control("/long", "explode", b"")
-    from assetfs.drivers.base import Kind
-
     await driver.remove("/long", Kind.DIR)
     assert peer.uuids() == []
 
