@@ -198,6 +198,22 @@ def test_console_grows_while_the_task_runs(peer: Peer, tmp_path: Path) -> None:
         wait_for(lambda: console.read_text().endswith("Done.\n"), 20, "the final lines")
 
 
+def test_running_tasks_are_polled_more_often_than_finished_ones(peer: Peer,
+                                                                tmp_path: Path) -> None:
+    done = peer.create_task({"a.jpg": b"1"}, name="done")
+    peer.wait_status(done, COMPLETED)
+    peer.timings(running=600)
+    busy = peer.create_task({"a.jpg": b"1"}, name="busy")
+    with mount_node(peer, tmp_path, poll_finished="30") as m:
+        os.listdir(m.path)  # the top folder is watched (re-listed) from now on
+        before = peer.info_calls()
+        time.sleep(4)
+        after = peer.info_calls()
+        assert xattr(m.path / "busy", "status") in ("QUEUED", "RUNNING")
+    assert after[busy] - before.get(busy, 0) >= 3  # every 0.5 s poll, 1 s apart at least
+    assert after[done] - before.get(done, 0) == 0  # kept for poll_finished=30 s
+
+
 def test_node_restart_loses_tasks_and_results_without_a_hang(peer: Peer,
                                                               tmp_path: Path) -> None:
     kept = peer.create_task({"a.jpg": b"1"}, name="kept")

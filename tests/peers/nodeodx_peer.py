@@ -45,7 +45,7 @@ Choices made where upstream is silent (docs/backends/nodeodx.md, "The test peer"
 
 Peer-only routes (never used by the driver): ``POST /_peer/timings`` (JSON ``start``,
 ``queued``, ``running`` seconds, ``fail`` message or null), ``GET /_peer/task/{uuid}``,
-``GET /_peer/sessions``.
+``GET /_peer/sessions``, ``GET /_peer/stats`` (info requests per task).
 """
 
 from __future__ import annotations
@@ -244,6 +244,8 @@ class Node:
         self.tasks: dict[str, Task] = {}
         self.sessions: dict[str, Task] = {}
         self.timings = Timings()
+        self.info_calls: dict[str, int] = {}
+        """``GET /task/{uuid}/info`` requests answered, per uuid (``GET /_peer/stats``)."""
         self.archive = state / "all.zip"
         self.load()
 
@@ -434,6 +436,7 @@ def make_app(node: Node) -> Any:
         task = task_of(request)
         if task is None:
             return error(f"{request.path_params['uuid']} not found")
+        node.info_calls[task.uuid] = node.info_calls.get(task.uuid, 0) + 1
         raw = request.query_params.get("with_output")
         try:
             with_output = int(raw) if raw is not None else None
@@ -588,6 +591,9 @@ def make_app(node: Node) -> Any:
     async def peer_sessions(request: Request) -> Response:
         return JSONResponse([asdict(t) for t in node.sessions.values()])
 
+    async def peer_stats(request: Request) -> Response:
+        return JSONResponse({"info_calls": node.info_calls})
+
     def not_found_page(request: Request) -> str:
         return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
                 f"<title>Error</title></head>\n<body><pre>Cannot {request.method} "
@@ -611,6 +617,7 @@ def make_app(node: Node) -> Any:
         Route("/_peer/timings", peer_timings, methods=["POST"]),
         Route("/_peer/task/{uuid}", peer_task),
         Route("/_peer/sessions", peer_sessions),
+        Route("/_peer/stats", peer_stats),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -762,6 +769,10 @@ class Peer:
     def task_info(self, uuid: str) -> dict[str, Any]:
         """``/task/{uuid}/info`` as a client sees it."""
         return dict(self.call("GET", f"/task/{uuid}/info"))
+
+    def info_calls(self) -> dict[str, int]:
+        """How many ``/task/{uuid}/info`` requests the node answered, per uuid."""
+        return dict(self.call("GET", "/_peer/stats")["info_calls"])
 
     def uuids(self) -> list[str]:
         """Committed tasks, from ``/task/list``."""
