@@ -180,6 +180,23 @@ def test_rm_r_removes_the_task_and_a_failed_task_shows_its_error(peer: Peer,
         assert not (m.path / "old").exists()
 
 
+def test_cancel_and_restart_actions(peer: Peer, tmp_path: Path) -> None:
+    peer.timings(start=0.1, queued=0.1, running=600)
+    uuid = peer.create_task({"a.jpg": b"1"}, name="long")
+    with mount_node(peer, tmp_path) as m:
+        task = m.path / "long"
+        os.setxattr(task, "user.assetfs.cancel", b"1")
+        assert peer.task_info(uuid)["status"]["code"] == 50
+        wait_for(lambda: xattr(task, "status") == "CANCELED", 20, "CANCELED")
+        peer.timings(start=0, queued=0, running=0.5)
+        os.setxattr(task, "user.assetfs.restart", b'{"dsm": true}')
+        assert peer.task(uuid)["options"] == [{"name": "dsm", "value": True}]
+        wait_for(lambda: xattr(task, "status") == "COMPLETED", 30, "COMPLETED after restart")
+        with pytest.raises(OSError) as refused:
+            os.setxattr(task, "user.assetfs.restart", b'{"dsm": "maybe"}')
+        assert refused.value.errno == errno.EINVAL
+
+
 def test_console_grows_while_the_task_runs(peer: Peer, tmp_path: Path) -> None:
     peer.timings(start=0.1, queued=0.1, running=8)
     uuid = peer.create_task({"a.jpg": b"1"}, name="running")
