@@ -48,6 +48,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -rs
 
 # The quick suite: the core, memory://, Nucleus on file: and the conformance suite for those
@@ -55,7 +56,7 @@ test: setup
 CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
 	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
 	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
-	tests/test_options.py
+	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py
 
 test-core: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
@@ -63,6 +64,7 @@ test-core: setup
 
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 
 # assetfs against Debian's rclone mount of the same tree and direct access (installs rclone
 # if missing; the tests never need it)

@@ -115,7 +115,7 @@ class Invalidator:
         parent_inode = self.inodes.get(parent)
         inode = self.inodes.get(path)
         replaced = (
-            isinstance(cached, type(event.entry))
+            isinstance(cached, Entry)
             and event.entry is not None
             and cached.kind is not event.entry.kind
         )
@@ -128,10 +128,11 @@ class Invalidator:
             # the size it had at open: rebase the item when it holds no copy, unless the
             # kernel reads it from a backing file (passthrough) that a rebase cannot change
             # (one that is not the store's file changed in place).
-            keep = not gone and item.handles and event.entry is not None and (
+            keep = not gone and item.handles and (
                 inode is None or self.passthrough.bound_item(inode) is not item
-                or self.passthrough.reads_current_copy(inode, event.entry))
-            if not (keep and self.cache.rebase(item, event.entry)):
+                or (event.entry is not None
+                    and self.passthrough.reads_current_copy(inode, event.entry)))
+            if not (keep and event.entry is not None and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
         bound = inode is not None and self.passthrough.bound_item(inode)
         if not gone and bound and bound is not self.cache.item(path):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from ..cache.blocks import CacheItem
+from ..cache.item import CacheItem
 from ..drivers.base import Entry
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Passthrough:
                                                    local_copy=local_copy and fd is not None)
             if fd is not None and self.enabled:
                 try:
-                    state.backing_id = pyfuse3.backing_open(fd)  # type: ignore[attr-defined]
+                    state.backing_id = pyfuse3.backing_open(fd)
                 except OSError as exc:
                     log.info("kernel FUSE passthrough unavailable (%s); reads and writes go "
                              "through the daemon", exc)
@@ -153,6 +153,6 @@ class Passthrough:
             del self._inodes[inode]
             if state.backing_id and connected:
                 try:
-                    pyfuse3.backing_close(state.backing_id)  # type: ignore[attr-defined]
+                    pyfuse3.backing_close(state.backing_id)
                 except OSError as exc:
                     log.warning("cannot release backing id %d: %s", state.backing_id, exc)
