@@ -341,7 +341,7 @@ class Operations(pyfuse3.Operations):
             self._listed.add(fh)  # listed from the kernel's cache; the snapshot may age
         else:
             self.kernel_listings.pop(inode, None)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=True)  # type: ignore[call-arg]
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=True)
 
     @_errno
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -501,11 +501,11 @@ class Operations(pyfuse3.Operations):
         self._handles[fh] = Handle(inode, item, writable, mode)
         info = pyfuse3.FileInfo(fh=fh)
         if NOFLUSH and not writable:  # flush() has nothing to do for a reader
-            info.noflush = True  # type: ignore[attr-defined]
+            info.noflush = True
         if mode is IOMode.PASSTHROUGH:
             if writable:  # the page cache of earlier cached opens is stale from now on
                 self.kernel_version.pop(inode, None)
-            info.backing_id = backing_id  # type: ignore[attr-defined]
+            info.backing_id = backing_id
             return info
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
