@@ -127,7 +127,7 @@ class Results:
     figures: dict[str, dict[str, list[float]]] = field(
         default_factory=lambda: {v: collections.defaultdict(list) for v in VIEWS})
     per_file: list[collections.Counter[str]] = field(default_factory=list)
-    per_entry: list[float] = field(default_factory=list)
+    per_entry: list[collections.Counter[str]] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
 
     def median(self, view: str, figure: str) -> float:
@@ -234,7 +234,9 @@ def listing_figures(view: View, results: Results) -> None:
     results.figures[view.name]["2nd ls -lR s"].append(time.perf_counter() - started)
     if view.requests and before is not None:
         spent = view.requests() - before
-        results.per_entry.append(sum(spent.values()) / (TREE_FOLDERS * (TREE_FILES + 1)))
+        entries = TREE_FOLDERS * (TREE_FILES + 1)
+        results.per_entry.append(collections.Counter(
+            {op: n / entries for op, n in spent.items()}))
 
 
 def measure_round(views: list[View], files: int, results: Results) -> None:
@@ -287,13 +289,18 @@ def report(results: Results, rounds: int, cold: bool) -> None:
         print(f"  {view:12} " + "; ".join(
             f"{figure}: " + " ".join(f"{v:.3g}" for v in results.figures[view][figure])
             for figure in FIGURES))
+    def by_operation(samples: list[collections.Counter[str]], digits: int) -> str:
+        ops = sorted({op for counts in samples for op in counts})
+        medians = {op: statistics.median(c.get(op, 0.0) for c in samples) for op in ops}
+        shown = ", ".join(f"{op} {n:.{digits}f}" for op, n in medians.items()
+                          if n >= 0.5 * 10 ** -digits)
+        return f"  {shown}; total {sum(medians.values()):.{digits}f}"
+
     print("\nassetfs FUSE requests per small file (open+read+close, after a listing):")
-    ops = sorted({op for counts in results.per_file for op in counts})
-    medians = {op: statistics.median(c.get(op, 0.0) for c in results.per_file) for op in ops}
-    print("  " + ", ".join(f"{op} {n:.2f}" for op, n in medians.items() if n >= 0.005)
-          + f"; total {sum(medians.values()):.2f}")
-    print(f"assetfs FUSE requests per entry in the 2nd ls -lR: "
-          f"{statistics.median(results.per_entry):.3f}")
+    print(by_operation(results.per_file, 2))
+    print(f"assetfs FUSE requests per entry in the 2nd ls -lR "
+          f"({TREE_FOLDERS + 1} folders, {TREE_FOLDERS * (TREE_FILES + 1)} entries):")
+    print(by_operation(results.per_entry, 3))
     print("daemon CPU seconds per 1,000 small files: " + ", ".join(
         f"{view} {statistics.median(values):.2f}" for view, values in results.cpu.items()))
     if not cold:
