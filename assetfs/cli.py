@@ -24,6 +24,8 @@ import trio
 from . import __version__, errors
 from .config import MountConfig, parse_options
 from .drivers import available, driver_class
+from .observe.statusview import human_size, render
+from .waiting import Progress
 
 log = logging.getLogger("assetfs")
 READY = b"ready\n"
@@ -91,6 +93,7 @@ def check_environment() -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     options = parse_options(",".join(args.options or []))
     config = MountConfig(args.url, Path(args.mountpoint).absolute(), options)
+    config.check()
     driver_class(config.url)
     check_environment()
     check_mountpoint(config.mountpoint)
@@ -155,7 +158,8 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
             pass_fds=(write_end,), start_new_session=True,
         )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
+    with os.fdopen(read_end, "rb") as pipe, Progress(f"mounting {config.url}, waiting for "
+                                                     "the store and its change events"):
         answer = pipe.readline()
     if answer == READY:
         print(f"assetfs: mounted {config.url} on {config.mountpoint} "
@@ -184,7 +188,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if dirty:
             print(f"assetfs: waiting for {len(dirty)} uploads: {', '.join(map(str, dirty[:10]))}")
         try:
-            os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
+            with Progress("uploading before unmount", lambda: _uploads_left(mountpoint)):
+                os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
         except OSError as exc:
             if exc.errno == errno.ETIMEDOUT:
                 left = _status_of(mountpoint).get("dirty_files") or []
@@ -203,6 +208,17 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uploads_left(mountpoint: str) -> str:
+    """What an unmount still waits for, for its progress line."""
+    status = _status_of(mountpoint)
+    cache, uploads = status["cache"], status["uploads"]
+    assert isinstance(cache, dict) and isinstance(uploads, dict)
+    text = f"{len(status['dirty_files'] or [])} files, {human_size(cache['dirty_bytes'])} left"
+    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%"
+               for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    return text + (f" ({', '.join(running[:3])})" if running else "")
+
+
 def _alive(pid: int) -> bool:
     """True while process ``pid`` runs; an exited daemon its parent has not reaped yet (a
     zombie: ``--foreground`` under a supervisor or a test) counts as gone."""
@@ -217,34 +233,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     targets = [os.path.realpath(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
     if args.mountpoint and targets[0] not in fuse_mounts():
         raise UsageError(f"{targets[0]} is not an assetfs mount")
-    for mountpoint in targets:
-        status = _status_of(mountpoint)
-        if args.json:
-            print(json.dumps(status, indent=2))
-            continue
-        cache, uploads, events = status["cache"], status["uploads"], status["events"]
-        assert isinstance(cache, dict) and isinstance(uploads, dict) and isinstance(events, dict)
-        print(f"{mountpoint}: {status['url']} ({status['driver']}, pid {status['pid']})")
-        print(f"  cache: {cache['used_bytes']} of {cache['max_bytes']} bytes, "
-              f"{cache['dirty_bytes']} dirty ({cache['dir']})")
-        dirty = status["dirty_files"]
-        assert isinstance(dirty, list)
-        print(f"  dirty files: {len(dirty)}" + (f" ({', '.join(dirty[:5])})" if dirty else ""))
-        print(f"  uploads: {uploads['files']} files, {uploads['bytes']} bytes, "
-              f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
-        if uploads["last_error"]:
-            print(f"  last error: {uploads['last_error'][1]}")
-        last = events["last_event"]
-        print(f"  events: {events['state']}, {events['received']} received, last "
-              + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
-        loop = status.get("loop")
-        if isinstance(loop, dict):
-            print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "
-                  f"({loop['longest_task']}), {loop['stalls']} over "
-                  f"{1000 * loop['stall_s']:.0f} ms")
-    if not targets:
-        print("no assetfs mounts")
+    if args.json:
+        for mountpoint in targets:
+            print(json.dumps(_status_of(mountpoint), indent=2))
+    elif args.watch is None:
+        print(_status_text(targets))
+    else:
+        try:
+            while True:  # clear the terminal, then the status; until Ctrl-C
+                print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + _status_text(targets),
+                      flush=True)
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            pass
     return 0
+
+
+def _status_text(targets: list[str]) -> str:
+    return "\n".join(render(m, _status_of(m)) for m in targets) or "no assetfs mounts"
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -272,7 +278,9 @@ def parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
     status = sub.add_parser("status", help="show mounts, cache, uploads and events")
     status.add_argument("mountpoint", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the daemon's status as JSON")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)
     drivers = sub.add_parser("drivers", help="list the URL schemes")
     drivers.set_defaults(func=cmd_drivers)
@@ -305,12 +313,15 @@ def mount_helper(argv: list[str] | None = None) -> int:
     while rest:
         flag = rest.pop(0)
         if flag == "-o" and rest:
-            options += [o for o in rest.pop(0).split(",") if o and o not in _FSTAB_ONLY]
+            options += [o for o in rest.pop(0).split(",") if o and o not in _FSTAB_ONLY
+                        and not o.startswith(("x-", "comment="))]
     return main(["mount", url, mountpoint] + (["-o", ",".join(options)] if options else []))
 
 
 _FSTAB_ONLY = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev"}
+"""fstab options for mount(8) itself; ``x-*`` (``x-systemd.automount``...) and
+``comment=`` are for mount(8) and systemd too, and dropped as well."""
 
 
 if __name__ == "__main__":

@@ -60,8 +60,11 @@ def mount_id(url: str) -> str:
 CORE_OPTIONS = {
     "cache_dir", "cache_max", "write_back_delay", "entry_timeout", "attr_timeout",
     "negative_timeout", "timeout", "ro", "allow_other", "debug", "read_ahead_kb",
-    "umount_timeout", "passthrough",
+    "umount_timeout", "passthrough", "metrics", "trash",
 }
+
+TRASH_MODES = ("off", "server")
+"""``-o trash=``: where a file manager's "Move to Trash" goes (vfs/trash.py)."""
 
 
 @dataclass
@@ -110,6 +113,36 @@ class MountConfig:
         """Kernel FUSE passthrough for files whose whole content is cached (default on
         where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
         return flag(self.options, "passthrough", default=True)
+
+    @property
+    def metrics(self) -> tuple[str, int] | None:
+        """``-o metrics=[HOST:]PORT``: where to serve Prometheus metrics (observe/metrics.py),
+        as (host, port); the host is 127.0.0.1 unless given, port 0 picks a free one. None
+        without the option. Raises InvalidName for anything else."""
+        if "metrics" not in self.options:
+            return None
+        text = self.options["metrics"]
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if not port.isdigit() or int(port) > 65535:
+            raise errors.InvalidName(
+                f"-o metrics={text}: expected [HOST:]PORT, for example 127.0.0.1:9464")
+        return host, int(port)
+
+    @property
+    def trash(self) -> str:
+        """``-o trash=off|server`` (default ``off``): see vfs/trash.py. Raises InvalidName
+        for another value."""
+        mode = self.options.get("trash", "off").strip().lower()
+        if mode not in TRASH_MODES:
+            raise errors.InvalidName(
+                f"-o trash={mode}: expected one of {', '.join(TRASH_MODES)} (docs/desktop.md)")
+        return mode
+
+    def check(self) -> None:
+        """Raise :class:`~assetfs.errors.InvalidName` now for an option value the daemon
+        would refuse (checked before ``assetfs mount`` forks)."""
+        _ = self.cache_max, self.write_back_delay, self.timeout, self.metrics, self.trash
 
     @property
     def read_only(self) -> bool:

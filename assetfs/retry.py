@@ -7,6 +7,7 @@ capped exponential backoff and full jitter, and gives up at an overall deadline.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,9 @@ class RetryPolicy:
 
     ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
     backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter").
+    ``calls`` counts the attempts made under the policy (and the copies ``replace`` makes
+    of it, which share it) by kind: the words of the call's description before " of "
+    (``stat``, ``list``, ``read``, ``upload``...), the requests a mount sends its store.
     """
 
     attempt_timeout: float = 30.0
@@ -65,6 +69,7 @@ class RetryPolicy:
     base: float = 0.2
     cap: float = 5.0
     breaker: Breaker = field(default_factory=Breaker, compare=False)
+    calls: collections.Counter[str] = field(default_factory=collections.Counter, compare=False)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -80,7 +85,9 @@ async def call(
     once; raises :class:`~assetfs.errors.TimedOut` when an attempt overruns and the
     deadline is spent, or the last :class:`~assetfs.errors.Unavailable` otherwise.
     """
+    kind = what.partition(" of ")[0] if " of " in what else what.partition(" ")[0]
     if policy.breaker.open:
+        policy.calls[kind] += 1
         try:
             with trio.fail_after(min(PROBE, policy.attempt_timeout)):
                 result = await fn()
@@ -93,6 +100,7 @@ async def call(
     with trio.move_on_after(policy.deadline):
         while True:
             try:
+                policy.calls[kind] += 1
                 with trio.fail_after(policy.attempt_timeout):
                     result = await fn()
                 policy.breaker.reset()

@@ -38,6 +38,22 @@ from .journal import RESERVE, Journal
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class CacheStats:
+    """Counters of the block cache (``assetfs status``, observe/metrics.py).
+
+    A read is a hit when its bytes were all on the cache disk (or in the library's local
+    copy already opened), a miss when it waited for the store. ``downloaded_bytes`` counts
+    what ranged reads and streams brought from the store; a library's own local copy
+    (omni.client) is the library's business and not counted. ``streams_stopped`` counts
+    downloads of stores without ranged reads stopped because the last reader closed."""
+
+    hits: int = 0
+    misses: int = 0
+    downloaded_bytes: int = 0
+    streams_stopped: int = 0
+
+
 @dataclass(eq=False)
 class CacheItem:
     """The cached content of one remote file.
@@ -70,6 +86,8 @@ class CacheItem:
     stream_started: bool = False
     stream_running: bool = False
     stream_error: errors.AssetFSError | None = None
+    stream_scope: trio.CancelScope | None = None
+    """Cancels the running stream (the last handle closed before it finished)."""
     unlinked: bool = False
     """Deleted or replaced by a rename on our side: open handles still read and write it,
     but its content is never uploaded again."""
@@ -136,6 +154,7 @@ class BlockCache:
         self._dirty_hint = max_bytes
         caps = driver.capabilities
         self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
+        self.stats = CacheStats()
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for read-ahead, stream and sync tasks."""
@@ -286,11 +305,14 @@ class BlockCache:
 
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
-        file descriptors (a tree walk must not pile them up); an item that holds no cached
-        bytes (served from the library's local copy) is forgotten altogether."""
+        file descriptors (a tree walk must not pile them up) and stops its download if a
+        stream is still bringing it (:meth:`_stream`); an item that holds no cached bytes
+        (served from the library's local copy) is forgotten altogether."""
         item.handles -= 1
         if item.handles or item.dirty:
             return
+        if item.stream_scope is not None:
+            item.stream_scope.cancel()
         if item in self._orphans:
             self._orphans.remove(item)
             self._discard(item)
@@ -521,17 +543,27 @@ class BlockCache:
         if offset >= end:
             return b""
         if item.complete or item.dirty:
+            self.stats.hits += 1
             return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
         if self.mode == "local":
+            self._count(item.source_fd is not None)
             return os.pread(await self._source_fd(item), end - offset, offset)
         if self.mode == "ranged":
+            self._count(all(b in item.blocks for b in self._blocks(offset, end)))
             await self._fill_blocks(item, offset, end)
             if offset == item.next_offset or offset == 0:
                 self._read_ahead(item, end)
             item.next_offset = end
         else:
+            self._count(item.watermark >= end)
             await self._wait_stream(item, end)
         return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
+
+    def _count(self, hit: bool) -> None:
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
 
     async def _source_fd(self, item: CacheItem) -> int:
         if item.source_fd is None:
@@ -585,6 +617,7 @@ class BlockCache:
                                  self.policy, f"read of {item.path}")
             finally:
                 os.close(fd)
+            self.stats.downloaded_bytes += length
             item.blocks.add(block)
             if len(item.blocks) * self.block_size >= item.size:
                 item.complete = True
@@ -633,22 +666,30 @@ class BlockCache:
         HTTP Range: vcsim, NodeODX). A restart after a failure downloads from 0 again (there
         is no range) but rewrites nothing below the watermark. The deadline is a stall
         timeout: each chunk must come within ``policy.attempt_timeout`` seconds, however
-        long the whole file takes."""
+        long the whole file takes. :meth:`closed` stops the stream when the last handle
+        closes first: a file manager's thumbnailer or type sniffer reads a few KiB of each
+        file, and each would otherwise download the whole file."""
         stall = self.policy.attempt_timeout
         position = 0
         try:
             self.make_room(item.size, for_dirty=False)
-            with trio.CancelScope(deadline=trio.current_time() + stall) as scope:
+            with (trio.CancelScope() as item.stream_scope,
+                  trio.CancelScope(deadline=trio.current_time() + stall) as scope):
                 async for chunk in self.driver.open_stream(item.path):  # type: ignore[attr-defined]
                     scope.deadline = trio.current_time() + stall
                     end = position + len(chunk)
+                    self.stats.downloaded_bytes += len(chunk)
                     if end > item.watermark:
                         skip = max(0, item.watermark - position)
                         self._pwrite(item, chunk[skip:], position + skip)
                         item.watermark = end
                         self._signal(item)
                     position = end
-            if scope.cancelled_caught:
+            if item.stream_scope.cancelled_caught:
+                self.stats.streams_stopped += 1
+                log.debug("download of %s stopped at %d of %d bytes: no reader left",
+                          item.path, item.watermark, item.size)
+            elif scope.cancelled_caught:
                 item.stream_error = errors.TimedOut(f"download of {item.path} stalled")
             else:
                 item.complete = True
@@ -659,6 +700,7 @@ class BlockCache:
                 errors.AssetFSError(str(exc))
         finally:
             item.stream_running = False
+            item.stream_scope = None
             self._signal(item)
 
     async def fill_all(self, item: CacheItem) -> None:

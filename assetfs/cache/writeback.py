@@ -36,8 +36,10 @@ MIN_RATE = 1 << 20
 
 @dataclass
 class UploadStats:
-    """Counters for ``assetfs status``: files and bytes uploaded, retries, conflicts, and
-    the last error as ``(unix time, message)``."""
+    """Counters for ``assetfs status``: files and bytes uploaded, retries (failed
+    attempts), conflicts, the last error as ``(unix time, message)``, the uploads running
+    (``in_progress``: path -> bytes, ``started``: path -> unix time) and the files whose
+    last attempt failed (``failing``: path -> (unix time, message, failed attempts))."""
 
     files: int = 0
     bytes: int = 0
@@ -46,6 +48,8 @@ class UploadStats:
     conflict_paths: list[str] = field(default_factory=list)
     last_error: tuple[float, str] | None = None
     in_progress: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    failing: dict[str, tuple[float, str, int]] = field(default_factory=dict)
 
 
 def conflict_name(path: str, now: float | None = None) -> str:
@@ -174,6 +178,7 @@ class WriteBack:
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
+            self.stats.failing.pop(item.path, None)
             self._errors.pop(item, None)  # an earlier failure is not this fsync's answer
         except Exception as exc:
             if not isinstance(exc, errors.AssetFSError):
@@ -183,6 +188,7 @@ class WriteBack:
             self._attempts[item] = attempt + 1
             self.stats.retries += 1
             self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
+            self.stats.failing[item.path] = (time.time(), str(exc), attempt + 1)
             self._errors[item] = exc
             log.warning("upload of %s failed (%s); retrying", self.driver.describe(item.path), exc)
             backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
@@ -190,6 +196,7 @@ class WriteBack:
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)
+            self.stats.started.pop(item.path, None)
             finished = self._finished.pop(item, None)
             if finished is not None:
                 finished.set()
@@ -217,6 +224,7 @@ class WriteBack:
                     return
                 target = conflict_name(path)
         self.stats.in_progress[path] = size
+        self.stats.started[path] = time.time()
         source = self.cache.cache_file(item)
         entry = await retry.call(lambda: self.driver.write(target, source, size),
                                  self.upload_policy(size), f"upload of {target}")

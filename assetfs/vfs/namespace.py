@@ -11,6 +11,7 @@ from ..cache.blocks import BlockCache
 from ..drivers.base import Driver, Entry, join, split
 from .metadata import MISSING, MetadataCache
 from .mtimes import MtimeOverlay
+from .trash import TrashPolicy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,8 +31,11 @@ class Namespace:
         cache: BlockCache,
         policy: retry.RetryPolicy,
         mtimes: MtimeOverlay,
+        trash: TrashPolicy | None = None,
     ) -> None:
         self.mtimes = mtimes
+        self.trash = trash or TrashPolicy("server")
+        """Which trash folders the view hides (vfs/trash.py)."""
         self.driver = driver
         self.metadata = metadata
         self.cache = cache
@@ -90,6 +94,8 @@ class Namespace:
     async def find(self, path: str) -> Entry | None:
         """The entry the kernel sees at ``path`` (local size/mtime for files being written),
         or None."""
+        if self.trash.hides(path):
+            return None
         remote = await self.remote(path)
         item = self.cache.items.get(path)
         if item is not None and (item.dirty or item.writers):
@@ -127,7 +133,8 @@ class Namespace:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
+        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()
+                  if not self.trash.hides(join(folder, name))}
         for path, item in self.cache.items.items():
             parent, name = split(path)
             if parent == folder and path != "/" and (item.dirty or item.writers):
