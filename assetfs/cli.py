@@ -203,8 +203,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise UsageError(result.stderr.strip() or "fusermount3 -u failed")
     if isinstance(pid, int):
         deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+        with Progress(f"unmounted; waiting for the daemon (pid {pid}) to finish"):
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
     return 0
 
 
