@@ -1,6 +1,7 @@
 """Progress lines for the command line's long waits (a mount of a slow store, an unmount
 that uploads first): nothing for a wait that ends within ``quiet`` seconds, then one line
-every ``every`` seconds on stderr saying what is awaited and for how long; on a terminal
+every ``every`` seconds on stdout (where ``assetfs mount`` says it mounted: stderr keeps
+the one-line reason of a failure) saying what is awaited and for how long; on a terminal
 the line is rewritten in place."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Progress:
         self.what = what
         self.detail = detail
         self.quiet = quiet
-        self.out = out or sys.stderr
+        self.out = out or sys.stdout
         self.every = 1.0 if self.out.isatty() else every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="assetfs-progress", daemon=True)
