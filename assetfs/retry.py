@@ -1,4 +1,4 @@
-"""Deadlines and retries for every remote call (design.md, Concurrency rules).
+"""Deadlines and retries for every remote call (docs/architecture.md, Concurrency rules).
 
 A request handler never waits on the network without a deadline: :func:`call` runs one
 driver call with a per-attempt timeout, retries :class:`~assetfs.errors.Unavailable` with
@@ -7,7 +7,6 @@ capped exponential backoff and full jitter, and gives up at an overall deadline.
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -59,9 +58,6 @@ class RetryPolicy:
 
     ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
     backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter").
-    ``calls`` counts the attempts made under the policy (and the copies ``replace`` makes
-    of it, which share it) by kind: the words of the call's description before " of "
-    (``stat``, ``list``, ``read``, ``upload``...), the requests a mount sends its store.
     """
 
     attempt_timeout: float = 30.0
@@ -69,7 +65,6 @@ class RetryPolicy:
     base: float = 0.2
     cap: float = 5.0
     breaker: Breaker = field(default_factory=Breaker, compare=False)
-    calls: collections.Counter[str] = field(default_factory=collections.Counter, compare=False)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -85,9 +80,7 @@ async def call(
     once; raises :class:`~assetfs.errors.TimedOut` when an attempt overruns and the
     deadline is spent, or the last :class:`~assetfs.errors.Unavailable` otherwise.
     """
-    kind = what.partition(" of ")[0] if " of " in what else what.partition(" ")[0]
     if policy.breaker.open:
-        policy.calls[kind] += 1
         try:
             with trio.fail_after(min(PROBE, policy.attempt_timeout)):
                 result = await fn()
@@ -100,7 +93,6 @@ async def call(
     with trio.move_on_after(policy.deadline):
         while True:
             try:
-                policy.calls[kind] += 1
                 with trio.fail_after(policy.attempt_timeout):
                     result = await fn()
                 policy.breaker.reset()

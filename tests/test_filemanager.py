@@ -1,5 +1,5 @@
 """A real file manager on a mount: PCManFM under Xvfb browses a vSphere content library
-served by vcsim, a store without ranged reads (docs/backends/vsphere.md, docs/desktop.md).
+served by vcsim, a store without ranged reads (docs/vsphere.md, docs/desktop.md).
 
 PCManFM (libfm) reads the first 4 KiB of every file whose type its name does not tell, and
 thumbnails images itself. On a store without Range the first read starts a download of the

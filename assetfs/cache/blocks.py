@@ -1,13 +1,15 @@
 """The block cache: file content on local disk, read-through, read-ahead, LRU by bytes.
 
 Each file the VFS touches is a :class:`CacheItem`; its bytes live in ``data/<key>``, a
-sparse local file. How missing bytes arrive depends on the driver's capabilities:
+sparse local file. How missing bytes arrive depends on the store's
+:class:`~assetfs.drivers.base.ReadMode`, and every fetch goes through the driver call layer
+(assetfs/remote.py), which gives it the mount's deadline:
 
-- ``local_path`` (omni.client): the library already keeps a local copy (on ``file:`` the
+- ``LOCAL`` (omni.client): the library already keeps a local copy (on ``file:`` the
   file itself), so clean reads are served from that file by range, with no second copy;
-- ``ranged_read``: missing blocks of ``block_size`` bytes are fetched on demand, and a
+- ``RANGED``: missing blocks of ``block_size`` bytes are fetched on demand, and a
   sequential reader triggers read-ahead of the next ``readahead`` blocks in the background;
-- otherwise (vcsim, NodeODX): one background stream fills the file from offset 0, and a
+- ``STREAM`` (vcsim, NodeODX): one background stream fills the file from offset 0, and a
   reader waits only until the bytes it asked for have arrived.
 
 Writes go to the cache file and make the item dirty; dirty items are never evicted. Clean
@@ -31,8 +33,9 @@ from pathlib import Path
 
 import trio
 
-from .. import errors, retry
-from ..drivers.base import Driver, Entry, Kind
+from .. import errors
+from ..drivers.base import Entry, Kind, ReadMode
+from ..remote import Remote
 from .journal import RESERVE, Journal
 
 log = logging.getLogger(__name__)
@@ -130,9 +133,8 @@ class BlockCache:
     def __init__(
         self,
         root: Path,
-        driver: Driver,
+        remote: Remote,
         journal: Journal,
-        policy: retry.RetryPolicy,
         max_bytes: int,
         block_size: int = 1 << 20,
         readahead: int = 8,
@@ -140,9 +142,8 @@ class BlockCache:
         self.root = root
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
-        self.driver = driver
+        self.remote = remote
         self.journal = journal
-        self.policy = policy
         self.max_bytes = max_bytes
         self.block_size = block_size
         self.readahead = readahead
@@ -152,8 +153,7 @@ class BlockCache:
         self._sync_limiter = trio.CapacityLimiter(2)
         self._used_hint = max_bytes  # the first make_room counts exactly
         self._dirty_hint = max_bytes
-        caps = driver.capabilities
-        self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
+        self.mode = remote.read_mode
         self.stats = CacheStats()
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -545,10 +545,10 @@ class BlockCache:
         if item.complete or item.dirty:
             self.stats.hits += 1
             return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
-        if self.mode == "local":
+        if self.mode is ReadMode.LOCAL:
             self._count(item.source_fd is not None)
             return os.pread(await self._source_fd(item), end - offset, offset)
-        if self.mode == "ranged":
+        if self.mode is ReadMode.RANGED:
             self._count(all(b in item.blocks for b in self._blocks(offset, end)))
             await self._fill_blocks(item, offset, end)
             if offset == item.next_offset or offset == 0:
@@ -569,8 +569,7 @@ class BlockCache:
         if item.source_fd is None:
             async with item.fill_lock:
                 if item.source_fd is None:
-                    local = await retry.call(lambda: self.driver.local_path(item.path),
-                                             self.policy, f"local copy of {item.path}")
+                    local = await self.remote.local_path(item.path)
                     item.local_source = local
                     item.source_fd = os.open(local, os.O_RDONLY)
                     # readers through FUSE come in 1 MiB requests, one at a time: let the
@@ -613,8 +612,7 @@ class BlockCache:
             # its number reused while the driver writes.
             fd = os.dup(self._open_cache_file(item, create=True))
             try:
-                await retry.call(lambda: self.driver.read_into(item.path, offset, length, fd),
-                                 self.policy, f"read of {item.path}")
+                await self.remote.read_into(item.path, offset, length, fd)
             finally:
                 os.close(fd)
             self.stats.downloaded_bytes += length
@@ -664,19 +662,15 @@ class BlockCache:
     async def _stream(self, item: CacheItem) -> None:
         """Fill ``item`` from offset 0 with :meth:`Driver.open_stream` (stores that ignore
         HTTP Range: vcsim, NodeODX). A restart after a failure downloads from 0 again (there
-        is no range) but rewrites nothing below the watermark. The deadline is a stall
-        timeout: each chunk must come within ``policy.attempt_timeout`` seconds, however
-        long the whole file takes. :meth:`closed` stops the stream when the last handle
-        closes first: a file manager's thumbnailer or type sniffer reads a few KiB of each
-        file, and each would otherwise download the whole file."""
-        stall = self.policy.attempt_timeout
+        is no range) but rewrites nothing below the watermark. The call layer's deadline is
+        a stall timeout (assetfs/remote.py). :meth:`closed` stops the stream when the last
+        handle closes first: a file manager's thumbnailer or type sniffer reads a few KiB of
+        each file, and each would otherwise download the whole file."""
         position = 0
         try:
             self.make_room(item.size, for_dirty=False)
-            with (trio.CancelScope() as item.stream_scope,
-                  trio.CancelScope(deadline=trio.current_time() + stall) as scope):
-                async for chunk in self.driver.open_stream(item.path):  # type: ignore[attr-defined]
-                    scope.deadline = trio.current_time() + stall
+            with trio.CancelScope() as item.stream_scope:
+                async for chunk in self.remote.open_stream(item.path):
                     end = position + len(chunk)
                     self.stats.downloaded_bytes += len(chunk)
                     if end > item.watermark:
@@ -689,8 +683,6 @@ class BlockCache:
                 self.stats.streams_stopped += 1
                 log.debug("download of %s stopped at %d of %d bytes: no reader left",
                           item.path, item.watermark, item.size)
-            elif scope.cancelled_caught:
-                item.stream_error = errors.TimedOut(f"download of {item.path} stalled")
             else:
                 item.complete = True
         except errors.AssetFSError as exc:
@@ -709,11 +701,11 @@ class BlockCache:
             self._open_cache_file(item, create=True)
             return
         self.make_room(item.size, for_dirty=True)
-        if self.mode == "local":
+        if self.mode is ReadMode.LOCAL:
             source = await self._source_fd(item)
             target = self._open_cache_file(item, create=True)
             await trio.to_thread.run_sync(_copy_fd, source, target, item.size)
-        elif self.mode == "ranged":
+        elif self.mode is ReadMode.RANGED:
             self._open_cache_file(item, create=True)
             if item.size:
                 await self._fill_blocks(item, 0, item.size)

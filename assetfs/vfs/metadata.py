@@ -8,7 +8,7 @@ because file managers and shells probe many names that are not there.
 What expired is kept aside (``stale_entry``/``stale_listing``, LRU-bounded) until an event
 or a change of ours says it changed: while the store cannot be reached, folders already
 listed stay listable and files already seen keep their attributes (stale-if-error, as
-HTTP caches do, and as design.md asks of a mount whose backend is down).
+HTTP caches do, and as docs/architecture.md asks of a mount whose backend is down).
 
 File managers look for the same few names in every folder they show (:data:`PROBE_NAMES`:
 GIO's ``.hidden``, KDE's ``.directory``, Windows' ``desktop.ini`` and ``Thumbs.db``, macOS's
