@@ -170,7 +170,7 @@ class MetricsServer:
     def __init__(self, host: str, port: int, sample: Callable[[], Sample]) -> None:
         """Start serving on ``host``:``port`` (port 0: a free one, see :attr:`url`); call
         from the loop thread. Raises :class:`~assetfs.errors.AlreadyExists` when the
-        address is taken and :class:`~assetfs.errors.InvalidName` when it cannot be bound."""
+        address is taken and :class:`~assetfs.errors.BadOption` when it cannot be bound."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(MountCollector(sample, trio.lowlevel.current_trio_token()))
         try:
@@ -179,7 +179,7 @@ class MetricsServer:
             what = f"-o metrics={host}:{port}: {exc.strerror or exc}"
             if exc.errno == errno.EADDRINUSE:
                 raise errors.AlreadyExists(what) from None
-            raise errors.InvalidName(what) from None
+            raise errors.BadOption(what) from None
         bound_host, bound_port = self._server.server_address[:2]
         shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
         self.url = f"http://{shown}:{bound_port}/metrics"
