@@ -375,6 +375,7 @@ def sim() -> Iterator[Any]:
         yield peer
 
 
+@pytest.mark.vsphere
 def test_status_and_umount_during_a_large_upload(sim: Any, tmp_path: Path) -> None:
     """While a large file uploads to vcsim, ``assetfs status`` shows it with its progress;
     ``assetfs umount`` then says what it still waits for, and returns once it is up."""
