@@ -215,9 +215,10 @@ def _uploads_left(mountpoint: str) -> str:
     status = _status_of(mountpoint)
     cache, uploads = status["cache"], status["uploads"]
     assert isinstance(cache, dict) and isinstance(uploads, dict)
-    text = f"{len(status['dirty_files'] or [])} files, {human_size(cache['dirty_bytes'])} left"
-    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%"
-               for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    flying = [u for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    left = cache["dirty_bytes"] - sum(u["sent_bytes"] for u in flying)
+    text = f"{len(status['dirty_files'] or [])} files, {human_size(max(0, left))} to send"
+    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%" for u in flying]
     return text + (f" ({', '.join(running[:3])})" if running else "")
 
 
