@@ -416,3 +416,25 @@ def test_status_and_umount_during_a_large_upload(sim: Any, tmp_path: Path) -> No
                                 r"the daemon).* \(\d+ s\)", line) for line in lines), lines
     item = sim.find_item(lid, "iso")
     assert any(f["name"] == "big.bin" and f["size"] == 768 << 20 for f in sim.files(item))
+
+
+def test_type_sniffing_fetches_a_window_not_whole_files_on_a_ranged_store(
+    tmp_path: Path,
+) -> None:
+    """A file manager's type sniffer opens each file, reads 4 KiB and closes it (libfm
+    does): on a store with ranged reads that fetches the blocks the kernel asked for and
+    one read-ahead window behind them (cache/blocks.py), not the file."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    size, files = 32 << 20, 6
+    for i in range(files):
+        (seed / f"take{i}").write_bytes(os.urandom(size))
+    options = {"seed": str(seed), "cache_dir": str(tmp_path / "cache")}
+    with mounted(f"memory://{tmp_path.name}/", tmp_path / "mnt", options) as m:
+        for i in range(files):
+            with open(m.path / f"take{i}", "rb") as f:
+                assert f.read(4096) == (seed / f"take{i}").read_bytes()[:4096]
+        time.sleep(1)  # what a background read-ahead would fetch meanwhile
+        downloaded = status(m)["cache"]["downloaded_bytes"]
+        window = (2 + 8) << 20  # the kernel's first two requests' blocks + 8 read ahead
+        assert 0 < downloaded <= files * window < files * size, downloaded
