@@ -167,13 +167,15 @@ class MetadataCache:
             self._entries[join(folder, e.name)] = self._stale_entries[join(folder, e.name)] = e
         return listing
 
-    def forget(self, path: str) -> None:
-        """Drop what is known about ``path`` and, if it is a folder, its listing."""
+    def forget(self, path: str, children: bool = True) -> None:
+        """Drop what is known about ``path`` and, if it is a folder and ``children``, its
+        listing (a store action on a folder changes its metadata, not its children)."""
         self._changed(path)
         parent, name = split(path)
         for entries, listings in self._layers:
             entries.pop(path, None)
-            listings.pop(path, None)
+            if children:
+                listings.pop(path, None)
             listing = listings.get(parent)
             if listing is not None:
                 listing.pop(name, None)

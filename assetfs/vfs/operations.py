@@ -625,7 +625,7 @@ class Operations(pyfuse3.Operations):
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
         await self.remote.control(self._path(inode), action, value)
-        self.metadata.forget(self._path(inode))
+        self.metadata.forget(self._path(inode), children=False)
 
     @_errno
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
