@@ -207,7 +207,7 @@ class Mount:
     def _sent(self, path: str) -> int | None:
         """Bytes the running upload of ``path`` has read from its cache file, if known
         (observe/progress.py)."""
-        item = self.cache.items.get(path)
+        item = self.cache.item(path)
         return read_position(self.cache.cache_file(item)) if item is not None else None
 
     async def serve(self, ready: Callable[[], None]) -> None:

@@ -95,8 +95,8 @@ class Namespace:
         if self.trash.hides(path):
             return None
         remote = await self.remote(path)
-        item = self.cache.items.get(path)
-        if item is not None and (item.dirty or item.writers):
+        item = self.cache.shadowing(path)
+        if item is not None:
             return item.entry(remote, split(path)[1])
         return None if remote is None else self.mtimes.apply(path, remote)
 
@@ -132,8 +132,6 @@ class Namespace:
                     raise
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()
                   if not self.trash.hides(join(folder, name))}
-        for path, item in self.cache.items.items():
-            parent, name = split(path)
-            if parent == folder and path != "/" and (item.dirty or item.writers):
-                merged[name] = item.entry(listing.get(name), name)
+        for name, item in self.cache.shadowing_children(folder):
+            merged[name] = item.entry(listing.get(name), name)
         return merged
