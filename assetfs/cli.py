@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -173,8 +174,9 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
     return 1
 
 
-def _status_of(mountpoint: str) -> dict[str, object]:
-    return json.loads(os.getxattr(mountpoint, "user.assetfs.status"))
+def _status_of(mountpoint: str) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(os.getxattr(mountpoint, "user.assetfs.status"))
+    return status
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

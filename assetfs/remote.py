@@ -38,7 +38,8 @@ class Remote:
 
     ``policy`` is the mount's; :meth:`write` stretches it by the upload's size. The
     read-only properties (``capabilities``, ``read_mode``, ``lazy_xattrs``) and the no-I/O
-    hooks (``describe``, ``check_create``, ``watch``, ``unwatch``) pass straight through.
+    hooks (``describe``, ``check_create``, ``check_write``, ``watch``, ``unwatch``) pass
+    straight through.
     """
 
     def __init__(self, driver: Driver, policy: retry.RetryPolicy) -> None:
@@ -72,6 +73,10 @@ class Remote:
     def check_create(self, path: str, kind: Kind) -> None:
         """Raise when the store cannot hold a new ``kind`` at ``path`` (no I/O)."""
         self._driver.check_create(path, kind)
+
+    def check_write(self, path: str) -> None:
+        """Raise when new content can never be stored at file ``path`` (no I/O)."""
+        self._driver.check_write(path)
 
     def watch(self, folder: str) -> None:
         """Report changes to the children of ``folder`` from now on."""

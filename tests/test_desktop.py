@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from mounting import Mount, assetfs_command, is_mounted, mounted
+from peers.vcsim_peer import PASSWORD, USER, running
 from prometheus_client.parser import text_string_to_metric_families
 
 from assetfs.observe.statusview import human_size, render
@@ -222,7 +222,6 @@ def test_render_shows_a_running_upload_with_progress() -> None:
 
 
 # --- trash ----------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("gio") is None, reason="gio (libglib2.0-bin) not installed")
 def test_gio_trash_follows_the_trash_option(store: Path, tmp_path: Path) -> None:
     """Default (off): ``gio trash`` fails before touching anything (a file manager then
     offers to delete), no ``.Trash-*`` is made on the store, and one there stays unseen;
@@ -285,7 +284,6 @@ def test_probe_names_are_answered_without_the_store(store: Path, tmp_path: Path)
 
 
 # --- services -------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 @pytest.mark.parametrize("unit", ["systemd/assetfs@.service", "systemd/user/assetfs@.service"])
 def test_service_units_verify(unit: str, tmp_path: Path) -> None:
     """systemd-analyze verify finds nothing to say about an instance of each unit (its
@@ -318,19 +316,18 @@ def test_fstab_automount_line(store: Path, tmp_path: Path) -> None:
     readme = (REPO / "docs" / "desktop.md").read_text()
     assert FSTAB_LINE in readme
     generator = Path("/usr/lib/systemd/system-generators/systemd-fstab-generator")
-    if generator.exists():
-        fstab, out = tmp_path / "fstab", tmp_path / "units"
-        fstab.write_text(FSTAB_LINE + "\n")
-        out.mkdir()
-        subprocess.run([str(generator), str(out), str(out), str(out)], check=True,
-                       env={**os.environ, "SYSTEMD_FSTAB": str(fstab),
-                            "SYSTEMD_PROC_CMDLINE": ""}, timeout=60)
-        automount = (out / "mnt-projects.automount").read_text()
-        assert "Where=/mnt/projects" in automount and "TimeoutIdleSec=10min" in automount
-        unit = (out / "mnt-projects.mount").read_text()
-        assert "Type=fuse.assetfs" in unit
-        assert "What=omniverse://nucleus.example.com/Projects" in unit
-        assert (out / "remote-fs.target.requires" / "mnt-projects.automount").exists()
+    fstab, out = tmp_path / "fstab", tmp_path / "units"
+    fstab.write_text(FSTAB_LINE + "\n")
+    out.mkdir()
+    subprocess.run([str(generator), str(out), str(out), str(out)], check=True,
+                   env={**os.environ, "SYSTEMD_FSTAB": str(fstab),
+                        "SYSTEMD_PROC_CMDLINE": ""}, timeout=60)
+    automount = (out / "mnt-projects.automount").read_text()
+    assert "Where=/mnt/projects" in automount and "TimeoutIdleSec=10min" in automount
+    unit = (out / "mnt-projects.mount").read_text()
+    assert "Type=fuse.assetfs" in unit
+    assert "What=omniverse://nucleus.example.com/Projects" in unit
+    assert (out / "remote-fs.target.requires" / "mnt-projects.automount").exists()
     mnt = tmp_path / "auto"
     mnt.mkdir()
     options = ("rw,noauto,x-systemd.automount,x-systemd.idle-timeout=10min,_netdev,"
@@ -370,8 +367,7 @@ def test_a_slow_mount_shows_progress(tmp_path: Path) -> None:
 
 @pytest.fixture
 def sim() -> Iterator[Any]:
-    vcsim_peer = pytest.importorskip("peers.vcsim_peer")
-    with vcsim_peer.running() as peer:
+    with running() as peer:
         yield peer
 
 
@@ -379,8 +375,6 @@ def sim() -> Iterator[Any]:
 def test_status_and_umount_during_a_large_upload(sim: Any, tmp_path: Path) -> None:
     """While a large file uploads to vcsim, ``assetfs status`` shows it with its progress;
     ``assetfs umount`` then says what it still waits for, and returns once it is up."""
-    from peers.vcsim_peer import PASSWORD, USER
-
     lid = sim.create_library("lib")
     sim.create_item(lid, "iso")
     # a long poll interval keeps the root's attributes cached: vcsim answers no request

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,11 +20,9 @@ from typing import Any
 
 import pytest
 from mounting import Mount, mounted, stop_process
+from peers.vcsim_peer import PASSWORD, USER, running
 
-TOOLS = ("pcmanfm", "Xvfb", "import", "convert")
-pytestmark = [pytest.mark.vsphere, pytest.mark.skipif(
-    any(shutil.which(t) is None for t in TOOLS),
-    reason=f"needs {', '.join(TOOLS)} (make test installs them: mk/desktop.mk)")]
+pytestmark = pytest.mark.vsphere
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255),
            "orange": (255, 160, 0)}
@@ -133,8 +130,7 @@ def settle(mount: Mount, seconds: float, quiet: float = 2.0) -> dict[str, Any]:
 def test_pcmanfm_browses_without_downloading_and_shows_thumbnails(
     tmp_path: Path, display: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    vcsim_peer = pytest.importorskip("peers.vcsim_peer")
-    with vcsim_peer.running() as sim:
+    with running() as sim:
         library = sim.create_library("lib")
         photos = sim.create_item(library, "photos")
         for name, colour in COLOURS.items():
@@ -146,8 +142,8 @@ def test_pcmanfm_browses_without_downloading_and_shows_thumbnails(
             sim.upload(takes, f"take{i}", bytes(BIG_SIZE))
         options = {"http": None, "poll_interval": "5", "cache_dir": str(tmp_path / "cache")}
         env = desktop_env(tmp_path, display)
-        with mounted(f"vsphere://{vcsim_peer.USER}@{sim.host}/", tmp_path / "mnt", options,
-                     {"ASSETFS_VSPHERE_PASSWORD": vcsim_peer.PASSWORD}) as m:
+        with mounted(f"vsphere://{USER}@{sim.host}/", tmp_path / "mnt", options,
+                     {"ASSETFS_VSPHERE_PASSWORD": PASSWORD}) as m:
             log = open(tmp_path / "pcmanfm.log", "wb")  # noqa: SIM115 - closed below
             manager = subprocess.Popen(["pcmanfm", str(m.path / "lib" / "takes")], env=env,
                                        stdout=log, stderr=subprocess.STDOUT)

@@ -15,7 +15,6 @@ import collections
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,9 +22,11 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import errors
+from ..backoff import Backoff
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, ReadMode, split
 from ..remote import Remote
-from .blocks import BlockCache, CacheItem
+from .blocks import BlockCache
+from .item import CacheItem
 
 log = logging.getLogger(__name__)
 COMPARE_CHUNK = 1 << 20
@@ -75,7 +76,8 @@ class WriteBack:
         self.on_uploaded = on_uploaded
         self.events = events
         self.workers = workers
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.5, cap=max_backoff, floor=0.5)
+        """Waits between tries of a failing upload (0.5-1 s, doubling up to ``max_backoff``)."""
         self.stats = UploadStats()
         self._due: dict[CacheItem, float] = {}
         self._attempts: dict[CacheItem, int] = {}
@@ -187,8 +189,7 @@ class WriteBack:
             self.stats.failing[item.path] = (time.time(), str(exc), attempt + 1)
             self._errors[item] = exc
             log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
-            backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
-            self.schedule(item, backoff)
+            self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)

@@ -181,7 +181,8 @@ class MetricsServer:
                 raise errors.AlreadyExists(what) from None
             raise errors.BadOption(what) from None
         bound_host, bound_port = self._server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+        name = bound_host.decode() if isinstance(bound_host, bytes) else str(bound_host)
+        shown = f"[{name}]" if ":" in name else name
         self.url = f"http://{shown}:{bound_port}/metrics"
         """Where the metrics are served."""
 
