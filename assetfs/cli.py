@@ -26,7 +26,9 @@ from . import __version__, errors
 from .config import CORE_OPTIONS, MountConfig
 from .drivers import available, driver_class
 from .drivers.base import POLL_INTERVAL
+from .observe.statusview import human_size, render
 from .options import split as split_options
+from .waiting import Progress
 
 log = logging.getLogger("assetfs")
 READY = b"ready\n"
@@ -164,7 +166,8 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
             pass_fds=(write_end,), start_new_session=True,
         )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
+    with os.fdopen(read_end, "rb") as pipe, Progress(f"mounting {config.url}, waiting for "
+                                                     "the store and its change events"):
         answer = pipe.readline()
     if answer == READY:
         print(f"assetfs: mounted {shown_url(config.url)} on {config.mountpoint} "
@@ -194,7 +197,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
         if dirty:
             print(f"assetfs: waiting for {len(dirty)} uploads: {', '.join(map(str, dirty[:10]))}")
         try:
-            os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
+            with Progress("uploading before unmount", lambda: _uploads_left(mountpoint)):
+                os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
         except OSError as exc:
             if exc.errno == errno.ETIMEDOUT:
                 left = _status_of(mountpoint).get("dirty_files") or []
@@ -208,9 +212,22 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise UsageError(result.stderr.strip() or "fusermount3 -u failed")
     if isinstance(pid, int):
         deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+        with Progress(f"unmounted; waiting for the daemon (pid {pid}) to finish"):
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
     return 0
+
+
+def _uploads_left(mountpoint: str) -> str:
+    """What an unmount still waits for, for its progress line."""
+    status = _status_of(mountpoint)
+    cache, uploads = status["cache"], status["uploads"]
+    assert isinstance(cache, dict) and isinstance(uploads, dict)
+    flying = [u for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    left = cache["dirty_bytes"] - sum(u["sent_bytes"] for u in flying)
+    text = f"{len(status['dirty_files'] or [])} files, {human_size(max(0, left))} to send"
+    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%" for u in flying]
+    return text + (f" ({', '.join(running[:3])})" if running else "")
 
 
 def _alive(pid: int) -> bool:
@@ -227,37 +244,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     targets = [os.path.realpath(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
     if args.mountpoint and targets[0] not in fuse_mounts():
         raise UsageError(f"{targets[0]} is not an assetfs mount")
-    for mountpoint in targets:
-        status = _status_of(mountpoint)
-        if args.json:
-            print(json.dumps(status, indent=2))
-            continue
-        cache, uploads, events = status["cache"], status["uploads"], status["events"]
-        assert isinstance(cache, dict) and isinstance(uploads, dict) and isinstance(events, dict)
-        print(f"{mountpoint}: {status['url']} ({status['driver']}, pid {status['pid']})")
-        print(f"  cache: {cache['used_bytes']} of {cache['max_bytes']} bytes, "
-              f"{cache['dirty_bytes']} dirty ({cache['dir']})")
-        dirty = status["dirty_files"]
-        assert isinstance(dirty, list)
-        print(f"  dirty files: {len(dirty)}" + (f" ({', '.join(dirty[:5])})" if dirty else ""))
-        print(f"  uploads: {uploads['files']} files, {uploads['bytes']} bytes, "
-              f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
-        if uploads["last_error"]:
-            print(f"  last error: {uploads['last_error'][1]}")
-        last = events["last_event"]
-        print(f"  events: {events['state']}, {events['received']} received, last "
-              + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
-        driver_state = status.get("driver_state")
-        if driver_state:
-            print(f"  driver: {json.dumps(driver_state)}")
-        loop = status.get("loop")
-        if isinstance(loop, dict):
-            print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "
-                  f"({loop['longest_task']}), {loop['stalls']} over "
-                  f"{1000 * loop['stall_s']:.0f} ms")
-    if not targets:
-        print("no assetfs mounts")
+    if args.json:
+        for mountpoint in targets:
+            print(json.dumps(_status_of(mountpoint), indent=2))
+    elif args.watch is None:
+        print(_status_text(targets))
+    else:
+        try:
+            while True:  # clear the terminal, then the status; until Ctrl-C
+                print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + _status_text(targets),
+                      flush=True)
+                time.sleep(args.watch)
+        except KeyboardInterrupt:
+            pass
     return 0
+
+
+def _status_text(targets: list[str]) -> str:
+    return "\n".join(render(m, _status_of(m)) for m in targets) or "no assetfs mounts"
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -297,7 +301,9 @@ def parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
     status = sub.add_parser("status", help="show mounts, cache, uploads and events")
     status.add_argument("mountpoint", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the daemon's status as JSON")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)
     drivers = sub.add_parser("drivers", help="list the URL schemes")
     drivers.set_defaults(func=cmd_drivers)

@@ -25,12 +25,15 @@ from .drivers.base import ChangeEvent, Driver, Entry
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
+from .observe.metrics import MetricsServer, take_sample
+from .observe.progress import read_position
 from .remote import Remote
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
 from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
+from .vfs.trash import TrashPolicy
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -95,7 +98,8 @@ class Mount:
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
         self.mtimes = MtimeOverlay(self.journal)
-        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes)
+        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
+                                   TrashPolicy(config.trash))
         self.writeback = WriteBack(
             self.cache, self.remote, config.write_back_delay, self._uploaded,
             self.events_send,
@@ -119,6 +123,8 @@ class Mount:
         """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
         """Stop signals received (SIGTERM, SIGINT, SIGHUP)."""
+        self.metrics: MetricsServer | None = None
+        """The Prometheus endpoint (``-o metrics``), started by :meth:`serve`."""
         for record in self.journal.records():
             item = self.cache.adopt(record.key, record.path, record.base_version)
             if item is not None:
@@ -139,6 +145,9 @@ class Mount:
         stats = self.writeback.stats
         pending = self.writeback.pending()
         sub = self.subscription.status
+        dirty = {i.path for i in pending}
+        flying = [{"path": path, "bytes": size, "started": round(stats.started.get(path, 0), 1),
+                   "sent_bytes": self._sent(path)} for path, size in stats.in_progress.items()]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -151,6 +160,10 @@ class Mount:
                 "used_bytes": self.cache.used_bytes(),
                 "max_bytes": self.config.cache_max,
                 "dirty_bytes": self.cache.dirty_bytes(),
+                "hits": self.cache.stats.hits,
+                "misses": self.cache.stats.misses,
+                "downloaded_bytes": self.cache.stats.downloaded_bytes,
+                "streams_stopped": self.cache.stats.streams_stopped,
             },
             "dirty_files": sorted(i.path for i in pending),
             "uploads": {
@@ -161,6 +174,12 @@ class Mount:
                 "conflicts": stats.conflicts,
                 "conflict_files": stats.conflict_paths[-20:],
                 "last_error": stats.last_error,
+                "queued": len(dirty - set(stats.in_progress)),
+                "in_flight": flying,
+                "failing": [{"path": path, "since": round(since, 1), "error": message,
+                             "attempts": attempts}
+                            for path, (since, message, attempts) in stats.failing.items()
+                            if path in dirty],
             },
             "events": {
                 "state": sub.state,
@@ -170,6 +189,8 @@ class Mount:
                 "restarts": sub.restarts,
                 "last_error": sub.last_error,
                 "watched_folders": len(self.driver.watched),
+                "backlog": self.events_receive.statistics().current_buffer_used,
+                "lag_s": round(self.invalidator.lag, 4),
             },
             "passthrough": {
                 "enabled": self.ops.passthrough.enabled,
@@ -177,9 +198,18 @@ class Mount:
             },
             "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
-            "requests": dict(self.ops.requests),
+            "requests": dict(self.ops.requests.counts),
+            "store_requests": dict(self.remote.calls),
             "loop": self.loop.status(),
+            "trash": self.config.trash,
+            "metrics": self.metrics.url if self.metrics else None,
         }
+
+    def _sent(self, path: str) -> int | None:
+        """Bytes the running upload of ``path`` has read from its cache file, if known
+        (observe/progress.py)."""
+        item = self.cache.item(path)
+        return read_position(self.cache.cache_file(item)) if item is not None else None
 
     async def serve(self, ready: Callable[[], None]) -> None:
         """Mount, call ``ready()``, and serve until unmounted or signalled; then upload what
@@ -191,6 +221,11 @@ class Mount:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
+        address = self.config.metrics
+        if address is not None:
+            self.metrics = MetricsServer(*address, lambda: take_sample(self.status,
+                                                                       self.ops.requests))
+            log.info("metrics at %s", self.metrics.url)
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
         trio.lowlevel.add_instrument(self.loop)
         self.loop.sample_stacks()
@@ -234,6 +269,8 @@ class Mount:
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+            if self.metrics is not None:
+                await self.metrics.close()
 
     async def _serve_requests(self, scope: trio.CancelScope, state: dict[str, bool]) -> None:
         """Answer FUSE requests until the filesystem is unmounted, then stop the mount."""
