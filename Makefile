@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch str
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint bench clean
+.PHONY: setup system-packages venv demo test test-model lint bench clean
 
 setup: system-packages venv
 
@@ -49,6 +49,10 @@ test: setup
 
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
+
+# A soak of the model test (tests/test_model.py): 100,000 operations per mount variant.
+test-model: setup
+	ASSETFS_MODEL_OPS=100000 $(VENV)/bin/pytest -q -rs tests/test_model.py
 
 bench: setup
 	$(PY) scripts/bench_read.py

@@ -23,6 +23,7 @@ from .cache.writeback import WriteBack
 from .config import MountConfig
 from .drivers import driver_class
 from .drivers.base import ChangeEvent, Driver, Entry
+from .events.echoes import OwnChanges
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
@@ -93,6 +94,7 @@ class Mount:
         self.cache = BlockCache(cache_dir, driver, self.journal, self.policy, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
+        self.own = OwnChanges()
         self.mtimes = MtimeOverlay(self.journal)
         self.namespace = Namespace(driver, self.metadata, self.cache, self.policy, self.mtimes)
         self.writeback = WriteBack(
@@ -107,10 +109,11 @@ class Mount:
         )
         self.ops = Operations(
             driver, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
-            timeouts, self.status, read_only=config.read_only, passthrough=config.passthrough,
+            timeouts, self.status, self.own, read_only=config.read_only,
+            passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
-                                       self.ops.kernel_version, self.ops.passthrough)
+                                       self.ops.kernel_version, self.ops.passthrough, self.own)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
         self.loop = LoopWatch()
@@ -126,6 +129,7 @@ class Mount:
     def _uploaded(self, path: str, entry: Entry, mtime_ns: int) -> None:
         """The file written at ``path`` is on the store as ``entry``; it keeps showing the
         local modification time ``mtime_ns`` (see vfs/mtimes.py)."""
+        self.own.changed(path)
         self.mtimes.keep(path, entry.version, mtime_ns)
         self.metadata.put(path, entry)
         inode = self.inodes.get(path)

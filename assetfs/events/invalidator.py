@@ -24,6 +24,7 @@ from ..drivers.base import ChangeEvent, ChangeKind, Entry, join, split
 from ..vfs.inodes import InodeTable
 from ..vfs.metadata import MISSING, MetadataCache
 from ..vfs.passthrough import Passthrough
+from .echoes import OwnChanges
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class Invalidator:
 
     def __init__(
         self, metadata: MetadataCache, cache: BlockCache, inodes: InodeTable,
-        kernel_version: dict[int, str], passthrough: Passthrough,
+        kernel_version: dict[int, str], passthrough: Passthrough, own: OwnChanges,
     ) -> None:
+        self.own = own
         self.passthrough = passthrough
         self.metadata = metadata
         self.cache = cache
@@ -107,6 +109,8 @@ class Invalidator:
         if event.kind is ChangeKind.LISTED:
             return self._listed(event.path, event.listing)
         path = event.path
+        if self.own.recent(path):
+            return self._recheck(path)
         parent, name = split(path)
         cached = self.metadata.entry(path)
         unchanged = event.entry is not None and cached == event.entry
@@ -161,6 +165,26 @@ class Invalidator:
                 notes.append(KernelNote(parent_inode, name, inode if gone and inode else 0))
             notes.append(KernelNote(parent_inode))
         if not gone and inode is not None:
+            notes.append(KernelNote(inode))
+        return notes
+
+    def _recheck(self, path: str) -> list[KernelNote]:
+        """An event about ``path``, which this mount changed lately, may be the late echo of
+        a change since undone (events/echoes.py): forget what is cached about ``path`` so
+        the next lookup asks the store, and let the kernel ask again, without taking the
+        event's entry or detaching the inode the kernel knows for ``path``. Cached content
+        stays: an open compares its version with the store's anew."""
+        parent, name = split(path)
+        self.metadata.forget(path)
+        self.metadata.forget_listing(parent)
+        parent_inode, inode = self.inodes.get(parent), self.inodes.get(path)
+        notes = []
+        if parent_inode is not None:
+            if inode is None:  # a negative dentry may hide what the store now has
+                notes.append(KernelNote(parent_inode, name))
+            notes.append(KernelNote(parent_inode))
+        if inode is not None:
+            self.kernel_version.pop(inode, None)
             notes.append(KernelNote(inode))
         return notes
 

@@ -26,6 +26,7 @@ from .. import errors, retry
 from ..cache.blocks import BlockCache, CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Driver, Entry, Kind, join, split
+from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
@@ -136,6 +137,7 @@ class Operations(pyfuse3.Operations):
         inodes: InodeTable,
         timeouts: Timeouts,
         status: Callable[[], dict[str, Any]],
+        own: OwnChanges,
         read_only: bool = False,
         passthrough: bool = True,
     ) -> None:
@@ -148,6 +150,8 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes
         self.timeouts = timeouts
         self.status = status
+        self.own = own
+        """Paths changed on the store by this mount (their late events are re-checked)."""
         self.read_only = read_only or not driver.capabilities.writable
         self.passthrough = Passthrough(passthrough)
         self.kernel_version: dict[int, str] = {}
@@ -338,6 +342,7 @@ class Operations(pyfuse3.Operations):
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
         self.driver.check_create(path, Kind.DIR)
+        self.own.changed(path)
         entry = await self.driver.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
@@ -350,6 +355,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
+        self.own.changed(path)
         await self.driver.remove(path, Kind.DIR)
         self.metadata.forget_tree(path)
         self.metadata.put(path, None)
@@ -366,6 +372,7 @@ class Operations(pyfuse3.Operations):
         item = self.cache.items.get(path)
         async with self.writeback.held([item] if item is not None else []):
             if await self.ns.remote(path) is not None:
+                self.own.changed(path)
                 with contextlib.suppress(errors.NotFound):
                     await self.driver.remove(path, Kind.FILE)
             self.cache.unlinked(path)
@@ -395,6 +402,7 @@ class Operations(pyfuse3.Operations):
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
         self.driver.check_create(new, source.kind)
+        self.own.changed(old, new)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
