@@ -4,7 +4,7 @@ mount and a plain local folder (the model) with the same operations over a handf
 after unmount, the store with the model.
 
 One mount per test (mounting is slow); each example starts from an empty tree. The size is
-``ASSETFS_MODEL_OPS`` operations per test (default 600; ``make test-model`` runs a soak).
+``ASSETFS_MODEL_OPS`` operations per test (default 2000; ``make test-model`` runs a soak).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mounting import Mount, mounted
 
 STEPS = 40
 """Operations per example."""
-OPS = int(os.environ.get("ASSETFS_MODEL_OPS", "600"))
+OPS = int(os.environ.get("ASSETFS_MODEL_OPS", "2000"))
 
 paths = st.sampled_from(PATHS)
 
@@ -137,3 +137,93 @@ def test_file_mount_behaves_as_a_local_folder(
     with file_mount(store, tmp_path, delay) as mount:
         run_model(mount, model)
     assert tree(store) == tree(model)
+
+
+# --- regressions: sequences the state machine found, as plain tests ------------------------
+EVENTS_ARRIVE = 0.5
+"""Seconds after which the store's events of our own changes have been applied (omni.client
+file: delivers them within milliseconds; generous for a loaded machine)."""
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """One file: mount (write-back at once) for the regression tests; each starts empty."""
+    work = tmp_path_factory.mktemp("regressions")
+    (work / "store").mkdir()
+    with file_mount(work / "store", work, "0") as mount:
+        yield mount
+
+
+@pytest.fixture
+def root(shared: Mount) -> Path:
+    clear(shared.path)
+    return shared.path
+
+
+def never_there(path: Path, seconds: float) -> bool:
+    """True if ``path`` does not appear at any of many looks over ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.lexists(path):
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_deleted_file_stays_deleted_when_its_creation_event_comes_late(root: Path) -> None:
+    """The upload's event arrived after the unlink and brought the name back for a while."""
+    for _ in range(10):
+        (root / "a").write_bytes(b"x")
+        time.sleep(0.02)  # uploaded (write_back_delay 0), its events on their way
+        (root / "a").unlink()
+        assert never_there(root / "a", 0.1)
+        assert os.listdir(root) == []
+
+
+def test_a_file_made_where_a_folder_was_deleted_stays_a_file(root: Path) -> None:
+    for _ in range(30):
+        (root / "b").mkdir()
+        (root / "b").rmdir()
+    (root / "b").write_bytes(b"file")
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "b").is_file()
+    assert (root / "b").read_bytes() == b"file"
+    assert os.listdir(root) == ["b"]
+
+
+def test_a_folder_renamed_onto_an_empty_folder_leaves_no_old_name(root: Path) -> None:
+    (root / "a").mkdir()
+    (root / "a" / "c").write_bytes(b"child")
+    (root / "b").mkdir()
+    os.rename(root / "a", root / "b")
+    time.sleep(EVENTS_ARRIVE)
+    for check in (os.stat, os.unlink, os.rmdir):
+        with pytest.raises(FileNotFoundError):
+            check(root / "a")
+    assert sorted(os.listdir(root)) == ["b"]
+    assert (root / "b" / "c").read_bytes() == b"child"
+
+
+def test_a_name_replaced_by_a_rename_can_be_opened_for_writing(root: Path) -> None:
+    (root / "a").write_bytes(b"old")
+    time.sleep(EVENTS_ARRIVE)
+    (root / "b").write_bytes(b"not uploaded yet")
+    os.rename(root / "b", root / "a")
+    fd = os.open(root / "a", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"N", 0)
+    finally:
+        os.close(fd)
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "a").read_bytes() == b"Not uploaded yet"
+    assert not (root / "b").exists()
+
+
+def test_stat_after_a_truncate_shows_the_new_size(root: Path) -> None:
+    (root / "a").write_bytes(b"0123456789")
+    time.sleep(EVENTS_ARRIVE)
+    os.truncate(root / "a", 3)
+    assert (root / "a").stat().st_size == 3
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "a").stat().st_size == 3
+    assert (root / "a").read_bytes() == b"012"
