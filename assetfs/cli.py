@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import stat
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from . import __version__, errors
+from . import __version__, control, errors
 from .config import MountConfig, parse_options
 from .drivers import available, driver_class
 
@@ -168,39 +169,70 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
     return 1
 
 
-def _status_of(mountpoint: str) -> dict[str, object]:
-    return json.loads(os.getxattr(mountpoint, "user.assetfs.status"))
+POLL = 0.2
+"""Seconds between two looks at the uploads while ``assetfs umount`` waits."""
+NOTE_EVERY = 2.0
+"""Seconds between two "waiting for" lines when what is pending changes."""
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = os.path.realpath(args.mountpoint)
+    """Wait (over the control socket, control.py) until the uploads are done, ``--timeout``
+    passes or Ctrl-C; then unmount. Past the timeout the rest stays in the cache journal and
+    uploads at the next mount; Ctrl-C leaves the mount as it is, uploading."""
+    mountpoint = control.resolved(args.mountpoint)
     if mountpoint not in fuse_mounts():
         raise UsageError(f"{mountpoint} is not an assetfs mount")
-    if args.no_flush:  # the daemon must not upload them on its way out either
-        os.setxattr(mountpoint, "user.assetfs.umount_timeout", b"0")
-    else:
-        status = _status_of(mountpoint)
-        dirty = status.get("dirty_files") or []
-        if dirty:
-            print(f"assetfs: waiting for {len(dirty)} uploads: {', '.join(map(str, dirty[:10]))}")
-        try:
-            os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
-        except OSError as exc:
-            if exc.errno == errno.ETIMEDOUT:
-                left = _status_of(mountpoint).get("dirty_files") or []
-                print(f"assetfs: {len(left)} files not uploaded after {args.timeout}s; they stay "
-                      "in the cache journal and upload at the next mount", file=sys.stderr)
-            else:
-                raise
-    pid = _status_of(mountpoint).get("pid")
+    deadline = time.monotonic() + args.timeout
+    pid = None
+    try:
+        pid = control.request(mountpoint, "status", timeout=_left(deadline)).get("pid")
+        if args.no_flush or not _wait_for_uploads(mountpoint, deadline, args.timeout):
+            control.request(mountpoint, "exit_timeout", timeout=_left(deadline), seconds=0)
+    except control.ControlError as exc:
+        print(f"assetfs: {exc}; unmounting without waiting for uploads", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("assetfs: interrupted: still mounted, uploads go on", file=sys.stderr)
+        return 130
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         raise UsageError(result.stderr.strip() or "fusermount3 -u failed")
     if isinstance(pid, int):
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and _alive(pid):
+        until = max(deadline, time.monotonic() + 0.3)
+        while time.monotonic() < until and _alive(pid):
             time.sleep(0.05)
     return 0
+
+
+def _left(deadline: float) -> float:
+    """Seconds a control request may take before ``deadline`` (at least a moment)."""
+    return min(2.0, max(0.2, deadline - time.monotonic()))
+
+
+def _wait_for_uploads(mountpoint: str, deadline: float, timeout: float) -> bool:
+    """Start every pending upload and wait until none is left (True) or ``deadline``
+    passes (False), printing what is waited for (and the last upload error) when it
+    changes."""
+    control.request(mountpoint, "flush", timeout=_left(deadline))
+    shown: set[str] | None = None
+    noted = -math.inf
+    while True:
+        status = control.request(mountpoint, "status", timeout=_left(deadline))
+        pending = [str(p) for p in status.get("dirty_files") or []]
+        if not pending:
+            return True
+        now = time.monotonic()
+        if set(pending) != shown and now - noted >= NOTE_EVERY:
+            line = f"assetfs: waiting for {len(pending)} uploads: {', '.join(pending[:10])}"
+            error = (status.get("uploads") or {}).get("last_error")
+            if error:
+                line += f" (last error: {error[1]})"
+            print(line, flush=True)
+            shown, noted = set(pending), now
+        if now >= deadline:
+            print(f"assetfs: {len(pending)} files not uploaded after {timeout:g}s; they stay "
+                  "in the cache journal and upload at the next mount", file=sys.stderr)
+            return False
+        time.sleep(min(POLL, deadline - now))
 
 
 def _alive(pid: int) -> bool:
@@ -214,11 +246,17 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    targets = [os.path.realpath(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
+    targets = [control.resolved(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
     if args.mountpoint and targets[0] not in fuse_mounts():
         raise UsageError(f"{targets[0]} is not an assetfs mount")
+    failed = 0
     for mountpoint in targets:
-        status = _status_of(mountpoint)
+        try:
+            status = control.request(mountpoint, "status")
+        except control.ControlError as exc:
+            print(f"{mountpoint}: {exc}", file=sys.stderr)
+            failed = 1
+            continue
         if args.json:
             print(json.dumps(status, indent=2))
             continue
@@ -244,7 +282,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{1000 * loop['stall_s']:.0f} ms")
     if not targets:
         print("no assetfs mounts")
-    return 0
+    return failed
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -290,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"assetfs: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"assetfs: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("assetfs: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

@@ -9,14 +9,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from . import __version__, errors, retry
+from . import __version__, control, errors, retry
 from .cache.blocks import BlockCache
 from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
@@ -113,9 +113,13 @@ class Mount:
             passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
-                                       self.ops.kernel_version, self.ops.passthrough, self.own)
+                                       self.ops.kernel_version, self.ops.passthrough, self.own,
+                                       self.namespace.store_entry)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
+        self.control_path = control.socket_path(config.mountpoint)
+        """The control socket (control.py); named before the mount exists, since naming it
+        resolves the mount point's folder."""
         self.loop = LoopWatch()
         """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
@@ -215,6 +219,7 @@ class Mount:
                 nursery.start_soon(self._cancel_on_signal, signals, nursery.cancel_scope,
                                    "unmounting")
                 nursery.start_soon(self._serve_requests, nursery.cancel_scope, state)
+                await nursery.start(self._serve_control)
                 # A statfs from a worker thread returns once the kernel's FUSE_INIT has been
                 # answered: only then can the read-ahead be raised (INIT resets it).
                 await trio.to_thread.run_sync(os.statvfs, self.config.mountpoint)
@@ -235,6 +240,36 @@ class Mount:
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+
+    async def _serve_control(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer ``assetfs status`` and ``assetfs umount`` on the control socket
+        (control.py); a mount whose socket cannot be made serves without it."""
+        path = self.control_path
+        try:
+            await control.serve(path, self.control_commands(), task_status)
+        except OSError as exc:
+            log.warning("no control socket at %s: %s", path, exc)
+            task_status.started()
+
+    def control_commands(self) -> dict[str, control.Handler]:
+        """The control commands: ``status`` (what :meth:`status` says), ``flush`` (start
+        every pending upload now; the paths), ``exit_timeout`` (``seconds`` the daemon
+        uploads for once unmounted; 0 leaves what is dirty in the journal)."""
+
+        def flush(request: Mapping[str, Any]) -> list[str]:
+            return sorted(item.path for item in self.writeback.hurry())
+
+        def exit_timeout(request: Mapping[str, Any]) -> float:
+            try:
+                self.writeback.exit_timeout = float(request["seconds"])
+            except (KeyError, TypeError, ValueError):
+                raise control.ControlError("exit_timeout takes seconds") from None
+            return self.writeback.exit_timeout
+
+        return {"status": lambda request: self.status(), "flush": flush,
+                "exit_timeout": exit_timeout}
 
     async def _serve_requests(self, scope: trio.CancelScope, state: dict[str, bool]) -> None:
         """Answer FUSE requests until the filesystem is unmounted, then stop the mount."""

@@ -55,6 +55,7 @@ def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
                "timeout": "10"}
     divergences = 0
     started = time.monotonic()
+    log = work / "mnt.log"
     with mounted(url, work / "mnt", options) as mount:
         done: list[str] = []
         for n in range(1, opts.ops + 1):
@@ -70,7 +71,13 @@ def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
                 clear(model)
                 done = []
         final = tree(mount.path) == tree(model)
+        if not final:
+            print(f"mount at the end: {tree(mount.path)}\nlocal folder: {tree(model)}")
+            print(f"last operations: {done}")
     stored = opts.url != "file" or tree(store) == tree(model)
+    if not stored:
+        print(f"store after unmount: {tree(store)}\nlocal folder: {tree(model)}")
+        print("".join(line for line in log.open() if "WARNING" in line or "ERROR" in line))
     seconds = time.monotonic() - started
     print(f"{opts.ops} operations, seed {opts.seed}, write_back_delay {opts.write_back_delay}: "
           f"{divergences} divergences ({divergences * 10_000 / opts.ops:.1f} per 10,000), "

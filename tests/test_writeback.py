@@ -40,8 +40,10 @@ def wait_for(check: Callable[[], object], seconds: float = 15.0, what: str = "")
 
 
 def flush(mount: Mount, seconds: int = 30) -> None:
-    """Upload everything dirty now (what ``assetfs umount`` asks the daemon for)."""
-    os.setxattr(mount.path, "user.assetfs.flush", str(seconds).encode())
+    """Upload everything dirty now (the flush xattr starts the uploads, as ``assetfs
+    umount`` does) and wait until nothing is dirty."""
+    os.setxattr(mount.path, "user.assetfs.flush", b"")
+    wait_for(lambda: not status(mount)["dirty_files"], seconds, "uploads after a flush")
 
 
 def du(folder: Path) -> int:

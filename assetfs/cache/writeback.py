@@ -138,10 +138,17 @@ class WriteBack:
             self._held = +self._held
             self._wake.set()
 
+    def hurry(self) -> list[CacheItem]:
+        """Start the uploads of everything dirty now (without waiting for the write-back
+        delay, or the backoff of a failed attempt); return the dirty items."""
+        pending = self.pending()
+        for item in pending:
+            self.schedule(item, 0)
+        return pending
+
     async def drain(self) -> None:
         """Upload everything dirty now and return when nothing is dirty."""
-        for item in self.pending():
-            self.schedule(item, 0)
+        self.hurry()
         while self.pending():
             await trio.sleep(0.1)
 

@@ -9,8 +9,8 @@ over a handful of names saw 52 such divergences in 10,000 operations, tests/test
 
 An event about a path this mount changed on the store within :data:`ECHO_WINDOW` seconds
 (the path itself, or a folder above it: a folder rename moves its children) is therefore
-only a hint: the invalidator forgets what is cached about the path, and the next lookup
-asks the store, which already holds our change (events/invalidator.py).
+only a hint: the invalidator asks the store what the path holds now, which already
+reflects our change, and applies that instead (events/invalidator.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -21,6 +22,7 @@ import trio
 
 from ..cache.blocks import BlockCache
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, join, split
+from ..errors import AssetFSError
 from ..vfs.inodes import InodeTable
 from ..vfs.metadata import MISSING, MetadataCache
 from ..vfs.passthrough import Passthrough
@@ -62,8 +64,11 @@ class Invalidator:
     def __init__(
         self, metadata: MetadataCache, cache: BlockCache, inodes: InodeTable,
         kernel_version: dict[int, str], passthrough: Passthrough, own: OwnChanges,
+        store_entry: Callable[[str], Awaitable[Entry | None]],
     ) -> None:
         self.own = own
+        self.store_entry = store_entry
+        """What the store holds at a path now (Namespace.store_entry)."""
         self.passthrough = passthrough
         self.metadata = metadata
         self.cache = cache
@@ -94,7 +99,10 @@ class Invalidator:
                     batch[_key(event)] = event
             notes: list[KernelNote] = []
             for done, event in enumerate(batch.values(), 1):
-                notes.extend(self.apply(event))
+                if self._maybe_echo(event):
+                    notes.extend(await self._verified(event))
+                else:
+                    notes.extend(self.apply(event))
                 if done % SLICE == 0:
                     await trio.sleep(0)
             self.applied += len(batch)
@@ -109,8 +117,6 @@ class Invalidator:
         if event.kind is ChangeKind.LISTED:
             return self._listed(event.path, event.listing)
         path = event.path
-        if self.own.recent(path):
-            return self._recheck(path)
         parent, name = split(path)
         cached = self.metadata.entry(path)
         unchanged = event.entry is not None and cached == event.entry
@@ -168,12 +174,34 @@ class Invalidator:
             notes.append(KernelNote(inode))
         return notes
 
+    def _maybe_echo(self, event: ChangeEvent) -> bool:
+        """Whether ``event`` is about a path this mount changed lately (events/echoes.py)."""
+        return event.kind not in (ChangeKind.RESYNC, ChangeKind.LISTED) and self.own.recent(
+            event.path)
+
+    async def _verified(self, event: ChangeEvent) -> list[KernelNote]:
+        """Apply what the store holds at ``event.path`` now instead of what the event says:
+        the event may be the late echo of one of our changes since undone (a deleted file's
+        creation). Nothing is applied when a change of ours to the folder lands while the
+        store is asked (it is newer), or when the cache already holds what the store has;
+        when the store cannot be asked, the path is only forgotten (:meth:`_recheck`)."""
+        path = event.path
+        folder = split(path)[0]
+        stamp = self.metadata.stamp(folder)
+        try:
+            now = await self.store_entry(path)
+        except AssetFSError:
+            return self._recheck(path)
+        if self.metadata.stamp(folder) != stamp:
+            return []
+        if self.metadata.entry(path) == now:
+            return []
+        kind = ChangeKind.DELETED if now is None else ChangeKind.UPDATED
+        return self.apply(ChangeEvent(kind, path, now))
+
     def _recheck(self, path: str) -> list[KernelNote]:
-        """An event about ``path``, which this mount changed lately, may be the late echo of
-        a change since undone (events/echoes.py): forget what is cached about ``path`` so
-        the next lookup asks the store, and let the kernel ask again, without taking the
-        event's entry or detaching the inode the kernel knows for ``path``. Cached content
-        stays: an open compares its version with the store's anew."""
+        """Forget what is cached about ``path`` so the next lookup asks the store, and let
+        the kernel ask again, without detaching the inode the kernel knows for it."""
         parent, name = split(path)
         self.metadata.forget(path)
         self.metadata.forget_listing(parent)
