@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -187,8 +188,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     pid = None
     try:
-        pid = control.request(mountpoint, "status", timeout=_left(deadline)).get("pid")
-        if args.no_flush or not _wait_for_uploads(mountpoint, deadline, args.timeout):
+        status = control.request(mountpoint, "status", timeout=_left(deadline))
+        pid = status.get("pid")
+        if args.no_flush or not _wait_for_uploads(mountpoint, deadline, args.timeout, status):
             control.request(mountpoint, "exit_timeout", timeout=_left(deadline), seconds=0)
     except control.ControlError as exc:
         print(f"assetfs: {exc}; unmounting without waiting for uploads", file=sys.stderr)
@@ -210,15 +212,17 @@ def _left(deadline: float) -> float:
     return min(2.0, max(0.2, deadline - time.monotonic()))
 
 
-def _wait_for_uploads(mountpoint: str, deadline: float, timeout: float) -> bool:
+def _wait_for_uploads(
+    mountpoint: str, deadline: float, timeout: float, status: dict[str, Any]
+) -> bool:
     """Start every pending upload and wait until none is left (True) or ``deadline``
     passes (False), printing what is waited for (and the last upload error) when it
-    changes."""
-    control.request(mountpoint, "flush", timeout=_left(deadline))
+    changes; ``status`` is the daemon's status before."""
+    if status.get("dirty_files"):
+        control.request(mountpoint, "flush", timeout=_left(deadline))
     shown: set[str] | None = None
     noted = -math.inf
     while True:
-        status = control.request(mountpoint, "status", timeout=_left(deadline))
         pending = [str(p) for p in status.get("dirty_files") or []]
         if not pending:
             return True
@@ -235,6 +239,7 @@ def _wait_for_uploads(mountpoint: str, deadline: float, timeout: float) -> bool:
                   "in the cache journal and upload at the next mount", file=sys.stderr)
             return False
         time.sleep(min(POLL, deadline - now))
+        status = control.request(mountpoint, "status", timeout=_left(deadline))
 
 
 def _alive(pid: int) -> bool:
@@ -274,6 +279,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
         if uploads["last_error"]:
             print(f"  last error: {uploads['last_error'][1]}")
+        for failed in uploads.get("given_up") or []:
+            print(f"  not uploaded, cannot be: {failed['path']} ({failed['reason']}); "
+                  f"saved as {failed['saved_as']}")
         last = events["last_event"]
         print(f"  events: {events['state']}, {events['received']} received, last "
               + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))

@@ -169,6 +169,7 @@ class Mount:
                 "conflicts": stats.conflicts,
                 "conflict_files": stats.conflict_paths[-20:],
                 "last_error": stats.last_error,
+                "given_up": stats.given_up[-20:],
             },
             "events": {
                 "state": sub.state,

@@ -32,8 +32,11 @@ def main() -> int:
     args.add_argument("--ops", type=int, default=10_000, help="operations to run")
     args.add_argument("--seed", type=int, default=1)
     args.add_argument("--write-back-delay", default="0", help="seconds (mount option)")
-    args.add_argument("--url", default="file", help="'file' (a temporary file: store) or a URL "
-                      "of an empty writable store")
+    args.add_argument("--url", default="file", help="'file' (a temporary file: store), "
+                      "'memory' (a memory:// store, dumped at exit), or a URL of an empty "
+                      "writable store")
+    args.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                      help="a further mount option (memory://: latency=0.002, event_delay=0.05)")
     args.add_argument("--reset-every", type=int, default=200,
                       help="empty both trees after this many operations")
     opts = args.parse_args()
@@ -50,9 +53,12 @@ def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
     store, model = work / "store", work / "model"
     store.mkdir()
     model.mkdir()
-    url = f"file://{store}" if opts.url == "file" else opts.url
+    url = {"file": f"file://{store}", "memory": "memory://model/"}.get(opts.url, opts.url)
+    if opts.url == "memory":
+        store.rmdir()
+        opts.options.append(f"dump={store}")
     options = {"cache_dir": str(work / "cache"), "write_back_delay": opts.write_back_delay,
-               "timeout": "10"}
+               "timeout": "10", **dict(o.split("=", 1) for o in opts.options)}
     divergences = 0
     started = time.monotonic()
     log = work / "mnt.log"
@@ -74,7 +80,7 @@ def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
         if not final:
             print(f"mount at the end: {tree(mount.path)}\nlocal folder: {tree(model)}")
             print(f"last operations: {done}")
-    stored = opts.url != "file" or tree(store) == tree(model)
+    stored = opts.url not in ("file", "memory") or tree(store) == tree(model)
     if not stored:
         print(f"store after unmount: {tree(store)}\nlocal folder: {tree(model)}")
         print("".join(line for line in log.open() if "WARNING" in line or "ERROR" in line))

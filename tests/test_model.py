@@ -127,6 +127,28 @@ def file_mount(store: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
         yield running
 
 
+@contextlib.contextmanager
+def memory_mount(dump: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
+    """memory:// with latency on every call and every event delivered late (the store is
+    written to ``dump`` when the daemon exits)."""
+    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": delay, "timeout": "10",
+               "latency": "0.002", "event_delay": "0.05", "dump": str(dump)}
+    with mounted(f"memory://{tmp_path.name}/", tmp_path / "mnt", options) as running:
+        yield running
+
+
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("delay", ["0", "0.3"])
+def test_memory_mount_with_latency_and_late_events_behaves_as_a_local_folder(
+    delay: str, model: Path, tmp_path: Path
+) -> None:
+    """memory:// (the reference driver) with latency and delayed events, write-back at once
+    and delayed; the store (dumped at exit) equals the model."""
+    with memory_mount(tmp_path / "dump", tmp_path, delay) as mount:
+        run_model(mount, model)
+    assert tree(tmp_path / "dump") == tree(model)
+
+
 @pytest.mark.timeout(0)
 @pytest.mark.parametrize("delay", ["0", "0.3"])
 def test_file_mount_behaves_as_a_local_folder(

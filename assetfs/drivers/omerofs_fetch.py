@@ -53,6 +53,7 @@ from typing import Any
 import trio
 
 from .. import errors
+from ..localio import pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class _Fetcher:
             if isinstance(call, Exception):
                 raise call
             data = self._proxy.end_readBlock(call)
-            os.pwrite(job.fd, data, start)
+            pwrite_all(job.fd, data, start)
             size = len(data)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
