@@ -35,17 +35,15 @@ class Breaker:
 
     def __init__(self) -> None:
         self.down_until = 0.0
-        self.reason = ""
 
     @property
     def open(self) -> bool:
         """True while the store counts as down."""
         return trio.current_time() < self.down_until
 
-    def trip(self, window: float, reason: str) -> None:
+    def trip(self, window: float) -> None:
         """The store just failed to answer in time."""
         self.down_until = trio.current_time() + window
-        self.reason = reason
 
     def reset(self) -> None:
         """The store answered."""
@@ -85,7 +83,7 @@ async def call(
             with trio.fail_after(min(PROBE, policy.attempt_timeout)):
                 result = await fn()
         except trio.TooSlowError:
-            raise errors.TimedOut(f"{what}: {policy.breaker.reason}") from None
+            raise errors.TimedOut(f"{what}: the store is not answering") from None
         policy.breaker.reset()
         return result
     attempt = 0
@@ -105,5 +103,5 @@ async def call(
             attempt += 1
             log.debug("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
             await trio.sleep(delay)
-    policy.breaker.trip(min(policy.deadline, 10.0), str(last))
+    policy.breaker.trip(min(policy.deadline, 10.0))
     raise last

@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 from .. import errors
-from ..drivers.base import Entry
+from ..drivers.base import Entry, split
 from ..remote import Remote
 from .fetchers import fetcher_for
 from .item import CacheItem
@@ -112,6 +112,33 @@ class BlockCache:
     def _all_items(self) -> Iterator[CacheItem]:
         yield from self.items.values()
         yield from self._orphans
+
+    def item(self, path: str) -> CacheItem | None:
+        """The item at ``path``, if the cache has one."""
+        return self.items.get(path)
+
+    def shadowing(self, path: str) -> CacheItem | None:
+        """The item at ``path`` if its local content stands in for the store's."""
+        item = self.items.get(path)
+        return item if item is not None and item.shadows else None
+
+    def shadowing_children(self, folder: str) -> Iterator[tuple[str, CacheItem]]:
+        """``(name, item)`` of the children of ``folder`` whose local content stands in
+        for the store's (unsaved files the store does not list yet, or lists stale)."""
+        for path, item in self.items.items():
+            parent, name = split(path)
+            if parent == folder and path != "/" and item.shadows:
+                yield name, item
+
+    def under(self, *tops: str) -> list[CacheItem]:
+        """The items at or under any of the paths ``tops``."""
+        prefixes = tuple(top.rstrip("/") + "/" for top in tops)
+        return [item for path, item in self.items.items()
+                if path in tops or path.startswith(prefixes)]
+
+    def dirty_items(self) -> list[CacheItem]:
+        """Every item whose content is not on the store yet (detached ones included)."""
+        return [item for item in self._all_items() if item.dirty]
 
     def get(self, path: str, entry: Entry) -> CacheItem:
         """The item for ``path`` at remote ``entry``: the existing one if it is dirty or its

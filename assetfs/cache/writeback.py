@@ -110,7 +110,7 @@ class WriteBack:
 
     def pending(self) -> list[CacheItem]:
         """Dirty items queued or being uploaded."""
-        return [i for i in self.cache._all_items() if i.dirty]
+        return self.cache.dirty_items()
 
     async def flush(self, item: CacheItem) -> None:
         """Upload ``item`` now and wait until what it holds at this call is on the store

@@ -91,8 +91,8 @@ class Namespace:
         """The entry the kernel sees at ``path`` (local size/mtime for files being written),
         or None."""
         remote = await self.remote(path)
-        item = self.cache.items.get(path)
-        if item is not None and (item.dirty or item.writers):
+        item = self.cache.shadowing(path)
+        if item is not None:
             return item.entry(remote, split(path)[1])
         return None if remote is None else self.mtimes.apply(path, remote)
 
@@ -127,8 +127,6 @@ class Namespace:
                 if listing is None:
                     raise
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
-        for path, item in self.cache.items.items():
-            parent, name = split(path)
-            if parent == folder and path != "/" and (item.dirty or item.writers):
-                merged[name] = item.entry(listing.get(name), name)
+        for name, item in self.cache.shadowing_children(folder):
+            merged[name] = item.entry(listing.get(name), name)
         return merged

@@ -270,8 +270,8 @@ class Operations(pyfuse3.Operations):
             if not item.writers:
                 self.writeback.schedule(item)
         if fields.update_mtime and not entry.is_dir:
-            item = self.cache.items.get(path)
-            if item is not None and (item.dirty or item.writers):
+            item = self.cache.shadowing(path)
+            if item is not None:
                 self.cache.set_mtime(item, attr.st_mtime_ns)
             elif (remote := await self.ns.remote(path)) is not None:
                 self.ns.mtimes.keep(path, remote.version, attr.st_mtime_ns)
@@ -370,7 +370,7 @@ class Operations(pyfuse3.Operations):
         entry = await self.ns.entry(path)
         if entry.is_dir:
             raise errors.IsADirectory()
-        item = self.cache.items.get(path)
+        item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
             if await self.ns.remote(path) is not None:
                 self.own.changed(path)
@@ -416,8 +416,7 @@ class Operations(pyfuse3.Operations):
                 if await self.ns.listing(new):
                     raise errors.DirectoryNotEmpty()
                 await self.remote.remove(new, Kind.DIR)
-        moving = [i for p, i in self.cache.items.items()
-                  if any((p + "/").startswith(top + "/") for top in (old, new))]
+        moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
             on_store = await self.ns.remote(old) is not None
             if on_store:
@@ -433,8 +432,8 @@ class Operations(pyfuse3.Operations):
             self.metadata.forget_listing(split(path)[0])
         self.metadata.put(old, None)
         self.inodes.move(old, new)
-        for item in self.cache.items.values():
-            if item.dirty and not item.writers and (item.path + "/").startswith(new + "/"):
+        for item in self.cache.under(new):
+            if item.dirty and not item.writers:
                 self.writeback.schedule(item)
 
     # --- files ----------------------------------------------------------------------
@@ -617,8 +616,10 @@ class Operations(pyfuse3.Operations):
             except ValueError:
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
-        await self.remote.control(self._path(inode), action, value)
-        self.metadata.forget(self._path(inode), children=False)
+        path = self._path(inode)
+        await self.remote.control(path, action, value)
+        if path != "/":  # the root always exists: lookups below it must not need a stat
+            self.metadata.forget(path, children=False)
 
     @_errno
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
