@@ -4,7 +4,7 @@ mount and a plain local folder (the model) with the same operations over a handf
 after unmount, the store with the model.
 
 One mount per test (mounting is slow); each example starts from an empty tree. The size is
-``ASSETFS_MODEL_OPS`` operations per test (default 2000; ``make test-model`` runs a soak).
+``ASSETFS_MODEL_OPS`` operations per test (default 1000; ``make test-model`` runs a soak).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mounting import Mount, mounted
 
 STEPS = 40
 """Operations per example."""
-OPS = int(os.environ.get("ASSETFS_MODEL_OPS", "2000"))
+OPS = int(os.environ.get("ASSETFS_MODEL_OPS", "1000"))
 
 paths = st.sampled_from(PATHS)
 
@@ -35,6 +35,8 @@ class Model(RuleBasedStateMachine):
 
     mount_root: Path
     model_root: Path
+    divergences: list[str]
+    """Every disagreement seen, first first (set by :func:`run_model`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +47,10 @@ class Model(RuleBasedStateMachine):
     def check(self, op: Op) -> None:
         self.done.append(str(op))
         ours, model = op.apply(self.mount_root), op.apply(self.model_root)
-        assert ours == model, f"{op}: mount {ours}, local folder {model}; after {self.done}"
+        if ours != model:
+            self.divergences.append(f"{op}: mount {ours}, local folder {model}; "
+                                    f"after {self.done[:-1]}")
+        assert ours == model, self.divergences[-1]
 
     @rule(path=paths, trunc=st.booleans())
     def create(self, path: str, trunc: bool) -> None:
@@ -94,16 +99,28 @@ class Model(RuleBasedStateMachine):
         time.sleep(0.05)
 
     def teardown(self) -> None:
-        assert tree(self.mount_root) == tree(self.model_root), f"final tree after {self.done}"
+        ours, model = tree(self.mount_root), tree(self.model_root)
+        if ours != model:
+            self.divergences.append(f"final tree: mount {ours}, local folder {model}; "
+                                    f"after {self.done}")
+        assert ours == model, self.divergences[-1]
 
 
 def run_model(mount: Mount, model: Path) -> None:
     """Run :data:`OPS` operations of the state machine on ``mount`` against ``model``."""
-    machine = type("BoundModel", (Model,), {"mount_root": mount.path, "model_root": model})
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=max(1, OPS // STEPS), stateful_step_count=STEPS, deadline=None,
-        database=None, suppress_health_check=list(HealthCheck), print_blob=True,
-    ))
+    machine = type("BoundModel", (Model,), {"mount_root": mount.path, "model_root": model,
+                                            "divergences": []})
+    try:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=max(1, OPS // STEPS), stateful_step_count=STEPS, deadline=None,
+            database=None, suppress_health_check=list(HealthCheck), print_blob=True,
+        ))
+    except Exception as exc:
+        # A divergence that depends on timing does not replay, and hypothesis then reports
+        # "flaky" data generation instead of it: name the first one seen.
+        if machine.divergences:
+            raise AssertionError(f"first divergence: {machine.divergences[0]}") from exc
+        raise
 
 
 @pytest.fixture
