@@ -190,6 +190,8 @@ class WriteBack:
             self._attempts.pop(item, None)
             self._errors.pop(item, None)  # an earlier failure is not this fsync's answer
         except Exception as exc:
+            if item.unlinked:  # deleted or replaced here meanwhile: nothing to upload
+                return
             if not isinstance(exc, errors.AssetFSError):
                 log.exception("upload of %s failed unexpectedly", item.path)
                 exc = errors.AssetFSError(str(exc))

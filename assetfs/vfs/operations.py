@@ -211,6 +211,18 @@ class Operations(pyfuse3.Operations):
             self.remote.watch(path)
         return self.attributes(inode, entry)
 
+    async def _on_store(self, path: str, entry: Entry) -> bool:
+        """Whether the store may hold ``path`` (shown as ``entry``), so that deleting or
+        renaming it must reach the store: a folder always does (folders are made on the
+        store at once), a file the store has or that was uploaded from here. Only a file
+        made here and never uploaded is not asked for: a stale cached "absent" would
+        otherwise skip the store and leave the old name there, or move a folder only in
+        the cache, so that the files under it upload into a folder the store lacks."""
+        if entry.is_dir or await self.ns.remote(path) is not None:
+            return True
+        item = self.cache.item(path)
+        return item is None or bool(item.base_version)
+
     def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -372,7 +384,7 @@ class Operations(pyfuse3.Operations):
             raise errors.IsADirectory()
         item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
-            if await self.ns.remote(path) is not None:
+            if await self._on_store(path, entry):
                 self.own.changed(path)
                 with contextlib.suppress(errors.NotFound):
                     await self.remote.remove(path, Kind.FILE)
@@ -418,7 +430,7 @@ class Operations(pyfuse3.Operations):
                 await self.remote.remove(new, Kind.DIR)
         moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
-            on_store = await self.ns.remote(old) is not None
+            on_store = await self._on_store(old, source)
             if on_store:
                 if not self.remote.capabilities.rename:
                     raise errors.NotSupported("the store cannot rename")
