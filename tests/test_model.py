@@ -31,7 +31,7 @@ paths = st.sampled_from(PATHS)
 
 class Model(RuleBasedStateMachine):
     """Applies each rule's operation to ``mount_root`` and ``model_root`` (set by
-    :func:`machine`) and asserts the results are equal."""
+    :func:`run_model`) and asserts the results are equal."""
 
     mount_root: Path
     model_root: Path
