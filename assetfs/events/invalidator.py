@@ -182,7 +182,9 @@ class Invalidator:
     async def _verified(self, event: ChangeEvent) -> list[KernelNote]:
         """Apply what the store holds at ``event.path`` now instead of what the event says:
         the event may be the late echo of one of our changes since undone (a deleted file's
-        creation). Nothing is applied when a change of ours to the folder lands while the
+        creation). For a file that local unsaved content stands in for, only the store's
+        entry is recorded (the echo of an earlier name's deletion must not detach it).
+        Nothing is applied when a change of ours to the folder lands while the
         store is asked (it is newer), or when the cache already holds what the store has;
         when the store cannot be asked, the path is only forgotten (:meth:`_recheck`)."""
         path = event.path
@@ -195,6 +197,11 @@ class Invalidator:
         if self.metadata.stamp(folder) != stamp:
             return []
         if self.metadata.entry(path) == now:
+            return []
+        if self.cache.shadowing(path) is not None and (now is None or not now.is_dir):
+            # a file written here and not uploaded yet (or not again): the store's answer
+            # is only its base; the name, its inode and what the kernel caches stay
+            self.metadata.fill(path, now)
             return []
         kind = ChangeKind.DELETED if now is None else ChangeKind.UPDATED
         return self.apply(ChangeEvent(kind, path, now))
