@@ -8,7 +8,6 @@ capped exponential backoff and full jitter, and gives up at an overall deadline.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,6 +15,7 @@ from typing import TypeVar
 import trio
 
 from . import errors
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +55,8 @@ class RetryPolicy:
     """Timing of :func:`call`, all in seconds.
 
     ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
-    backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter").
+    backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter",
+    :class:`~assetfs.backoff.Backoff` with ``floor=0``).
     """
 
     attempt_timeout: float = 30.0
@@ -66,7 +67,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        return Backoff(self.base, self.cap).delay(attempt)
 
 
 async def call(

@@ -18,7 +18,6 @@ import collections
 import contextlib
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -28,9 +27,11 @@ from pathlib import Path
 import trio
 
 from .. import errors
+from ..backoff import Backoff
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, ReadMode, split
 from ..remote import Remote
-from .blocks import BlockCache, CacheItem
+from .blocks import BlockCache
+from .item import CacheItem
 
 log = logging.getLogger(__name__)
 COMPARE_CHUNK = 1 << 20
@@ -79,7 +80,8 @@ class WriteBack:
         self.on_uploaded = on_uploaded
         self.events = events
         self.workers = workers
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.5, cap=max_backoff, floor=0.5)
+        """Waits between tries of a failing upload (0.5-1 s, doubling up to ``max_backoff``)."""
         self.stats = UploadStats()
         self._due: dict[CacheItem, float] = {}
         self._attempts: dict[CacheItem, int] = {}
@@ -183,8 +185,25 @@ class WriteBack:
                     await self._wake.wait()
                 self._sleep_until = -math.inf
 
+    async def settle(self, folder: str, exclude: CacheItem | None = None) -> None:
+        """Upload every dirty file at or under ``folder`` (but ``exclude``) now and return
+        once none is left; files still open for writing are waited for (a control action
+        on the folder must see what is being copied into it)."""
+        prefix = folder.rstrip("/") + "/"
+        while True:
+            left = [i for i in self.pending() if i is not exclude
+                    and (i.path == folder or i.path.startswith(prefix))]
+            if not left:
+                return
+            for item in left:
+                if not item.writers:
+                    self.schedule(item, 0)
+            await trio.sleep(0.05)
+
     async def _upload(self, item: CacheItem, limiter: trio.CapacityLimiter) -> None:
         try:
+            if self.remote.uploads_last(item.path):
+                await self.settle(split(item.path)[0], exclude=item)
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
@@ -206,8 +225,7 @@ class WriteBack:
             self._attempts[item] = attempt + 1
             self.stats.retries += 1
             log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
-            backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
-            self.schedule(item, backoff)
+            self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)
@@ -267,7 +285,7 @@ class WriteBack:
             except OSError as exc:  # the cache disk is full: keep it, and try again later
                 log.warning("upload of %s cannot succeed (%s), and its content could not be "
                             "saved in %s (%s); keeping it", path, reason, self.recovery_dir, exc)
-                self.schedule(item, self.max_backoff)
+                self.schedule(item, self.backoff.cap)
                 return
         self.stats.given_up.append({"path": path, "reason": str(reason), "saved_as": saved})
         log.warning("upload of %s cannot succeed (%s): not retried; its content was saved as "

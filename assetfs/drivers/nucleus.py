@@ -16,6 +16,7 @@ Quirks handled here (observed on omni.client 2.75.1):
 
 from __future__ import annotations
 
+import builtins
 import calendar
 import collections
 import datetime as dt
@@ -28,6 +29,7 @@ import omni.client as oc
 import trio
 
 from .. import errors
+from ..bridge import Handoff, call_soon
 from .base import (
     Capabilities,
     ChangeEvent,
@@ -132,7 +134,7 @@ class NucleusDriver(Driver):
     capabilities = Capabilities(
         writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
-    lazy_xattrs = ("acl", "checkpoints")
+    lazy_xattrs: tuple[str, ...] = ("acl", "checkpoints")
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -193,27 +195,20 @@ class NucleusDriver(Driver):
     async def _call(self, start: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Start a ``*_with_callback`` request (in a worker thread) and wait for its
         callback's arguments. Cancellation (a deadline) stops the library's request."""
-        done = trio.Event()
-        box: list[tuple[Any, ...]] = []
-        token = trio.lowlevel.current_trio_token()
+        answer: Handoff[tuple[Any, ...]] = Handoff()
 
         def callback(*result: Any) -> None:
-            def deliver() -> None:
-                box.append(result)
-                done.set()
-
-            token.run_sync_soon(deliver)
+            answer.set_result(result)
 
         # started from a worker thread: the library may take a lock another of its requests
         # holds (a stat waited 0.35 s behind a 256 MiB copy on the file: provider:
         # loopwatch), and the event loop must not wait with it
         request = await trio.to_thread.run_sync(lambda: start(*args, callback, **kwargs))
         try:
-            await done.wait()
+            return await answer.wait()
         except BaseException:
             request.stop()
             raise
-        return box[0]
 
     async def stat(self, path: str) -> Entry:
         url = self.url_of(path)
@@ -332,7 +327,7 @@ class NucleusDriver(Driver):
             if result == oc.Result.ERROR_ACCESS_LOST:
                 # the folder itself went away (observed on file: when the watched folder
                 # is deleted): this subscription is dead
-                token.run_sync_soon(self._ended, folder, this, result)
+                call_soon(token, self._ended, folder, this, result)
                 return
             if result != oc.Result.OK:
                 return
@@ -353,7 +348,7 @@ class NucleusDriver(Driver):
         self._inbox.append((folder, change))
         if not self._draining:
             self._draining = True
-            token.run_sync_soon(self._deliver)
+            call_soon(token, self._deliver)
 
     def _deliver(self) -> None:
         """Move the events the callback thread queued into the sink (on the trio thread)."""
@@ -376,7 +371,7 @@ class NucleusDriver(Driver):
             except trio.ClosedResourceError:
                 pass
 
-    def _ended(self, folder: str, this: list[Any], result: Any) -> None:
+    def _ended(self, folder: str, this: builtins.list[Any], result: Any) -> None:
         """The subscription ``this`` (a one-element list) of ``folder`` ended. A folder
         deleted and made again may already have a new subscription, which the old one's
         late end must not drop (seen under load: files made in the new folder went unseen)."""
@@ -397,7 +392,7 @@ class NucleusDriver(Driver):
         self._subscriptions.pop(folder, None)
 
     @property
-    def watched(self) -> list[str]:
+    def watched(self) -> builtins.list[str]:
         return list(self._subscriptions)
 
     async def run_events(self, sink: EventSink) -> None:
@@ -420,7 +415,7 @@ class NucleusDriver(Driver):
         def on_status(url: str, status: Any) -> None:
             if status in (oc.ConnectionStatus.DISCONNECTED, oc.ConnectionStatus.CONNECT_ERROR):
                 log.warning("omni.client: connection to %s: %s", url, status.name)
-                token.run_sync_soon(disconnected.set)
+                call_soon(token, disconnected.set)
 
         registration = oc.register_connection_status_callback(on_status)
         for folder in sorted(self._folders):

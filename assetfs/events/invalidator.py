@@ -125,7 +125,7 @@ class Invalidator:
         parent_inode = self.inodes.get(parent)
         inode = self.inodes.get(path)
         replaced = (
-            isinstance(cached, type(event.entry))
+            isinstance(cached, Entry)
             and event.entry is not None
             and cached.kind is not event.entry.kind
         )
@@ -136,8 +136,8 @@ class Invalidator:
         ):
             # A reader holding the file open must see the new content to its new end, not
             # the size it had at open: rebase the item when it holds no copy.
-            keep = not gone and item.handles and event.entry is not None
-            if not (keep and self.cache.rebase(item, event.entry)):
+            keep = not gone and item.handles
+            if not (keep and event.entry is not None and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
         bound = inode is not None and self.passthrough.bound_item(inode)
         if not gone and bound and bound is not self.cache.item(path):

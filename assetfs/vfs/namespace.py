@@ -115,13 +115,14 @@ class Namespace:
         listing = self.metadata.listing(folder)
         if listing is None:
             try:
-                listing = await self._filled(
+                filled: dict[str, Entry] = await self._filled(
                     folder,
                     lambda: self.store.list(folder),
                     lambda entries: self.metadata.put_listing(folder, entries),
                     lambda: MISSING if (left := self.metadata.listing(folder)) is None else left,
                     lambda entries: {e.name: e for e in entries},
                 )
+                listing = filled
             except errors.Unavailable:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
