@@ -285,9 +285,9 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
         if uploads["last_error"]:
             print(f"  last error: {uploads['last_error'][1]}")
-        for failed in uploads.get("given_up") or []:
-            print(f"  not uploaded, cannot be: {failed['path']} ({failed['reason']}); "
-                  f"saved as {failed['saved_as']}")
+        for lost in uploads.get("given_up") or []:
+            print(f"  not uploaded, cannot be: {lost['path']} ({lost['reason']}); "
+                  f"saved as {lost['saved_as']}")
         last = events["last_event"]
         print(f"  events: {events['state']}, {events['received']} received, last "
               + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))

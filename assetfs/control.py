@@ -66,6 +66,9 @@ async def serve(path: Path, commands: Mapping[str, Handler],
     replaced. Raises OSError if the socket cannot be made (before ``task_status`` is told
     it started)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = path.parent.stat()
+    if folder.st_uid != os.getuid() or folder.st_mode & 0o077:
+        raise PermissionError(f"{path.parent} is not a private folder of this user")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
