@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch str
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test test-core lint bench clean
+.PHONY: setup system-packages venv demo test test-core test-model lint bench clean
 
 setup: system-packages venv
 
@@ -63,6 +63,10 @@ test-core: setup
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
 	$(VENV)/bin/mypy
+
+# A soak of the model test (tests/test_model.py): 100,000 operations per mount variant.
+test-model: setup
+	ASSETFS_MODEL_OPS=100000 $(VENV)/bin/pytest -q -rs tests/test_model.py
 
 bench: setup
 	$(PY) scripts/bench_read.py

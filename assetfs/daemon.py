@@ -9,19 +9,20 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from . import __version__, errors, retry
+from . import __version__, control, errors, retry
 from .cache.blocks import BlockCache
 from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
 from .config import MountConfig
 from .drivers.base import ChangeEvent, Driver, Entry
+from .events.echoes import OwnChanges
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
@@ -97,6 +98,7 @@ class Mount:
         self.cache = BlockCache(cache_dir, self.remote, self.journal, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
+        self.own = OwnChanges()
         self.mtimes = MtimeOverlay(self.journal)
         self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
                                    TrashPolicy(config.trash))
@@ -113,12 +115,17 @@ class Mount:
         )
         self.ops = Operations(
             self.remote, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
-            timeouts, self.status, read_only=config.read_only, passthrough=config.passthrough,
+            timeouts, self.status, self.own, read_only=config.read_only,
+            passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
-                                       self.ops.kernel_version, self.ops.passthrough)
+                                       self.ops.kernel_version, self.ops.passthrough, self.own,
+                                       self.namespace.store_entry)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
+        self.control_path = control.socket_path(config.mountpoint)
+        """The control socket (control.py); named before the mount exists, since naming it
+        resolves the mount point's folder."""
         self.loop = LoopWatch()
         """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
@@ -134,6 +141,7 @@ class Mount:
     def _uploaded(self, path: str, entry: Entry, mtime_ns: int) -> None:
         """The file written at ``path`` is on the store as ``entry``; it keeps showing the
         local modification time ``mtime_ns`` (see vfs/mtimes.py)."""
+        self.own.changed(path)
         self.mtimes.keep(path, entry.version, mtime_ns)
         self.metadata.put(path, entry)
         inode = self.inodes.get(path)
@@ -180,6 +188,7 @@ class Mount:
                              "attempts": attempts}
                             for path, (since, message, attempts) in stats.failing.items()
                             if path in dirty],
+                "given_up": stats.given_up[-20:],
             },
             "events": {
                 "state": sub.state,
@@ -249,6 +258,7 @@ class Mount:
                 nursery.start_soon(self._cancel_on_signal, signals, nursery.cancel_scope,
                                    "unmounting")
                 nursery.start_soon(self._serve_requests, nursery.cancel_scope, state)
+                await nursery.start(self._serve_control)
                 # A statfs from a worker thread returns once the kernel's FUSE_INIT has been
                 # answered: only then can the read-ahead be raised (INIT resets it).
                 await trio.to_thread.run_sync(os.statvfs, self.config.mountpoint)
@@ -271,6 +281,36 @@ class Mount:
             await self.driver.close()
             if self.metrics is not None:
                 await self.metrics.close()
+
+    async def _serve_control(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer ``assetfs status`` and ``assetfs umount`` on the control socket
+        (control.py); a mount whose socket cannot be made serves without it."""
+        path = self.control_path
+        try:
+            await control.serve(path, self.control_commands(), task_status)
+        except OSError as exc:
+            log.warning("no control socket at %s: %s", path, exc)
+            task_status.started()
+
+    def control_commands(self) -> dict[str, control.Handler]:
+        """The control commands: ``status`` (what :meth:`status` says), ``flush`` (start
+        every pending upload now; the paths), ``exit_timeout`` (``seconds`` the daemon
+        uploads for once unmounted; 0 leaves what is dirty in the journal)."""
+
+        def flush(request: Mapping[str, Any]) -> list[str]:
+            return sorted(item.path for item in self.writeback.hurry())
+
+        def exit_timeout(request: Mapping[str, Any]) -> float:
+            try:
+                self.writeback.exit_timeout = float(request["seconds"])
+            except (KeyError, TypeError, ValueError):
+                raise control.ControlError("exit_timeout takes seconds") from None
+            return self.writeback.exit_timeout
+
+        return {"status": lambda request: self.status(), "flush": flush,
+                "exit_timeout": exit_timeout}
 
     async def _serve_requests(self, scope: trio.CancelScope, state: dict[str, bool]) -> None:
         """Answer FUSE requests until the filesystem is unmounted, then stop the mount."""

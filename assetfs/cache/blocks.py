@@ -260,6 +260,20 @@ class BlockCache:
         else:
             self._discard(item)
 
+    def abandon(self, item: CacheItem) -> None:
+        """Stop uploading ``item`` (its upload can never succeed and its bytes were saved
+        elsewhere): clean, unlinked, off its path; open handles keep reading it."""
+        if self.items.get(item.path) is item:
+            self.unlinked(item.path)
+            return
+        item.unlinked = True
+        if item.dirty:
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+        if not item.handles and item in self._orphans:
+            self._orphans.remove(item)
+            self._discard(item)
+
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
         file descriptors (a tree walk must not pile them up) and stops a download only a

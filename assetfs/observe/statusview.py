@@ -62,6 +62,9 @@ def render(mountpoint: str, status: dict[str, Any], now: float | None = None) ->
         lines.append(f"    failing {failed['path']}: {failed['error']} "
                      f"({failed['attempts']} attempts, last {_ago(failed['since'], now)}; "
                      "retried until it works)")
+    for lost in uploads.get("given_up") or []:
+        lines.append(f"    not uploaded, cannot be: {lost['path']} ({lost['reason']}); "
+                     f"saved as {lost['saved_as']}")
     if uploads["last_error"] and not uploads.get("failing"):
         when, message = uploads["last_error"]
         lines.append(f"  last upload error ({_ago(when, now)}): {message}")

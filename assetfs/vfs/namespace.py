@@ -51,7 +51,7 @@ class Namespace:
 
             try:
                 cached = await self._filled(
-                    split(path)[0], lambda: self._stat(path), fill,
+                    split(path)[0], lambda: self.store_entry(path), fill,
                     lambda: self.metadata.entry(path), lambda found: found,
                 )
             except errors.Unavailable:
@@ -62,7 +62,9 @@ class Namespace:
         assert cached is None or isinstance(cached, Entry)
         return cached
 
-    async def _stat(self, path: str) -> Entry | None:
+    async def store_entry(self, path: str) -> Entry | None:
+        """What the store has at ``path`` now (None: nothing), asked under the retry
+        policy, bypassing the cache. Raises Unavailable and the driver's other errors."""
         try:
             return await self.store.stat(path)
         except errors.NotFound:

@@ -27,6 +27,7 @@ from ..cache.blocks import BlockCache
 from ..cache.item import CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
+from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
 from ..observe.requests import RequestStats
 from ..remote import Remote
@@ -150,6 +151,7 @@ class Operations(pyfuse3.Operations):
         inodes: InodeTable,
         timeouts: Timeouts,
         status: Callable[[], dict[str, Any]],
+        own: OwnChanges,
         read_only: bool = False,
         passthrough: bool = True,
     ) -> None:
@@ -162,6 +164,8 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes
         self.timeouts = timeouts
         self.status = status
+        self.own = own
+        """Paths changed on the store by this mount (their late events are re-checked)."""
         self.read_only = read_only or not remote.capabilities.writable
         self.passthrough = Passthrough(passthrough)
         self.kernel_version: dict[int, str] = {}
@@ -219,6 +223,18 @@ class Operations(pyfuse3.Operations):
         if entry.is_dir:
             self.remote.watch(path)
         return self.attributes(inode, entry)
+
+    async def _on_store(self, path: str, entry: Entry) -> bool:
+        """Whether the store may hold ``path`` (shown as ``entry``), so that deleting or
+        renaming it must reach the store: a folder always does (folders are made on the
+        store at once), a file the store has or that was uploaded from here. Only a file
+        made here and never uploaded is not asked for: a stale cached "absent" would
+        otherwise skip the store and leave the old name there, or move a folder only in
+        the cache, so that the files under it upload into a folder the store lacks."""
+        if entry.is_dir or await self.ns.remote(path) is not None:
+            return True
+        item = self.cache.item(path)
+        return item is None or bool(item.base_version)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -356,6 +372,7 @@ class Operations(pyfuse3.Operations):
             raise errors.AlreadyExists()
         self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.DIR)
+        self.own.changed(path)
         entry = await self.remote.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
@@ -368,6 +385,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
+        self.own.changed(path)
         await self.remote.remove(path, Kind.DIR)
         self.metadata.forget_tree(path)
         self.metadata.put(path, None)
@@ -383,7 +401,8 @@ class Operations(pyfuse3.Operations):
             raise errors.IsADirectory()
         item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
-            if await self.ns.remote(path) is not None:
+            if await self._on_store(path, entry):
+                self.own.changed(path)
                 with contextlib.suppress(errors.NotFound):
                     await self.remote.remove(path, Kind.FILE)
             self.cache.unlinked(path)
@@ -414,6 +433,7 @@ class Operations(pyfuse3.Operations):
             raise errors.InvalidName("cannot move a folder into itself")
         self.ns.trash.check_create(new)
         self.remote.check_create(new, source.kind)
+        self.own.changed(old, new)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -428,7 +448,7 @@ class Operations(pyfuse3.Operations):
                 await self.remote.remove(new, Kind.DIR)
         moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
-            on_store = await self.ns.remote(old) is not None
+            on_store = await self._on_store(old, source)
             if on_store:
                 if not self.remote.capabilities.rename:
                     raise errors.NotSupported("the store cannot rename")
@@ -619,10 +639,10 @@ class Operations(pyfuse3.Operations):
             raise errors.NotSupported("only user.assetfs.* attributes can be set")
         action = key[len(XATTR_PREFIX):]
         if inode == ROOT_INODE and action == "flush":
-            with trio.move_on_after(float(value or b"3600")):
-                await self.writeback.drain()
-                return
-            raise errors.TimedOut(f"{len(self.writeback.pending())} files still to upload")
+            # starts the uploads and returns at once: a setxattr holds the kernel's lock of
+            # the root inode while it waits, and a signal cannot end that wait (control.py)
+            self.writeback.hurry()
+            return
         if inode == ROOT_INODE and action == "umount_timeout":  # umount --no-flush sets 0
             try:
                 self.writeback.exit_timeout = float(value)
