@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from mounting import Mount, mounted
 from test_passthrough import passthrough_expected
+from test_writeback import flush
 
 FILES = 50
 
@@ -123,7 +124,7 @@ def test_writer_while_readers_read_the_store_file(mount: Mount, store: Path) -> 
         reader.close()
     with open(path, "r+b") as writer:
         writer.write(b"W")
-    os.setxattr(mount.path, "user.assetfs.flush", b"30")
+    flush(mount)
     assert (store / "small" / "f02.bin").read_bytes() == b"W" + b"\x02" * 4095
 
 
