@@ -27,7 +27,9 @@ from . import __version__, control, errors
 from .config import CORE_OPTIONS, MountConfig
 from .drivers import available, driver_class
 from .drivers.base import POLL_INTERVAL
+from .observe.statusview import human_size, render
 from .options import split as split_options
+from .waiting import Progress
 
 log = logging.getLogger("assetfs")
 READY = b"ready\n"
@@ -165,7 +167,8 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
             pass_fds=(write_end,), start_new_session=True,
         )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
+    with os.fdopen(read_end, "rb") as pipe, Progress(f"mounting {config.url}, waiting for "
+                                                     "the store and its change events"):
         answer = pipe.readline()
     if answer == READY:
         print(f"assetfs: mounted {shown_url(config.url)} on {config.mountpoint} "
@@ -196,7 +199,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         status = control.request(mountpoint, "status", timeout=_left(deadline))
         pid = status.get("pid")
-        if args.no_flush or not _wait_for_uploads(mountpoint, deadline, args.timeout, status):
+        with Progress("uploading before unmount", lambda: _uploads_left(mountpoint)):
+            uploaded = not args.no_flush and _wait_for_uploads(mountpoint, deadline,
+                                                               args.timeout, status)
+        if not uploaded:
             control.request(mountpoint, "exit_timeout", timeout=_left(deadline), seconds=0)
     except control.ControlError as exc:
         print(f"assetfs: {exc}; unmounting without waiting for uploads", file=sys.stderr)
@@ -208,9 +214,21 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise UsageError(result.stderr.strip() or "fusermount3 -u failed")
     if isinstance(pid, int):
         until = max(deadline, time.monotonic() + 0.3)
-        while time.monotonic() < until and _alive(pid):
-            time.sleep(0.05)
+        with Progress(f"unmounted; waiting for the daemon (pid {pid}) to finish"):
+            while time.monotonic() < until and _alive(pid):
+                time.sleep(0.05)
     return 0
+
+
+def _uploads_left(mountpoint: str) -> str:
+    """What an unmount still waits for, for its progress line."""
+    status = control.request(mountpoint, "status", timeout=1.0)
+    cache, uploads = status["cache"], status["uploads"]
+    flying = [u for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    left = cache["dirty_bytes"] - sum(u["sent_bytes"] for u in flying)
+    text = f"{len(status['dirty_files'] or [])} files, {human_size(max(0, left))} to send"
+    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%" for u in flying]
+    return text + (f" ({', '.join(running[:3])})" if running else "")
 
 
 def _left(deadline: float) -> float:
@@ -262,46 +280,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     targets = [control.resolved(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
     if args.mountpoint and targets[0] not in fuse_mounts():
         raise UsageError(f"{targets[0]} is not an assetfs mount")
-    failed = 0
+    if args.json:
+        failed = 0
+        for mountpoint in targets:
+            try:
+                print(json.dumps(control.request(mountpoint, "status"), indent=2))
+            except control.ControlError as exc:
+                print(f"{mountpoint}: {exc}", file=sys.stderr)
+                failed = 1
+        return failed
+    if args.watch is None:
+        print(_status_text(targets))
+        return 0
+    try:
+        while True:  # clear the terminal, then the status; until Ctrl-C
+            print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + _status_text(targets),
+                  flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _status_text(targets: list[str]) -> str:
+    """The status of each mount in ``targets`` for people (a line for one that does not
+    answer its control socket)."""
+    texts = []
     for mountpoint in targets:
         try:
-            status = control.request(mountpoint, "status")
+            texts.append(render(mountpoint, control.request(mountpoint, "status")))
         except control.ControlError as exc:
-            print(f"{mountpoint}: {exc}", file=sys.stderr)
-            failed = 1
-            continue
-        if args.json:
-            print(json.dumps(status, indent=2))
-            continue
-        cache, uploads, events = status["cache"], status["uploads"], status["events"]
-        assert isinstance(cache, dict) and isinstance(uploads, dict) and isinstance(events, dict)
-        print(f"{mountpoint}: {status['url']} ({status['driver']}, pid {status['pid']})")
-        print(f"  cache: {cache['used_bytes']} of {cache['max_bytes']} bytes, "
-              f"{cache['dirty_bytes']} dirty ({cache['dir']})")
-        dirty = status["dirty_files"]
-        assert isinstance(dirty, list)
-        print(f"  dirty files: {len(dirty)}" + (f" ({', '.join(dirty[:5])})" if dirty else ""))
-        print(f"  uploads: {uploads['files']} files, {uploads['bytes']} bytes, "
-              f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
-        if uploads["last_error"]:
-            print(f"  last error: {uploads['last_error'][1]}")
-        for lost in uploads.get("given_up") or []:
-            print(f"  not uploaded, cannot be: {lost['path']} ({lost['reason']}); "
-                  f"saved as {lost['saved_as']}")
-        last = events["last_event"]
-        print(f"  events: {events['state']}, {events['received']} received, last "
-              + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
-        driver_state = status.get("driver_state")
-        if driver_state:
-            print(f"  driver: {json.dumps(driver_state)}")
-        loop = status.get("loop")
-        if isinstance(loop, dict):
-            print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "
-                  f"({loop['longest_task']}), {loop['stalls']} over "
-                  f"{1000 * loop['stall_s']:.0f} ms")
-    if not targets:
-        print("no assetfs mounts")
-    return failed
+            texts.append(f"{mountpoint}: {exc}")
+    return "\n".join(texts) or "no assetfs mounts"
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -341,7 +351,9 @@ def parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
     status = sub.add_parser("status", help="show mounts, cache, uploads and events")
     status.add_argument("mountpoint", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the daemon's status as JSON")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)
     drivers = sub.add_parser("drivers", help="list the URL schemes")
     drivers.set_defaults(func=cmd_drivers)

@@ -26,12 +26,15 @@ from .events.echoes import OwnChanges
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
+from .observe.metrics import MetricsServer, take_sample
+from .observe.progress import read_position
 from .remote import Remote
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
 from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
+from .vfs.trash import TrashPolicy
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -97,7 +100,8 @@ class Mount:
         self.inodes = InodeTable()
         self.own = OwnChanges()
         self.mtimes = MtimeOverlay(self.journal)
-        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes)
+        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
+                                   TrashPolicy(config.trash))
         self.writeback = WriteBack(
             self.cache, self.remote, config.write_back_delay, self._uploaded,
             self.events_send,
@@ -126,6 +130,8 @@ class Mount:
         """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
         """Stop signals received (SIGTERM, SIGINT, SIGHUP)."""
+        self.metrics: MetricsServer | None = None
+        """The Prometheus endpoint (``-o metrics``), started by :meth:`serve`."""
         for record in self.journal.records():
             item = self.cache.adopt(record.key, record.path, record.base_version)
             if item is not None:
@@ -147,6 +153,9 @@ class Mount:
         stats = self.writeback.stats
         pending = self.writeback.pending()
         sub = self.subscription.status
+        dirty = {i.path for i in pending}
+        flying = [{"path": path, "bytes": size, "started": round(stats.started.get(path, 0), 1),
+                   "sent_bytes": self._sent(path)} for path, size in stats.in_progress.items()]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -159,6 +168,10 @@ class Mount:
                 "used_bytes": self.cache.used_bytes(),
                 "max_bytes": self.config.cache_max,
                 "dirty_bytes": self.cache.dirty_bytes(),
+                "hits": self.cache.stats.hits,
+                "misses": self.cache.stats.misses,
+                "downloaded_bytes": self.cache.stats.downloaded_bytes,
+                "streams_stopped": self.cache.stats.streams_stopped,
             },
             "dirty_files": sorted(i.path for i in pending),
             "uploads": {
@@ -169,6 +182,12 @@ class Mount:
                 "conflicts": stats.conflicts,
                 "conflict_files": stats.conflict_paths[-20:],
                 "last_error": stats.last_error,
+                "queued": len(dirty - set(stats.in_progress)),
+                "in_flight": flying,
+                "failing": [{"path": path, "since": round(since, 1), "error": message,
+                             "attempts": attempts}
+                            for path, (since, message, attempts) in stats.failing.items()
+                            if path in dirty],
                 "given_up": stats.given_up[-20:],
             },
             "events": {
@@ -179,6 +198,8 @@ class Mount:
                 "restarts": sub.restarts,
                 "last_error": sub.last_error,
                 "watched_folders": len(self.driver.watched),
+                "backlog": self.events_receive.statistics().current_buffer_used,
+                "lag_s": round(self.invalidator.lag, 4),
             },
             "passthrough": {
                 "enabled": self.ops.passthrough.enabled,
@@ -186,9 +207,18 @@ class Mount:
             },
             "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
-            "requests": dict(self.ops.requests),
+            "requests": dict(self.ops.requests.counts),
+            "store_requests": dict(self.remote.calls),
             "loop": self.loop.status(),
+            "trash": self.config.trash,
+            "metrics": self.metrics.url if self.metrics else None,
         }
+
+    def _sent(self, path: str) -> int | None:
+        """Bytes the running upload of ``path`` has read from its cache file, if known
+        (observe/progress.py)."""
+        item = self.cache.item(path)
+        return read_position(self.cache.cache_file(item)) if item is not None else None
 
     async def serve(self, ready: Callable[[], None]) -> None:
         """Mount, call ``ready()``, and serve until unmounted or signalled; then upload what
@@ -200,6 +230,11 @@ class Mount:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
+        address = self.config.metrics
+        if address is not None:
+            self.metrics = MetricsServer(*address, lambda: take_sample(self.status,
+                                                                       self.ops.requests))
+            log.info("metrics at %s", self.metrics.url)
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
         trio.lowlevel.add_instrument(self.loop)
         self.loop.sample_stacks()
@@ -244,6 +279,8 @@ class Mount:
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+            if self.metrics is not None:
+                await self.metrics.close()
 
     async def _serve_control(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

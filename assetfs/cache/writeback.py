@@ -40,8 +40,10 @@ COMPARE_CHUNK = 1 << 20
 
 @dataclass
 class UploadStats:
-    """Counters for ``assetfs status``: files and bytes uploaded, retries, conflicts, and
-    the last error as ``(unix time, message)``."""
+    """Counters for ``assetfs status``: files and bytes uploaded, retries (failed
+    attempts), conflicts, the last error as ``(unix time, message)``, the uploads running
+    (``in_progress``: path -> bytes, ``started``: path -> unix time) and the files whose
+    last attempt failed (``failing``: path -> (unix time, message, failed attempts))."""
 
     files: int = 0
     bytes: int = 0
@@ -50,6 +52,8 @@ class UploadStats:
     conflict_paths: list[str] = field(default_factory=list)
     last_error: tuple[float, str] | None = None
     in_progress: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    failing: dict[str, tuple[float, str, int]] = field(default_factory=dict)
     given_up: list[dict[str, str]] = field(default_factory=list)
     """Uploads that can never succeed: ``{"path", "reason", "saved_as"}`` each, where
     ``saved_as`` is a store path (a conflict copy) or a local file (the recovery folder)."""
@@ -207,6 +211,7 @@ class WriteBack:
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
+            self.stats.failing.pop(item.path, None)
             self._errors.pop(item, None)  # an earlier failure is not this fsync's answer
         except Exception as exc:
             if item.unlinked:  # deleted or replaced here meanwhile: nothing to upload
@@ -224,11 +229,13 @@ class WriteBack:
             attempt = self._attempts.get(item, 0)
             self._attempts[item] = attempt + 1
             self.stats.retries += 1
+            self.stats.failing[item.path] = (time.time(), str(exc), attempt + 1)
             log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
             self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)
+            self.stats.started.pop(item.path, None)
             finished = self._finished.pop(item, None)
             if finished is not None:
                 finished.set()
@@ -255,6 +262,7 @@ class WriteBack:
                     return
                 target = conflict_name(path)
         self.stats.in_progress[path] = size
+        self.stats.started[path] = time.time()
         source = self.cache.cache_file(item)
         entry = await self.remote.write(target, source, size)
         self.stats.files += 1

@@ -78,6 +78,9 @@ class Invalidator:
         self.received = 0
         self.last_event: float | None = None
         """Unix time of the last event received."""
+        self.lag = 0.0
+        """Seconds from the arrival of the last batch's first event until the kernel had
+        been told (the gathering pause included)."""
 
     async def run(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
         """Apply events until the channel closes or the task is cancelled.
@@ -108,6 +111,7 @@ class Invalidator:
             self.applied += len(batch)
             if notes:
                 await trio.to_thread.run_sync(notify_kernel, list(dict.fromkeys(notes)))
+            self.lag = time.time() - self.last_event
             await trio.sleep(0)
 
     def apply(self, event: ChangeEvent) -> list[KernelNote]:

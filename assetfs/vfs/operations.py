@@ -8,13 +8,13 @@ the mount, docs/architecture.md); the invalidator task does.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -29,6 +29,7 @@ from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
 from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
+from ..observe.requests import RequestStats
 from ..remote import Remote
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
@@ -50,10 +51,11 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        requests = getattr(args[0], "requests", None)
-        if requests is not None:
-            requests[name] += 1
+        stats: RequestStats | None = getattr(args[0], "requests", None)
+        if stats is not None:
+            stats.started(name)
         OPERATION.set(name)
+        started, failure = time.perf_counter(), 0
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -62,15 +64,25 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
         except errors.AssetFSError as exc:
             if exc.errno in (errno.EIO, errno.ETIMEDOUT) and not exc.logged:
                 log.warning("%s: %s", handler.__name__, exc)
+            failure = exc.errno
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             log.warning("%s: local error %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except (pyfuse3.FUSEError, trio.Cancelled):
+            failure = exc.errno or errno.EIO
+            raise pyfuse3.FUSEError(failure) from None
+        except pyfuse3.FUSEError as exc:
+            failure = exc.errno
+            raise
+        except trio.Cancelled:
+            failure = errno.EINTR
             raise
         except Exception:
             log.exception("%s failed", handler.__name__)
+            failure = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if stats is not None:
+                stats.finished(name, time.perf_counter() - started, failure)
 
     return wrapper
 
@@ -163,8 +175,8 @@ class Operations(pyfuse3.Operations):
         self._listed: set[int] = set()
         """Folder handles already read from: a new read at offset 0 is a rewinddir."""
         self._next_fh = 1
-        self.requests: collections.Counter[str] = collections.Counter()
-        """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
+        self.requests = RequestStats()
+        """FUSE requests by operation: counts, latencies, errors (observe/requests.py)."""
         self.uid, self.gid = os.getuid(), os.getgid()
 
     @property
@@ -358,6 +370,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(self._path(parent_inode))
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.DIR)
         self.own.changed(path)
         entry = await self.remote.mkdir(path)
@@ -418,6 +431,7 @@ class Operations(pyfuse3.Operations):
             return
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
+        self.ns.trash.check_create(new)
         self.remote.check_create(new, source.kind)
         self.own.changed(old, new)
         target = await self.ns.find(new)
@@ -513,6 +527,7 @@ class Operations(pyfuse3.Operations):
         existing = await self.ns.find(path)
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.FILE)
         self.remote.check_write(path)
         item = await self.cache.new_file(path)
