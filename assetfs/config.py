@@ -41,8 +41,10 @@ CORE_OPTIONS: tuple[opt.Option, ...] = (
     opt.Option("umount_timeout", opt.seconds, 30.0,
                "how long a daemon stopped by a signal keeps uploading"),
     opt.Option("read_ahead_kb", opt.integer, 1024, "the mount's kernel read-ahead (root only)"),
-    opt.Option("passthrough", opt.boolean, True,
-               "kernel FUSE passthrough for files whose whole content is cached"),
+    opt.Option("passthrough", opt.passthrough_mode, "yes",
+               "kernel FUSE passthrough for files whose whole content is cached; copies: "
+               "also read-only opens of the library's local copies (writers then get "
+               "ETXTBSY while such readers are open)"),
     opt.Option("ro", opt.boolean, False, "read-only mount"),
     opt.Option("allow_other", opt.boolean, False, "let other users see the mount"),
     opt.Option("debug", opt.boolean, False, "debug logging"),
@@ -128,7 +130,14 @@ class MountConfig:
     def passthrough(self) -> bool:
         """Kernel FUSE passthrough for files whose whole content is cached (default on
         where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
-        return bool(self.values["passthrough"])
+        return bool(self.values["passthrough"] != "no")
+
+    @property
+    def passthrough_copies(self) -> bool:
+        """``-o passthrough=copies``: read-only opens of a clean file whose store keeps a
+        local copy (omni.client) pass through to that copy; an open for writing of such a
+        file gets ETXTBSY while those readers are open (vfs/passthrough.py)."""
+        return bool(self.values["passthrough"] == "copies")
 
     @property
     def metrics(self) -> tuple[str, int] | None:

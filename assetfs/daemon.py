@@ -116,7 +116,7 @@ class Mount:
         self.ops = Operations(
             self.remote, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
             timeouts, self.status, self.own, read_only=config.read_only,
-            passthrough=config.passthrough,
+            passthrough=config.passthrough, passthrough_copies=config.passthrough_copies,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
                                        self.ops.kernel_version, self.ops.passthrough, self.own,

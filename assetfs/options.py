@@ -47,6 +47,17 @@ def boolean(text: str) -> bool:
     raise ValueError("not yes or no")
 
 
+def passthrough_mode(text: str) -> str:
+    """``-o passthrough``: ``yes`` (or bare, or any true word), ``no`` (any false word), or
+    ``copies``. Raises ValueError."""
+    if text.strip().lower() == "copies":
+        return "copies"
+    try:
+        return "yes" if boolean(text) else "no"
+    except ValueError:
+        raise ValueError("yes, no or copies") from None
+
+
 def integer(text: str) -> int:
     """A non-negative whole number. Raises ValueError."""
     value = int(text)

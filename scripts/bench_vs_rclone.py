@@ -1,6 +1,7 @@
 """assetfs against Debian's rclone mount of the same folder and against direct access.
 
     .venv/bin/python scripts/bench_vs_rclone.py [--rounds 3] [--files 2000] [--size-mib 256]
+        [--passthrough yes|no|copies]
 
 One local tree plays the store: ``small/`` (``--files`` files of 4 KiB), ``tree/`` (a
 2,000-entry tree: 40 folders of 49 files) and ``big.bin`` (``--size-mib`` MiB). Each round mounts
@@ -143,9 +144,9 @@ def assetfs_requests(mountpoint: Path) -> collections.Counter[str]:
 
 
 @contextlib.contextmanager
-def assetfs_view(store: Path, work: Path) -> Iterator[View]:
+def assetfs_view(store: Path, work: Path, passthrough: str) -> Iterator[View]:
     with mounted(f"file://{store}", work / "mnt-assetfs",
-                 {"cache_dir": str(work / "cache-assetfs")}) as m:
+                 {"cache_dir": str(work / "cache-assetfs"), "passthrough": passthrough}) as m:
         yield View("assetfs", m.path, m.proc.pid, lambda: assetfs_requests(m.path))
 
 
@@ -176,12 +177,13 @@ def rclone_view(store: Path, work: Path, mode: str) -> Iterator[View]:
 
 
 @contextlib.contextmanager
-def open_view(name: str, store: Path, work: Path) -> Iterator[View]:
-    """The view ``name`` of ``store``, mounted fresh when it is a mount."""
+def open_view(name: str, store: Path, work: Path, passthrough: str) -> Iterator[View]:
+    """The view ``name`` of ``store``, mounted fresh when it is a mount (assetfs with
+    ``-o passthrough=PASSTHROUGH``)."""
     if name == "direct":
         yield View("direct", store)
     elif name == "assetfs":
-        with assetfs_view(store, work) as view:
+        with assetfs_view(store, work, passthrough) as view:
             yield view
         shutil.rmtree(work / "cache-assetfs", ignore_errors=True)
     else:
@@ -312,6 +314,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--passthrough", default="yes", choices=["yes", "no", "copies"],
+                        help="assetfs's -o passthrough (copies: also the store's local copies)")
     args = parser.parse_args()
     if shutil.which("rclone") is None:
         print("rclone is not installed (make bench installs Debian's)", file=sys.stderr)
@@ -328,7 +332,8 @@ def main() -> int:
             order = VIEWS[r % len(VIEWS):] + VIEWS[:r % len(VIEWS)]
             print(f"round {r + 1}/{args.rounds}: {', '.join(order)}", flush=True)
             with contextlib.ExitStack() as stack:
-                views = [stack.enter_context(open_view(name, store, work)) for name in order]
+                views = [stack.enter_context(open_view(name, store, work, args.passthrough))
+                         for name in order]
                 measure_round(views, args.files, results)
     report(results, args.rounds, cold)
     return 0

@@ -38,7 +38,8 @@ def store(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mount(store: Path, tmp_path: Path) -> Iterator[Mount]:
-    with mounted(f"file://{store}", tmp_path / "mnt", {"cache_dir": str(tmp_path / "cache")}) as m:
+    options = {"cache_dir": str(tmp_path / "cache"), "passthrough": "copies"}
+    with mounted(f"file://{store}", tmp_path / "mnt", options) as m:
         yield m
 
 
@@ -150,3 +151,20 @@ def test_second_listing_sends_no_readdir(mount: Mount, store: Path) -> None:
     assert "local.txt" in os.listdir(tree / "d1")
     os.unlink(tree / "d1" / "file0.txt")
     assert "file0.txt" not in os.listdir(tree / "d1")
+
+
+def test_by_default_a_writer_may_open_a_file_readers_have_open(store: Path,
+                                                               tmp_path: Path) -> None:
+    """Without ``-o passthrough=copies`` readers read through the daemon, and a program may
+    save in place over a file another one is reading, as on a local disk."""
+    with mounted(f"file://{store}", tmp_path / "plain",
+                 {"cache_dir": str(tmp_path / "plain-cache")}) as m:
+        path = m.path / "small" / "f03.bin"
+        with open(path, "rb") as reader:
+            assert reader.read() == b"\x03" * 4096
+            with open(path, "r+b") as writer:
+                writer.write(b"W")
+            reader.seek(0)
+            assert reader.read(1) == b"W"
+        flush(m)
+    assert (store / "small" / "f03.bin").read_bytes() == b"W" + b"\x03" * 4095

@@ -161,6 +161,7 @@ class Operations(pyfuse3.Operations):
         own: OwnChanges,
         read_only: bool = False,
         passthrough: bool = True,
+        passthrough_copies: bool = False,
     ) -> None:
         super().__init__()
         self.remote = remote
@@ -175,6 +176,8 @@ class Operations(pyfuse3.Operations):
         """Paths changed on the store by this mount (their late events are re-checked)."""
         self.read_only = read_only or not remote.capabilities.writable
         self.passthrough = Passthrough(passthrough)
+        self.passthrough_copies = passthrough_copies
+        """Read-only opens may pass through to the store's local copy (-o passthrough=copies)."""
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
@@ -516,7 +519,8 @@ class Operations(pyfuse3.Operations):
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
-        local_copy = fd is None and not writable and self.passthrough.idle(inode)
+        local_copy = (self.passthrough_copies and fd is None and not writable
+                      and self.passthrough.idle(inode))
         if local_copy:
             fd = await self.cache.local_copy_fd(item)
         mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
