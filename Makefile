@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch str
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test lint bench clean
+.PHONY: setup system-packages venv demo test test-core lint bench clean
 
 setup: system-packages venv
 
@@ -46,6 +46,17 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
 	$(VENV)/bin/pytest -q -rs
+
+# The quick suite: the core, memory://, Nucleus on file: and the conformance suite for those
+# (no Ice or Go builds). `make test` stays the whole suite.
+CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
+	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
+	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
+	tests/test_options.py
+
+test-core: setup
+	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/pytest -q -rs -m "not omero and not vsphere" $(CORE_TESTS)
 
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts

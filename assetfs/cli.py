@@ -22,8 +22,10 @@ from pathlib import Path
 import trio
 
 from . import __version__, errors
-from .config import MountConfig, parse_options
+from .config import CORE_OPTIONS, MountConfig
 from .drivers import available, driver_class
+from .drivers.base import POLL_INTERVAL
+from .options import split as split_options
 
 log = logging.getLogger("assetfs")
 READY = b"ready\n"
@@ -89,9 +91,9 @@ def check_environment() -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    options = parse_options(",".join(args.options or []))
-    config = MountConfig(args.url, Path(args.mountpoint).absolute(), options)
-    driver_class(config.url)
+    options = split_options(",".join(args.options or []))
+    config = MountConfig(args.url, Path(args.mountpoint).absolute(), driver_class(args.url),
+                         options)
     check_environment()
     check_mountpoint(config.mountpoint)
     if args.foreground:
@@ -102,7 +104,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
     """Run the daemon in this process until unmounted."""
     logging.basicConfig(
-        level=logging.DEBUG if "debug" in config.options else logging.INFO,
+        level=logging.DEBUG if config["debug"] else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -248,8 +250,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
+    """Print each URL scheme, its driver and the driver's ``-o`` options, then the options
+    every mount takes (all from the declarations, config.py and each driver's)."""
     for scheme, entry in sorted(available().items()):
-        print(f"{scheme:12} {entry.value}")
+        print(f"{scheme}:  {entry.value}")
+        try:
+            cls = driver_class(f"{scheme}:/")
+        except errors.AssetFSError as exc:
+            print(f"    not available: {exc}")
+            continue
+        for option in cls.declared_options:
+            print(f"    -o {option.usage()}")
+    print("options of every mount:")
+    for option in (*CORE_OPTIONS, POLL_INTERVAL):
+        print(f"    -o {option.usage()}")
     return 0
 
 
@@ -305,12 +319,15 @@ def mount_helper(argv: list[str] | None = None) -> int:
     while rest:
         flag = rest.pop(0)
         if flag == "-o" and rest:
-            options += [o for o in rest.pop(0).split(",") if o and o not in _FSTAB_ONLY]
+            options += [o for o in rest.pop(0).split(",")
+                        if o and o not in _FSTAB_ONLY and not o.startswith(_FSTAB_PREFIXES)]
     return main(["mount", url, mountpoint] + (["-o", ",".join(options)] if options else []))
 
 
 _FSTAB_ONLY = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
                "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev"}
+_FSTAB_PREFIXES = ("x-", "comment=")
+"""Options for mount(8) and systemd (``x-systemd.automount``, ``comment=systemd.*``)."""
 
 
 if __name__ == "__main__":

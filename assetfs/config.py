@@ -1,48 +1,40 @@
-"""Mount options (``-o key=value,...``): parsing, defaults, and the cache directory."""
+"""Mount options (``-o key=value,...``): the core's declarations, validation against the
+driver's, and the cache directory."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors
+from . import options as opt
+from .drivers.base import POLL_INTERVAL, Driver
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def parse_size(text: str) -> int:
-    """``"10G"`` -> 10737418240 bytes (K, M, G, T are powers of 1024). Raises BadURL-style
-    :class:`~assetfs.errors.InvalidName` on garbage."""
-    match = _SIZE.match(text)
-    if not match:
-        raise errors.InvalidName(f"not a size: {text!r} (try 512M or 10G)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def flag(options: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    """Whether option ``name`` is on: given bare (``-o insecure``) or with any value but
-    0/false/no/off; ``default`` when it is absent."""
-    if name not in options:
-        return default
-    value = options[name]
-    return value is None or str(value).strip().lower() not in _FALSE
-
-
-def parse_options(text: str | None) -> dict[str, str]:
-    """``"ro,cache_max=10G"`` -> ``{"ro": "", "cache_max": "10G"}``."""
-    options: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if part.strip():
-            key, _, value = part.partition("=")
-            options[key.strip()] = value.strip()
-    return options
+CORE_OPTIONS: tuple[opt.Option, ...] = (
+    opt.Option("cache_dir", opt.text, "",
+               "cache files and the journal (default $XDG_CACHE_HOME/assetfs/<mount id>)"),
+    opt.Option("cache_max", opt.size, 10 << 30, "bound on cached bytes"),
+    opt.Option("write_back_delay", opt.seconds, 2.0,
+               "upload a written file this long after its last close"),
+    opt.Option("timeout", opt.seconds, 30.0, "deadline of one remote request"),
+    opt.Option("entry_timeout", opt.seconds, None,
+               "kernel name cache lifetime (300 with live events, else the poll interval)"),
+    opt.Option("attr_timeout", opt.seconds, None,
+               "kernel attribute cache lifetime (as entry_timeout)"),
+    opt.Option("negative_timeout", opt.seconds, None,
+               "how long the kernel remembers a missing name (attr_timeout with events, else 0)"),
+    opt.Option("umount_timeout", opt.seconds, 30.0,
+               "how long a daemon stopped by a signal keeps uploading"),
+    opt.Option("read_ahead_kb", opt.integer, 1024, "the mount's kernel read-ahead (root only)"),
+    opt.Option("passthrough", opt.boolean, True,
+               "kernel FUSE passthrough for files whose whole content is cached"),
+    opt.Option("ro", opt.boolean, False, "read-only mount"),
+    opt.Option("allow_other", opt.boolean, False, "let other users see the mount"),
+    opt.Option("debug", opt.boolean, False, "debug logging"),
+)
 
 
 def default_cache_root() -> Path:
@@ -57,66 +49,70 @@ def mount_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-CORE_OPTIONS = {
-    "cache_dir", "cache_max", "write_back_delay", "entry_timeout", "attr_timeout",
-    "negative_timeout", "timeout", "ro", "allow_other", "debug", "read_ahead_kb",
-    "umount_timeout", "passthrough",
-}
-
-
 @dataclass
 class MountConfig:
-    """Everything one daemon needs. Times are seconds, sizes bytes."""
+    """Everything one daemon needs. Times are seconds, sizes bytes.
+
+    ``options`` is the ``-o`` text split into ``{name: text}``; building the config checks
+    it against :data:`CORE_OPTIONS` and ``driver``'s declarations (raises
+    :class:`~assetfs.errors.BadOption`). ``values`` holds the parsed core options (defaults
+    filled in), ``driver_options`` the text of the others, which the driver parses.
+    """
 
     url: str
     mountpoint: Path
-    options: dict[str, str] = field(default_factory=dict)
+    driver: type[Driver]
+    options: Mapping[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(init=False)
+    driver_options: dict[str, str] = field(init=False)
 
-    def _float(self, key: str, default: float) -> float:
-        try:
-            return float(self.options.get(key, default))
-        except ValueError:
-            raise errors.InvalidName(f"-o {key}= needs a number of seconds") from None
+    def __post_init__(self) -> None:
+        parsed = opt.parse(self.options, CORE_OPTIONS, (POLL_INTERVAL,),
+                           self.driver.declared_options)
+        core = {o.name for o in CORE_OPTIONS}
+        self.values = {k: v for k, v in parsed.items() if k in core}
+        self.driver_options = {k: v for k, v in self.options.items() if k not in core}
+
+    def __getitem__(self, name: str) -> Any:
+        """The parsed value of core option ``name``."""
+        return self.values[name]
 
     @property
     def cache_dir(self) -> Path:
         """Where this mount's cache files and journal live."""
-        if "cache_dir" in self.options:
-            return Path(self.options["cache_dir"])
+        if self.values["cache_dir"]:
+            return Path(self.values["cache_dir"])
         return default_cache_root() / mount_id(self.url)
 
     @property
     def cache_max(self) -> int:
         """Bound on cache bytes (default 10 GiB)."""
-        return parse_size(self.options.get("cache_max", "10G"))
+        return int(self.values["cache_max"])
 
     @property
     def write_back_delay(self) -> float:
         """Seconds between the last close of a written file and its upload."""
-        return self._float("write_back_delay", 2.0)
+        return float(self.values["write_back_delay"])
 
     @property
     def timeout(self) -> float:
         """Deadline of one remote request, seconds (past it: EIO/ETIMEDOUT)."""
-        return self._float("timeout", 30.0)
+        return float(self.values["timeout"])
 
     def kernel_timeout(self, key: str, push_events: bool, poll_interval: float) -> float:
         """Kernel entry/attr cache lifetime: long with push events (events invalidate),
         the poll interval otherwise."""
-        return self._float(key, 300.0 if push_events else min(poll_interval, 60.0))
+        value = self.values[key]
+        return float(value) if value is not None else (
+            300.0 if push_events else min(poll_interval, 60.0))
 
     @property
     def passthrough(self) -> bool:
         """Kernel FUSE passthrough for files whose whole content is cached (default on
         where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
-        return flag(self.options, "passthrough", default=True)
+        return bool(self.values["passthrough"])
 
     @property
     def read_only(self) -> bool:
         """``-o ro``."""
-        return "ro" in self.options
-
-    @property
-    def driver_options(self) -> dict[str, str]:
-        """The options meant for the driver (everything that is not a core option)."""
-        return {k: v for k, v in self.options.items() if k not in CORE_OPTIONS}
+        return bool(self.values["ro"])

@@ -21,11 +21,11 @@ from .cache.blocks import BlockCache
 from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
 from .config import MountConfig
-from .drivers import driver_class
 from .drivers.base import ChangeEvent, Driver, Entry
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
+from .remote import Remote
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
@@ -41,8 +41,8 @@ _M_MMAP_THRESHOLD = -3
 
 def raise_read_ahead(mountpoint: Path, kib: int) -> None:
     """Let the kernel send 1 MiB reads instead of 128 KiB ones by raising the mount's
-    ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (design.md, Request sizes). Root only;
-    silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
+    ``/sys/class/bdi/<major>:<minor>/read_ahead_kb`` (docs/architecture.md, Request sizes).
+    Root only; silently skipped otherwise. The device number comes from /proc/self/mountinfo: a
     ``stat`` of the mount point from the daemon's own trio thread would hang. The kernel
     resets the value when it gets the daemon's FUSE_INIT reply, so this runs after it."""
     target = os.path.abspath(mountpoint)
@@ -90,23 +90,25 @@ class Mount:
         ttl = config.kernel_timeout("attr_timeout", caps.push_events, driver.poll_interval)
         self.metadata = MetadataCache(ttl=max(ttl, 1.0))
         self.journal = Journal(cache_dir / "journal.sqlite")
-        self.cache = BlockCache(cache_dir, driver, self.journal, self.policy, config.cache_max)
+        self.remote = Remote(driver, self.policy)
+        self.cache = BlockCache(cache_dir, self.remote, self.journal, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
         self.mtimes = MtimeOverlay(self.journal)
-        self.namespace = Namespace(driver, self.metadata, self.cache, self.policy, self.mtimes)
+        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes)
         self.writeback = WriteBack(
-            self.cache, driver, self.policy, config.write_back_delay, self._uploaded,
+            self.cache, self.remote, config.write_back_delay, self._uploaded,
             self.events_send,
         )
-        self.writeback.exit_timeout = config._float("umount_timeout", 30.0)
+        self.writeback.exit_timeout = config["umount_timeout"]
         timeouts = Timeouts(
             entry=config.kernel_timeout("entry_timeout", caps.push_events, driver.poll_interval),
             attr=ttl,
-            negative=config._float("negative_timeout", 0.0 if not caps.push_events else ttl),
+            negative=(config["negative_timeout"] if config["negative_timeout"] is not None
+                      else ttl if caps.push_events else 0.0),
         )
         self.ops = Operations(
-            driver, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
+            self.remote, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
             timeouts, self.status, read_only=config.read_only, passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
@@ -184,7 +186,7 @@ class Mount:
         options = set(pyfuse3.default_options)
         options.discard("default_permissions")
         options |= {f"fsname={self.config.url[:200]}", "subtype=assetfs", "default_permissions"}
-        if "allow_other" in self.config.options:
+        if self.config["allow_other"]:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
@@ -215,7 +217,7 @@ class Mount:
                 # answered: only then can the read-ahead be raised (INIT resets it).
                 await trio.to_thread.run_sync(os.statvfs, self.config.mountpoint)
                 raise_read_ahead(self.config.mountpoint,
-                                 int(self.config.options.get("read_ahead_kb", 1024)))
+                                 self.config["read_ahead_kb"])
                 with trio.move_on_after(self.config.timeout):
                     await self.driver.events_ready.wait()
                 if not self.driver.events_ready.is_set():
@@ -291,9 +293,8 @@ async def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Connect the driver (a clear error if the URL, server or credentials are wrong),
     then mount and serve."""
     keep_freed_memory()
-    cls = driver_class(config.url)
-    driver = cls(config.url, config.driver_options)
-    policy = retry.RetryPolicy(attempt_timeout=config.timeout, deadline=config.timeout)
-    await retry.call(driver.connect, policy, f"connect to {config.url}")
+    driver = config.driver(config.url, config.driver_options)
+    mount_policy = retry.RetryPolicy(attempt_timeout=config.timeout, deadline=config.timeout)
+    await Remote(driver, mount_policy).connect()
     mount = Mount(config, driver)
     await mount.serve(ready)

@@ -15,6 +15,9 @@ class AssetFSError(Exception):
     """Base class. ``errno`` is the POSIX error the kernel sees for it."""
 
     errno: int = errno.EIO
+    logged: bool = False
+    """Set once the failure was logged (by the driver call layer, assetfs/remote.py), so
+    the FUSE layer does not log it again."""
 
     def __init__(self, message: str = "", *, url: str | None = None) -> None:
         super().__init__(message or self.__class__.__name__)
@@ -101,6 +104,12 @@ class TimedOut(Unavailable):
     """A remote call passed its deadline."""
 
     errno = errno.ETIMEDOUT
+
+
+class BadOption(AssetFSError):
+    """A ``-o`` option nobody declared, or a value that does not parse."""
+
+    errno = errno.EINVAL
 
 
 class BadURL(AssetFSError):

@@ -1,6 +1,6 @@
 """Event-loop stalls: how long one trio task step ran without giving the loop back.
 
-A mount answers every FUSE request on one trio run (design.md, Concurrency rules), so one
+A mount answers every FUSE request on one trio run (docs/architecture.md, Concurrency rules), so one
 step that blocks (a disk sync, a synchronous library call, a long loop over the cache)
 stalls every request of the mount, ``ls`` and cached reads included. :class:`LoopWatch` times
 each step (wall clock, so a blocked system call counts), keeps the longest one and counts

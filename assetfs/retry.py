@@ -1,4 +1,4 @@
-"""Deadlines and retries for every remote call (design.md, Concurrency rules).
+"""Deadlines and retries for every remote call (docs/architecture.md, Concurrency rules).
 
 A request handler never waits on the network without a deadline: :func:`call` runs one
 driver call with a per-attempt timeout, retries :class:`~assetfs.errors.Unavailable` with

@@ -1,4 +1,4 @@
-# OMERO.fs driver (issue 5). omero-py needs zeroc-ice 3.6.5, which has no Python 3.11 wheel on
+# OMERO.fs driver. omero-py needs zeroc-ice 3.6.5, which has no Python 3.11 wheel on
 # PyPI: scripts/build-ice-wheel.sh builds it once from the sdist (with two source fixes) and
 # caches it outside the tree (${XDG_CACHE_HOME:-~/.cache}/assetfs/wheels), so only the first run
 # on a machine pays the ~7 min compile. Then install the wheel, omero-py (the client stubs, the

@@ -1,4 +1,4 @@
-"""Coherence benchmark (issue 4): assetfs with push events vs ``rclone mount``, same tree,
+"""Coherence benchmark: assetfs with push events vs ``rclone mount``, same tree,
 same run.
 
 For each mount of a 5,000-entry tree of omni.client's ``file:`` provider (assetfs) and of

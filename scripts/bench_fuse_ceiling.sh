@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What can any FUSE daemon reach for issue 3's dd target on this kernel? Prints, in one run:
+# What can any FUSE daemon reach for a 1 GiB dd on this kernel? Prints, in one run:
 #   dd bs=1M of 1 GiB into a file on the cache disk (the baseline, page cache),
 #   the same dd through libfuse's own C example passthrough_hp, with kernel FUSE passthrough
 #   (FOPEN_PASSTHROUGH: reads and writes go from the kernel straight to the backing file), and

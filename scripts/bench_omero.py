@@ -17,7 +17,7 @@ with one random file, then measures, in the same run and against the same server
   IN_OPEN/IN_ACCESS/IN_CLOSE_NOWRITE in Python), CPU that shares this machine's cores only
   because the server runs here. Shown for diagnosis; the ratio is the mount's with events.
 
-Prints MiB/s of each and the ratio mount / best baseline (issue 5 asks for >= 0.80).
+Prints MiB/s of each and the ratio mount / best baseline (the target is >= 0.80).
 All servers and the mount are stopped by pid at the end.
 """
 

@@ -1,4 +1,4 @@
-"""Read-path benchmark (issue 2): a mount of omni.client's file: provider vs the backing
+"""Read-path benchmark: a mount of omni.client's file: provider vs the backing
 files read directly, measured in the same run, printed as ratios.
 
 - cold sequential read of a 512 MiB file (page cache dropped before each read; root only,

@@ -16,8 +16,7 @@ Each side is run ``--repeat`` times (default 3), best time kept, and the ratio
 median of each run's own ratio beside it. Runs alternate which side goes first, and dirty
 pages are written out (``sync``) before each transfer: on the 2-core VM here every 256 MiB
 written to the page cache costs more than the one before (vcsim keeps each upload), so a
-fixed order would tilt the comparison. Issue 6
-asks for >= 0.70 on both.
+fixed order would tilt the comparison. The target is >= 0.70 on both.
 
 Usage: .venv/bin/python scripts/bench_vsphere.py [--size MIB] [--repeat N]
 """
@@ -190,7 +189,7 @@ def main() -> int:
                 started = time.perf_counter()
                 subprocess.run(["cp", str(source), str(folder) + "/"], check=True)
                 copied = time.perf_counter()
-                fsync(folder / source.name)  # returns once the upload is done (design.md)
+                fsync(folder / source.name)  # returns once the upload is done
                 mount_writes.append(time.perf_counter() - started)
                 splits.append((copied - started, time.perf_counter() - copied))
                 if listed_size(sim, target, source.name) != size:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write-back speed (issue 3), ratios measured in one run.
+"""Write-back speed, ratios measured in one run.
 
 1. ``dd if=/dev/zero bs=1M count=1024`` into an assetfs mount of a ``file:`` store vs the
    same dd into a file on the disk that holds the cache (target: ratio >= 0.70);

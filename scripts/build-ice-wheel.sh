@@ -5,7 +5,7 @@
 #
 # Why: zeroc-ice 3.6.5 (the only Ice that omero-py accepts: >=3.6.5,<3.7) has no wheel for
 # Python 3.11 on PyPI, and its sdist does not compile on 3.11 as published. Two fixes in the C++
-# glue of the extension (see ../shared/backends/omero-fs.md):
+# glue of the extension (see docs/backends/omero-fs.md):
 #   1. src/Slice.cpp includes <eval.h>, removed in 3.11 (its declarations live in Python.h).
 #   2. src/Util.cpp reads PyThreadState_GET()->frame, removed in 3.11: PyEval_GetFrame().
 #

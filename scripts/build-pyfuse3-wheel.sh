@@ -5,7 +5,7 @@
 #
 # Why: with passthrough (Linux >= 6.9), reads and writes of a file whose whole content is in
 # the cache go from the kernel straight to the cache file, at local-disk speed; through the
-# daemon they reach a third of it (issue 3; scripts/bench_fuse_ceiling.sh). pyfuse3 3.5.0 has
+# daemon they reach a third of it (scripts/bench_fuse_ceiling.sh). pyfuse3 3.5.0 has
 # no API for it, and Debian bookworm's libfuse 3.14 cannot negotiate it. So: libfuse 3.17.2
 # from scripts/build-libfuse.sh, and pyfuse3's sdist with patches/pyfuse3-3.5.0-passthrough.patch
 # (FileInfo.backing_id, pyfuse3.backing_open/backing_close, Operations.enable_passthrough),

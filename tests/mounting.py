@@ -119,7 +119,7 @@ def unexpected_errors(log: Path, offset: int = 0) -> str:
 
 def fsync(path: Path) -> None:
     """fsync a file on a mount: the daemon answers once its upload has finished
-    (design.md: fsync waits for the upload and reports its error)."""
+    (docs/architecture.md: fsync waits for the upload and reports its error)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

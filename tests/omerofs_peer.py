@@ -1,6 +1,6 @@
 """The real OMERO.fs servers (``fsServerFS``, ``fsServerMS`` from omero-dropbox) as a test peer.
 
-Facts this follows (``backends/omero-fs.md``): the servers read their settings only from an
+Facts this follows (``docs/backends/omero-fs.md``): the servers read their settings only from an
 Ice config FILE (``--Ice.Config=``; properties on the command line are ignored and the server
 exits -1), ``omero.logging.directory`` must exist (else exit 1; their stdout/stderr go there
 too), and the working directory matters (relative fileIds resolve against it), so each server

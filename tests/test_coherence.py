@@ -1,4 +1,4 @@
-"""Issue 4: remote changes (made directly in the backing ``file:`` tree, i.e. on the server
+"""Remote changes (made directly in the backing ``file:`` tree, i.e. on the server
 side) reach a real mount through the Nucleus driver's list subscriptions within 2 s, even
 for a process that has already listed the folder or opened the file, although the kernel
 caches entries, attributes and negative lookups for minutes (push-event defaults).
@@ -24,7 +24,7 @@ import pytest
 from mounting import Mount, mounted
 
 VISIBLE_WITHIN = 2.0
-"""Seconds between a server-side change and its visibility through the mount (issue 4)."""
+"""Seconds between a server-side change and its visibility through the mount."""
 
 
 @pytest.fixture

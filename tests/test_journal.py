@@ -1,4 +1,4 @@
-"""Issue 3: unit tests of the write-back journal (and of how the block cache replays it),
+"""Unit tests of the write-back journal (and of how the block cache replays it),
 without FUSE: replay after a clean close, a journal left by a SIGKILLed process, a torn
 write-ahead log, and rows for renamed, re-dirtied and deleted files."""
 
@@ -20,6 +20,7 @@ from assetfs import retry
 from assetfs.cache.blocks import BlockCache, CacheItem
 from assetfs.cache.journal import Journal
 from assetfs.drivers.nucleus import NucleusDriver
+from assetfs.remote import Remote
 
 
 def rows(journal: Journal) -> list[tuple[str, str, str]]:
@@ -100,7 +101,7 @@ async def test_torn_tail_of_the_wal_loses_nothing_committed(tmp_path: Path) -> N
 def make_cache(root: Path) -> BlockCache:
     driver = NucleusDriver(f"file://{root / 'store'}", {})
     journal = Journal(root / "journal.sqlite")
-    return BlockCache(root, driver, journal, retry.RetryPolicy(), max_bytes=1 << 30)
+    return BlockCache(root, Remote(driver, retry.RetryPolicy()), journal, max_bytes=1 << 30)
 
 
 async def test_block_cache_replays_dirty_items_and_drops_strays(tmp_path: Path) -> None:
@@ -196,9 +197,9 @@ async def test_a_file_renamed_or_deleted_while_its_first_write_is_journaled(
     """The row of a clean file's first write is committed off the event loop; a rename or
     an unlink that lands meanwhile must not leave a row for the old name (a crash would then
     upload the content to a name it no longer has, or bring a deleted file back)."""
-    cache = BlockCache(tmp_path, NucleusDriver(f"file://{tmp_path / 'store'}", {}),
-                       HeldJournal(tmp_path / "journal.sqlite"), retry.RetryPolicy(),
-                       max_bytes=1 << 30)
+    driver = NucleusDriver(f"file://{tmp_path / 'store'}", {})
+    cache = BlockCache(tmp_path, Remote(driver, retry.RetryPolicy()),
+                       HeldJournal(tmp_path / "journal.sqlite"), max_bytes=1 << 30)
     journal = cache.journal
     assert isinstance(journal, HeldJournal)
     item = cache.items["/a.bin"] = CacheItem(key="k", path="/a.bin", base_version="v1",

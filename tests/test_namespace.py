@@ -14,6 +14,7 @@ import trio
 from assetfs import errors, retry
 from assetfs.cache.blocks import BlockCache
 from assetfs.drivers.base import Driver, Entry, Kind
+from assetfs.remote import Remote
 from assetfs.vfs.metadata import MetadataCache
 from assetfs.vfs.mtimes import MtimeOverlay
 from assetfs.vfs.namespace import Namespace
@@ -54,10 +55,9 @@ class HeldStore:
 def namespace(store: HeldStore, metadata: MetadataCache) -> Namespace:
     plain = types.SimpleNamespace(apply=lambda path, e: e)
     return Namespace(
-        cast(Driver, store),
+        Remote(cast(Driver, store), retry.RetryPolicy()),
         metadata,
         cast(BlockCache, types.SimpleNamespace(items={})),
-        retry.RetryPolicy(),
         cast(MtimeOverlay, plain),
     )
 

@@ -1,4 +1,4 @@
-"""Issue 3: kernel FUSE passthrough. Files whose whole content is in the cache are read and
+"""Kernel FUSE passthrough. Files whose whole content is in the cache are read and
 written by the kernel straight from and into their cache file; the daemon still journals
 them, uploads them, answers stat, and falls back to serving I/O itself where the kernel's
 rules (one backing file per inode, no mixing with page-cache opens) or the cache bound say

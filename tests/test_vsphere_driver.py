@@ -20,7 +20,7 @@ from peers.vcsim_peer import PASSWORD, USER, Vcsim, running
 
 from assetfs import errors
 from assetfs.drivers import driver_class
-from assetfs.drivers.base import ChangeEvent, ChangeKind, Kind
+from assetfs.drivers.base import ChangeEvent, ChangeKind, Kind, ReadMode
 from assetfs.drivers.vsphere import PASSWORD_ENV, VsphereDriver
 
 
@@ -145,7 +145,7 @@ async def test_stream_reads_whole_file_and_deletes_session(
 async def test_ranged_read_falls_back_when_range_is_ignored(
     driver: VsphereDriver, library: str
 ) -> None:
-    assert not driver.capabilities.ranged_read
+    assert driver.capabilities.read_mode is ReadMode.STREAM
     assert await driver.read("/lib/iso/a.txt", 6, 3) == b"wor"
     assert driver.range_honoured is False  # vcsim replies 200 with the whole body
     assert await driver.read("/lib/iso/a.txt", 6, 100) == b"world"

@@ -1,4 +1,4 @@
-"""Real mounts of a vSphere content library served by vcsim (issue 6).
+"""Real mounts of a vSphere content library served by vcsim.
 
 Arrange and check through the REST API (peers/vcsim_peer.py), act through the mount.
 """

@@ -1,4 +1,4 @@
-"""Issue 3: journaled write-back through real mounts of omni.client's ``file:`` provider,
+"""Journaled write-back through real mounts of omni.client's ``file:`` provider,
 with real faults: SIGKILL of the daemon, a store that refuses writes, a remote change under
 a dirty file, a bounded cache, and ``assetfs umount`` with and without flushing."""
 

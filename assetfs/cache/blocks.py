@@ -1,13 +1,15 @@
 """The block cache: file content on local disk, read-through, read-ahead, LRU by bytes.
 
 Each file the VFS touches is a :class:`CacheItem`; its bytes live in ``data/<key>``, a
-sparse local file. How missing bytes arrive depends on the driver's capabilities:
+sparse local file. How missing bytes arrive depends on the store's
+:class:`~assetfs.drivers.base.ReadMode`, and every fetch goes through the driver call layer
+(assetfs/remote.py), which gives it the mount's deadline:
 
-- ``local_path`` (omni.client): the library already keeps a local copy (on ``file:`` the
+- ``LOCAL`` (omni.client): the library already keeps a local copy (on ``file:`` the
   file itself), so clean reads are served from that file by range, with no second copy;
-- ``ranged_read``: missing blocks of ``block_size`` bytes are fetched on demand, and a
+- ``RANGED``: missing blocks of ``block_size`` bytes are fetched on demand, and a
   sequential reader triggers read-ahead of the next ``readahead`` blocks in the background;
-- otherwise (vcsim, NodeODX): one background stream fills the file from offset 0, and a
+- ``STREAM`` (vcsim, NodeODX): one background stream fills the file from offset 0, and a
   reader waits only until the bytes it asked for have arrived.
 
 Writes go to the cache file and make the item dirty; dirty items are never evicted. Clean
@@ -19,91 +21,23 @@ ENOSPC (:class:`~assetfs.errors.NoSpace`) and readers go on working.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import trio
 
-from .. import errors, retry
-from ..drivers.base import Driver, Entry, Kind
+from .. import errors
+from ..drivers.base import Entry
+from ..remote import Remote
+from .fetchers import fetcher_for
+from .item import CacheItem
 from .journal import RESERVE, Journal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class CacheItem:
-    """The cached content of one remote file.
-
-    ``size`` and ``mtime_ns`` are the local view (bytes, ns); ``base_version`` the remote
-    version the content started from. ``generation`` counts writes, so an upload knows
-    whether the file changed while it was being sent.
-    """
-
-    key: str
-    path: str
-    base_version: str
-    size: int
-    mtime_ns: int
-    dirty: bool = False
-    generation: int = 0
-    stored_generation: int = -1
-    """The newest ``generation`` an upload has put on the store."""
-    complete: bool = False
-    blocks: set[int] = field(default_factory=set)
-    watermark: int = 0
-    local_source: str | None = None
-    fd: int | None = None
-    source_fd: int | None = None
-    handles: int = 0
-    writers: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    next_offset: int = 0
-    inflight: dict[int, trio.Event] = field(default_factory=dict)
-    stream_started: bool = False
-    stream_running: bool = False
-    stream_error: errors.AssetFSError | None = None
-    unlinked: bool = False
-    """Deleted or replaced by a rename on our side: open handles still read and write it,
-    but its content is never uploaded again."""
-    passthrough_writers: int = 0
-    """Open handles the kernel writes through to the cache file itself (kernel FUSE
-    passthrough): ``size`` and ``mtime_ns`` are then read from the file (:meth:`observe`)."""
-    passthrough_stamp: tuple[int, int] = (0, 0)
-    """``(st_size, st_mtime_ns)`` of the cache file when ``generation`` last counted the
-    passthrough writers' writes (:meth:`BlockCache.count_passthrough_writes`)."""
-    passthrough_clean_generation: int | None = None
-    """The ``generation`` at which the cache file held the store's content when the first
-    passthrough writer opened (None if it was dirty then)."""
-    passthrough_open_size: int = 0
-    """``size`` when the first passthrough writer opened (bytes)."""
-    arrived: trio.Event = field(default_factory=trio.Event)
-    fill_lock: trio.Lock = field(default_factory=trio.Lock)
-    dirtying: trio.Lock = field(default_factory=trio.Lock)
-    """Held while a clean item's first change is being journaled (BlockCache._journal_dirty)."""
-
-    def observe(self) -> None:
-        """Take ``size`` and ``mtime_ns`` from the cache file while passthrough writers have
-        it open (their writes never reach the daemon)."""
-        if self.passthrough_writers and self.fd is not None:
-            st = os.fstat(self.fd)
-            self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
-
-    def entry(self, base: Entry | None, name: str) -> Entry:
-        """The entry the kernel sees: the remote one with the local size and mtime."""
-        self.observe()
-        if base is None:
-            return Entry(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
-                         version=self.base_version)
-        return Entry(name=base.name, kind=base.kind, size=self.size, mtime_ns=self.mtime_ns,
-                     version=base.version, mode=base.mode, metadata=base.metadata)
 
 
 class BlockCache:
@@ -112,9 +46,8 @@ class BlockCache:
     def __init__(
         self,
         root: Path,
-        driver: Driver,
+        remote: Remote,
         journal: Journal,
-        policy: retry.RetryPolicy,
         max_bytes: int,
         block_size: int = 1 << 20,
         readahead: int = 8,
@@ -122,9 +55,8 @@ class BlockCache:
         self.root = root
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
-        self.driver = driver
+        self.remote = remote
         self.journal = journal
-        self.policy = policy
         self.max_bytes = max_bytes
         self.block_size = block_size
         self.readahead = readahead
@@ -134,8 +66,8 @@ class BlockCache:
         self._sync_limiter = trio.CapacityLimiter(2)
         self._used_hint = max_bytes  # the first make_room counts exactly
         self._dirty_hint = max_bytes
-        caps = driver.capabilities
-        self.mode = "local" if caps.local_path else "ranged" if caps.ranged_read else "stream"
+        self.fetcher = fetcher_for(remote, self, block_size, readahead)
+        """How missing bytes arrive: one fetcher per read mode (cache/fetchers.py)."""
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for read-ahead, stream and sync tasks."""
@@ -144,6 +76,14 @@ class BlockCache:
     def stop(self) -> None:
         """The nursery is gone (the mount stopped serving): no more background tasks."""
         self._nursery = None
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Run ``fn(*args)`` as a background task (read-ahead, a stream); False once the
+        mount stopped serving (nothing started)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
 
     # --- bookkeeping -----------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -197,7 +137,7 @@ class BlockCache:
         self.disk_room(RESERVE)
         item = CacheItem(key=uuid.uuid4().hex, path=path, base_version="", size=0,
                          mtime_ns=time.time_ns(), complete=True, dirty=True, generation=1)
-        self._open_cache_file(item, create=True)
+        self.open_file(item, create=True)
         try:
             await self.journal.mark_dirty(item.key, path, item.base_version)
         except BaseException:
@@ -216,7 +156,7 @@ class BlockCache:
         st = file.stat()
         item = CacheItem(key=key, path=path, base_version=base_version, size=st.st_size,
                          mtime_ns=st.st_mtime_ns, dirty=True, complete=True)
-        self._open_cache_file(item, create=False)
+        self.open_file(item, create=False)
         self.items[path] = item
         return item
 
@@ -329,7 +269,8 @@ class BlockCache:
         else:
             self._nursery.start_soon(trio.to_thread.run_sync, _close_and_delete, fds, file)
 
-    def _open_cache_file(self, item: CacheItem, create: bool) -> int:
+    def open_file(self, item: CacheItem, create: bool) -> int:
+        """The item's cache file descriptor, opened (``create``: made) on first use."""
         if item.fd is None:
             flags = os.O_RDWR | (os.O_CREAT if create else 0)
             # 0644, not 0600: omni.client's copy (the upload) carries the mode over to the
@@ -377,7 +318,7 @@ class BlockCache:
         the backing file for a passthrough open; else None."""
         if not (item.complete or item.dirty):
             return None
-        return self._open_cache_file(item, create=False)
+        return self.open_file(item, create=False)
 
     def passthrough_room(self, item: CacheItem) -> bool:
         """Whether a writer of ``item`` may write through the kernel (passthrough) rather
@@ -411,7 +352,7 @@ class BlockCache:
         item.mtime_ns = time.time_ns()
         item.passthrough_clean_generation = item.generation if clean else None
         item.passthrough_open_size = item.size
-        fd = self._open_cache_file(item, create=False)
+        fd = self.open_file(item, create=False)
         # a clean file shows the store's mtime until a write; a dirty one keeps its own
         mtime = item.mtime_ns if clean else os.fstat(fd).st_mtime_ns
         item.passthrough_stamp = self._stamp(fd, mtime)
@@ -423,7 +364,7 @@ class BlockCache:
         does not. Called by fsync (:meth:`WriteBack.flush`)."""
         if not item.passthrough_writers:
             return
-        fd = self._open_cache_file(item, create=False)
+        fd = self.open_file(item, create=False)
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns) != item.passthrough_stamp:
             item.generation += 1
@@ -439,7 +380,7 @@ class BlockCache:
         item.passthrough_writers -= 1
         if item.passthrough_writers:
             return
-        st = os.fstat(self._open_cache_file(item, create=False))
+        st = os.fstat(self.open_file(item, create=False))
         if (st.st_size, st.st_mtime_ns) != item.passthrough_stamp:
             item.generation += 1
         elif item.dirty and item.generation in (item.stored_generation,
@@ -521,163 +462,17 @@ class BlockCache:
         if offset >= end:
             return b""
         if item.complete or item.dirty:
-            return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
-        if self.mode == "local":
-            return os.pread(await self._source_fd(item), end - offset, offset)
-        if self.mode == "ranged":
-            await self._fill_blocks(item, offset, end)
-            if offset == item.next_offset or offset == 0:
-                self._read_ahead(item, end)
-            item.next_offset = end
-        else:
-            await self._wait_stream(item, end)
-        return os.pread(self._open_cache_file(item, create=False), end - offset, offset)
-
-    async def _source_fd(self, item: CacheItem) -> int:
-        if item.source_fd is None:
-            async with item.fill_lock:
-                if item.source_fd is None:
-                    local = await retry.call(lambda: self.driver.local_path(item.path),
-                                             self.policy, f"local copy of {item.path}")
-                    item.local_source = local
-                    item.source_fd = os.open(local, os.O_RDONLY)
-                    # readers through FUSE come in 1 MiB requests, one at a time: let the
-                    # kernel read ahead on the local copy in big steps meanwhile
-                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return item.source_fd
-
-    def _blocks(self, start: int, end: int) -> range:
-        return range(start // self.block_size, (end - 1) // self.block_size + 1)
-
-    async def _fill_blocks(self, item: CacheItem, start: int, end: int) -> None:
-        missing = [b for b in self._blocks(start, end) if b not in item.blocks]
-        if not missing:
-            return
-        try:
-            async with trio.open_nursery() as nursery:
-                for block in missing:
-                    nursery.start_soon(self._fetch_block, item, block)
-        except BaseExceptionGroup as group:
-            failed = group.subgroup(errors.AssetFSError)
-            if failed is None:
-                raise
-            raise _leaf(failed) from None
-
-    async def _fetch_block(self, item: CacheItem, block: int) -> None:
-        if block in item.blocks:
-            return
-        pending = item.inflight.get(block)
-        if pending is not None:
-            await pending.wait()
-            if block not in item.blocks:
-                raise item.stream_error or errors.Unavailable(url=item.path)
-            return
-        done = item.inflight[block] = trio.Event()
-        try:
-            offset = block * self.block_size
-            length = min(self.block_size, item.size - offset)
-            self.make_room(length, for_dirty=False)
-            # A descriptor of our own: the item's may be closed (last handle released) and
-            # its number reused while the driver writes.
-            fd = os.dup(self._open_cache_file(item, create=True))
-            try:
-                await retry.call(lambda: self.driver.read_into(item.path, offset, length, fd),
-                                 self.policy, f"read of {item.path}")
-            finally:
-                os.close(fd)
-            item.blocks.add(block)
-            if len(item.blocks) * self.block_size >= item.size:
-                item.complete = True
-        except errors.AssetFSError as exc:
-            item.stream_error = exc
-            raise
-        finally:
-            del item.inflight[block]
-            done.set()
-
-    def _read_ahead(self, item: CacheItem, end: int) -> None:
-        if self._nursery is None or end >= item.size:
-            return
-        first = end // self.block_size
-        for block in range(first, first + self.readahead):
-            if block * self.block_size >= item.size:
-                break
-            if block not in item.blocks and block not in item.inflight:
-                self._nursery.start_soon(self._background_fetch, item, block)
-
-    async def _background_fetch(self, item: CacheItem, block: int) -> None:
-        with contextlib.suppress(errors.AssetFSError, OSError):
-            await self._fetch_block(item, block)
-
-    async def _wait_stream(self, item: CacheItem, end: int) -> None:
-        """Wait until the stream of ``item`` has passed offset ``end``; start (or restart,
-        after a failure) the stream if none is running. Every waiter of a failed stream
-        gets its error."""
-        if not item.stream_running and not item.complete and item.watermark < end:
-            if self._nursery is None:
-                raise errors.Unavailable("cache not started")
-            item.stream_error = None
-            item.stream_running = item.stream_started = True
-            self._nursery.start_soon(self._stream, item)
-        while item.watermark < end and not item.complete:
-            if not item.stream_running:
-                raise item.stream_error or errors.Unavailable(url=item.path)
-            await item.arrived.wait()
-
-    def _signal(self, item: CacheItem) -> None:
-        item.arrived.set()
-        item.arrived = trio.Event()
-
-    async def _stream(self, item: CacheItem) -> None:
-        """Fill ``item`` from offset 0 with :meth:`Driver.open_stream` (stores that ignore
-        HTTP Range: vcsim, NodeODX). A restart after a failure downloads from 0 again (there
-        is no range) but rewrites nothing below the watermark. The deadline is a stall
-        timeout: each chunk must come within ``policy.attempt_timeout`` seconds, however
-        long the whole file takes."""
-        stall = self.policy.attempt_timeout
-        position = 0
-        try:
-            self.make_room(item.size, for_dirty=False)
-            with trio.CancelScope(deadline=trio.current_time() + stall) as scope:
-                async for chunk in self.driver.open_stream(item.path):  # type: ignore[attr-defined]
-                    scope.deadline = trio.current_time() + stall
-                    end = position + len(chunk)
-                    if end > item.watermark:
-                        skip = max(0, item.watermark - position)
-                        self._pwrite(item, chunk[skip:], position + skip)
-                        item.watermark = end
-                        self._signal(item)
-                    position = end
-            if scope.cancelled_caught:
-                item.stream_error = errors.TimedOut(f"download of {item.path} stalled")
-            else:
-                item.complete = True
-        except errors.AssetFSError as exc:
-            item.stream_error = exc
-        except OSError as exc:
-            item.stream_error = errors.NoSpace(str(exc)) if exc.errno == errno.ENOSPC else \
-                errors.AssetFSError(str(exc))
-        finally:
-            item.stream_running = False
-            self._signal(item)
+            return os.pread(self.open_file(item, create=False), end - offset, offset)
+        return await self.fetcher.read(item, offset, end)
 
     async def fill_all(self, item: CacheItem) -> None:
         """Make the cache file hold the whole content (before a partial overwrite)."""
         if item.complete or item.dirty:
-            self._open_cache_file(item, create=True)
+            self.open_file(item, create=True)
             return
         self.make_room(item.size, for_dirty=True)
-        if self.mode == "local":
-            source = await self._source_fd(item)
-            target = self._open_cache_file(item, create=True)
-            await trio.to_thread.run_sync(_copy_fd, source, target, item.size)
-        elif self.mode == "ranged":
-            self._open_cache_file(item, create=True)
-            if item.size:
-                await self._fill_blocks(item, 0, item.size)
-        else:
-            self._open_cache_file(item, create=True)
-            await self._wait_stream(item, item.size)
+        self.open_file(item, create=True)
+        await self.fetcher.fill(item)
         item.complete = True
 
     # --- writes --------------------------------------------------------------------------
@@ -689,7 +484,7 @@ class BlockCache:
         if grow:
             self.make_room(grow, for_dirty=True)
         await self._mark_dirty(item)
-        self._pwrite(item, data, offset)
+        self.put_bytes(item, data, offset)
         item.size = max(item.size, offset + len(data))
         return len(data)
 
@@ -700,14 +495,16 @@ class BlockCache:
             await self.fill_all(item)
         if size > item.size:
             self.make_room(size - item.size, for_dirty=True)
-        fd = self._open_cache_file(item, create=True)
+        fd = self.open_file(item, create=True)
         await self._mark_dirty(item)
         os.ftruncate(fd, size)
         item.size = size
         item.complete = True
 
-    def _pwrite(self, item: CacheItem, data: bytes, offset: int) -> None:
-        errors.pwrite_local(self._open_cache_file(item, create=True), data, offset)
+    def put_bytes(self, item: CacheItem, data: bytes, offset: int) -> None:
+        """Write ``data`` at ``offset`` (bytes) into the item's cache file. Raises NoSpace
+        when the disk is full."""
+        errors.pwrite_local(self.open_file(item, create=True), data, offset)
 
     def cache_file(self, item: CacheItem) -> str:
         """The local path of the item's cache file (the upload source)."""
@@ -767,30 +564,6 @@ class BlockCache:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             item.fd = item.source_fd = None
-
-
-def _leaf(group: BaseExceptionGroup) -> BaseException:
-    """The first leaf exception of a (nested) exception group."""
-    first = group.exceptions[0]
-    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _copy_fd(source: int, target: int, size: int) -> None:
-    """Copy ``size`` bytes from fd ``source`` to fd ``target`` (copy_file_range where the
-    kernel can, a buffered copy otherwise)."""
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(source, target, size - done, done, done)
-            if n == 0:
-                break
-            done += n
-    except OSError:
-        with os.fdopen(os.dup(source), "rb") as src, os.fdopen(os.dup(target), "r+b") as dst:
-            src.seek(done)
-            dst.seek(done)
-            shutil.copyfileobj(src, dst, 1 << 20)
-    os.ftruncate(target, size)
 
 
 def _flush_and_close(fd: int) -> None:

@@ -6,14 +6,13 @@ the result), and at start-up for every file the journal lists. A failed upload i
 with capped exponential backoff and jitter, for ever: the journal keeps the data safe
 meanwhile, and a store that comes back gets everything. If the remote version changed since
 the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time>``
-(design.md, Conflicts), never over it.
+(docs/architecture.md, What a write does), never over it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import math
 import random
@@ -23,15 +22,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .. import errors, retry
-from ..drivers.base import ChangeEvent, ChangeKind, Driver, Entry, split
+from .. import errors
+from ..drivers.base import ChangeEvent, ChangeKind, Entry, ReadMode, split
+from ..remote import Remote
 from .blocks import BlockCache, CacheItem
 
 log = logging.getLogger(__name__)
 COMPARE_CHUNK = 1 << 20
 """Bytes per read when the store's content is compared with ours before a conflict."""
-MIN_RATE = 1 << 20
-"""Bytes per second an upload must at least reach before it counts as stuck."""
 
 
 @dataclass
@@ -60,8 +58,7 @@ class WriteBack:
     def __init__(
         self,
         cache: BlockCache,
-        driver: Driver,
-        policy: retry.RetryPolicy,
+        remote: Remote,
         delay: float,
         on_uploaded: Callable[[str, Entry, int], None],
         events: trio.MemorySendChannel[ChangeEvent] | None = None,
@@ -69,8 +66,7 @@ class WriteBack:
         max_backoff: float = 30.0,
     ) -> None:
         self.cache = cache
-        self.driver = driver
-        self.policy = policy
+        self.remote = remote
         self.delay = delay
         self.on_uploaded = on_uploaded
         self.events = events
@@ -184,7 +180,7 @@ class WriteBack:
             self.stats.retries += 1
             self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
             self._errors[item] = exc
-            log.warning("upload of %s failed (%s); retrying", self.driver.describe(item.path), exc)
+            log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
             backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
             self.schedule(item, backoff)
         finally:
@@ -203,8 +199,7 @@ class WriteBack:
         target = path
         if item.base_version:
             try:
-                remote = await retry.call(lambda: self.driver.stat(path), self.policy,
-                                          f"stat of {path}")
+                remote = await self.remote.stat(path)
             except errors.NotFound:
                 remote = None
             if remote is not None and remote.version != item.base_version:
@@ -218,8 +213,7 @@ class WriteBack:
                 target = conflict_name(path)
         self.stats.in_progress[path] = size
         source = self.cache.cache_file(item)
-        entry = await retry.call(lambda: self.driver.write(target, source, size),
-                                 self.upload_policy(size), f"upload of {target}")
+        entry = await self.remote.write(target, source, size)
         self.stats.files += 1
         self.stats.bytes += size
         if target != path:
@@ -241,28 +235,18 @@ class WriteBack:
             return offset == size
 
     async def _remote_chunks(self, path: str, size: int) -> AsyncIterator[bytes]:
-        caps = self.driver.capabilities
-        if caps.local_path:
-            local = await retry.call(lambda: self.driver.local_path(path), self.policy,
-                                     f"local copy of {path}")
+        mode = self.remote.read_mode
+        if mode is ReadMode.LOCAL:
+            local = await self.remote.local_path(path)
             with open(local, "rb") as f:
                 while chunk := f.read(COMPARE_CHUNK):
                     yield chunk
-        elif caps.ranged_read:
+        elif mode is ReadMode.RANGED:
             for offset in range(0, size, COMPARE_CHUNK):
-                yield await retry.call(
-                    lambda o=offset: self.driver.read(path, o, COMPARE_CHUNK),  # type: ignore[misc]
-                    self.policy, f"read of {path}")
+                yield await self.remote.read(path, offset, COMPARE_CHUNK)
         else:
-            async for chunk in self.driver.open_stream(path):  # type: ignore[attr-defined]
+            async for chunk in self.remote.open_stream(path):
                 yield chunk
-
-    def upload_policy(self, size: int) -> retry.RetryPolicy:
-        """The deadline of an upload grows with its size (at least ``MIN_RATE`` bytes/s must
-        move) and its timeouts never trip the read path's breaker."""
-        limit = self.policy.attempt_timeout + size / MIN_RATE
-        return dataclasses.replace(self.policy, attempt_timeout=limit, deadline=limit,
-                                   breaker=retry.Breaker())
 
     async def _conflict(
         self, item: CacheItem, path: str, target: str, generation: int, entry: Entry
@@ -272,7 +256,7 @@ class WriteBack:
         self.stats.conflicts += 1
         self.stats.conflict_paths.append(target)
         log.warning("conflict: %s changed on the store while modified here; our version "
-                    "was saved as %s", self.driver.describe(path), split(target)[1])
+                    "was saved as %s", self.remote.describe(path), split(target)[1])
         self.cache.mark_uploaded(item, generation, entry)
         if not item.dirty:
             self.cache.drop(path)

@@ -16,11 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import trio
 
 from .. import errors
+from .. import options as options_module
+from ..options import Option
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +65,33 @@ class Entry:
         return kind_bits | (self.mode & 0o7777)
 
 
+class ReadMode(enum.Enum):
+    """How the block cache gets a file's bytes from a store (cache/fetchers.py has one
+    fetcher per mode)."""
+
+    RANGED = "ranged"
+    """:meth:`Driver.read_into` fetches any byte range cheaply (OMERO.fs, memory://)."""
+    STREAM = "stream"
+    """:meth:`Driver.open_stream` gives the whole content from offset 0 (stores that ignore
+    Range: vcsim, NodeODX)."""
+    LOCAL = "local"
+    """:meth:`Driver.local_path` gives a local file holding the current content
+    (omni.client's ``get_local_file``), read by range in place."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a store can do; the VFS asks these instead of guessing from exceptions.
 
     - ``writable``: create, write, mkdir, remove, rename are possible at all.
-    - ``ranged_read``: :meth:`Driver.read` fetches an arbitrary byte range cheaply.
-    - ``local_path``: :meth:`Driver.local_path` gives a local file holding the current
-      content (omni.client's ``get_local_file``), which the cache reads by range in place.
+    - ``read_mode``: how content is fetched (:class:`ReadMode`).
     - ``push_events``: the store pushes change events; otherwise the base class polls.
     - ``rename``: the store renames in place (server side).
     - ``checkpoints``, ``locks``: the store has those Nucleus-style features.
     """
 
     writable: bool = True
-    ranged_read: bool = False
-    local_path: bool = False
+    read_mode: ReadMode = ReadMode.STREAM
     push_events: bool = False
     rename: bool = True
     checkpoints: bool = False
@@ -97,7 +110,7 @@ class ChangeKind(enum.Enum):
     """A folder subscription went live with this listing (``ChangeEvent.listing``): changes
     made between the mount's own listing and that moment reach no event, so the invalidator
     compares the two (omni.client: a file made right after ``list_subscribe`` is in the
-    initial list and never in an event, backends/nucleus.md)."""
+    initial list and never in an event, docs/backends/nucleus.md)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,11 @@ def size_mtime_version(size: int, mtime_ns: int) -> str:
     return f"{size}:{mtime_ns}"
 
 
+POLL_INTERVAL = Option("poll_interval", options_module.seconds, None,
+                       "seconds between re-lists of watched folders on stores without events")
+"""Taken by every driver: :meth:`Driver.run_events` polls at this interval."""
+
+
 class Driver(ABC):
     """One remote store behind a mount. Subclasses set ``schemes`` and ``capabilities``.
 
@@ -141,14 +159,21 @@ class Driver(ABC):
 
     schemes: ClassVar[tuple[str, ...]] = ()
     capabilities: ClassVar[Capabilities] = Capabilities()
+    declared_options: ClassVar[tuple[Option, ...]] = ()
+    """The ``-o`` options this driver takes; the mount refuses any that neither the core
+    (config.py) nor the driver declares, and hands the driver their parsed values."""
     poll_interval: float = 10.0
     """Seconds between re-lists of a watched folder when the store cannot push events."""
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
+        """``options``: the ``-o`` text meant for the driver (``{name: text}``), parsed
+        against :attr:`declared_options` into :attr:`options` (defaults filled in). Raises
+        BadOption (an option not declared, a value that does not parse)."""
         self.url = url
-        self.options = dict(options)
-        if "poll_interval" in options:
-            self.poll_interval = float(options["poll_interval"])
+        self.options: dict[str, Any] = options_module.parse(
+            options, (POLL_INTERVAL,), self.declared_options)
+        if self.options["poll_interval"] is not None:
+            self.poll_interval = float(self.options["poll_interval"])
         self._watched: dict[str, dict[str, Entry] | None] = {}
         self._watch_changed = trio.Event()
         self.events_ready = trio.Event()
@@ -179,12 +204,12 @@ class Driver(ABC):
 
     # --- data ---------------------------------------------------------------------
     async def read(self, path: str, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` (fewer only at EOF). Needs ``ranged_read``."""
+        """Up to ``size`` bytes at ``offset`` (fewer only at EOF). Needs ``ReadMode.RANGED``."""
         raise errors.NotSupported("ranged read", url=self.describe(path))
 
     async def read_into(self, path: str, offset: int, size: int, fd: int) -> int:
         """Write up to ``size`` bytes of ``path`` at ``offset`` into the local file ``fd`` at
-        the same offset; return how many (fewer only at EOF). Needs ``ranged_read``.
+        the same offset; return how many (fewer only at EOF). Needs ``ReadMode.RANGED``.
 
         The block cache fills its files through this, so a driver that fetches in another
         process (OMERO.fs) can write there directly and the daemon never handles the bytes.
@@ -199,7 +224,7 @@ class Driver(ABC):
         return len(data)
 
     async def local_path(self, path: str) -> str:
-        """A local file holding the current content of ``path``. Needs ``local_path``."""
+        """A local file holding the current content of ``path``. Needs ``ReadMode.LOCAL``."""
         raise errors.NotSupported("local copy", url=self.describe(path))
 
     async def open_stream(self, path: str) -> AsyncIterator[bytes]:
@@ -273,6 +298,12 @@ class Driver(ABC):
         :attr:`events_ready` once their subscription is live.
         """
         self.events_ready.set()
+        await self.poll(sink)
+
+    async def poll(self, sink: EventSink) -> None:
+        """The polling loop of :meth:`run_events`, without reporting readiness: a push
+        driver that also polls as a safety net (OMERO.fs) runs this beside its
+        subscription and sets :attr:`events_ready` only once the subscription is live."""
         while True:
             folders = self.watched
             if not folders:

@@ -1,7 +1,7 @@
 """Omniverse Nucleus (and omni.client's other providers) through NVIDIA's ``omni.client``.
 
 URLs: ``omniverse://host[:port]/path``, ``omni://...`` and the library's local provider
-``file:/abs/path`` / ``file:///abs/path`` (backends/nucleus.md). Every call uses the
+``file:/abs/path`` / ``file:///abs/path`` (docs/backends/nucleus.md). Every call uses the
 library's ``*_with_callback`` form; the callback runs on the library's own thread and hands
 its result to trio through the trio token, so no trio state is touched off the trio thread.
 
@@ -31,13 +31,14 @@ import stat as stat_module
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 import omni.client as oc
 import trio
 
 from .. import errors
+from .. import options as opt
 from .base import (
     Capabilities,
     ChangeEvent,
@@ -46,8 +47,10 @@ from .base import (
     Entry,
     EventSink,
     Kind,
+    ReadMode,
     join,
     size_mtime_version,
+    split,
 )
 
 log = logging.getLogger(__name__)
@@ -135,7 +138,7 @@ class _Held:
 def check(result: Any, url: str, what: str) -> None:
     """Raise the project's exception for an ``omni.client.Result`` that is not OK.
 
-    The one place where this driver translates wire-level errors (design.md).
+    The one place where this driver translates wire-level errors (docs/drivers.md, Errors).
     """
     if result in (oc.Result.OK, oc.Result.OK_LATEST, oc.Result.OK_NOT_YET_FOUND):
         return
@@ -179,9 +182,16 @@ class NucleusDriver(Driver):
 
     schemes = ("omniverse", "omni", "file")
     capabilities = Capabilities(
-        writable=True, local_path=True, push_events=True, checkpoints=True, locks=True
+        writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
     lazy_xattrs = ("acl", "checkpoints")
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("discovery", opt.text, "",
+                   "Storage API discovery URL (http://HOST:PORT) serving this URL's host"),
+        opt.Option("token_file", opt.text, "",
+                   f"a mode 0600 file holding the Storage API bearer token "
+                   f"(else ${TOKEN_ENV})"),
+    )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -222,9 +232,11 @@ class NucleusDriver(Driver):
 
     def _provider_features(self) -> None:
         """The ``file:`` provider has no checkpoints, locks or ACLs (ERROR_NOT_SUPPORTED,
-        backends/nucleus.md): say so in the capabilities and do not list those xattrs."""
+        docs/backends/nucleus.md): say so in the capabilities and do not list those xattrs."""
         if self._local_root is not None:
-            self.capabilities = Capabilities(writable=True, local_path=True, push_events=True)
+            self.capabilities = Capabilities(
+                writable=True, read_mode=ReadMode.LOCAL, push_events=True
+            )
             self.lazy_xattrs = ()
 
     def url_of(self, path: str) -> str:
@@ -379,7 +391,7 @@ class NucleusDriver(Driver):
 
     async def local_path(self, path: str) -> str:
         """The library's local copy of ``path``; on ``file:`` that is the file itself
-        (backends/nucleus.md), so no library round trip is made for it."""
+        (docs/backends/nucleus.md), so no library round trip is made for it."""
         if self._local_root is not None:
             return self._local_root + path if path != "/" else self._local_root or "/"
         url = self.url_of(path)
@@ -401,6 +413,12 @@ class NucleusDriver(Driver):
         return await self.stat(path)
 
     async def mkdir(self, path: str) -> Entry:
+        """Create folder ``path``. ``create_folder`` makes missing parents too (seen on the
+        ``file:`` provider, tests/test_conformance.py), so a missing parent is checked
+        first: NotFound (NotADirectory for a file), as the contract says."""
+        parent = split(path)[0]
+        if not (await self.stat(parent)).is_dir:
+            raise errors.NotADirectory(url=self.url_of(parent))
         url = self.url_of(path)
         (result,) = await self._call(oc.create_folder_with_callback, url)
         check(result, url, "create_folder")
@@ -465,7 +483,7 @@ class NucleusDriver(Driver):
         this: list[Any] = []  # this subscription, once made
 
         def on_list(result: Any, items: Any) -> None:
-            # Events start after this list (backends/nucleus.md): what changed since the
+            # Events start after this list (docs/backends/nucleus.md): what changed since the
             # mount listed the folder is only here.
             if result == oc.Result.ERROR_CONNECTION:
                 token.run_sync_soon(self._connection_lost, folder)
@@ -503,7 +521,7 @@ class NucleusDriver(Driver):
     def _post(self, token: trio.lowlevel.TrioToken, folder: str, change: ChangeEvent) -> None:
         """Queue ``change`` (seen in ``folder``'s subscription) from the library's callback
         thread. One trio hand-off per burst, not per event: a storm of thousands of events a
-        second must leave the trio thread free for requests (issue 4)."""
+        second must leave the trio thread free for requests."""
         self._inbox.append((folder, change))
         if not self._draining:
             self._draining = True

@@ -35,7 +35,7 @@ The block cache's reads (:meth:`OmeroFSDriver.read_into`) run in a fetch process
 (:mod:`assetfs.drivers.omerofs_fetch`), which writes the bytes straight into the cache files:
 in the daemon, Ice's reply unmarshalling and the FUSE request path compete for one GIL.
 
-Quirks of the real servers this driver is shaped by (see ``backends/omero-fs.md``):
+Quirks of the real servers this driver is shaped by (see ``docs/backends/omero-fs.md``):
 
 - ``getBulkDirectory`` stats names relative to the server's working directory, so listings
   are ``getDirectory`` plus one ``getStats`` per child, issued in parallel (AMI, no threads).
@@ -72,6 +72,7 @@ import omero_FS_ice  # type: ignore[import-not-found]  # noqa: F401  (omero.grid
 import trio
 
 from .. import errors
+from .. import options as opt
 from .base import (
     Capabilities,
     ChangeEvent,
@@ -80,6 +81,7 @@ from .base import (
     Entry,
     EventSink,
     Kind,
+    ReadMode,
 )
 from .omerofs_fetch import FetchWorker
 
@@ -176,11 +178,30 @@ class OmeroFSDriver(Driver):
 
     schemes: ClassVar[tuple[str, ...]] = ("omerofs",)
     capabilities: ClassVar[Capabilities] = Capabilities(
-        writable=False, ranged_read=True, push_events=True, rename=False
+        writable=False, read_mode=ReadMode.RANGED, push_events=True, rename=False
     )
     lazy_xattrs: ClassVar[tuple[str, ...]] = ("sha1",)
     poll_interval: float = 60.0
     """Seconds between safety-net re-lists of watched folders (see :meth:`run_events`)."""
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("fileserver", opt.text, "", "Ice proxy of the FileServer (overrides HOST:PORT)"),
+        opt.Option("monitor", opt.text, "",
+                   "MonitorServer as HOST:PORT, PORT or a proxy (default PORT+1); off: no events"),
+        opt.Option("fileserver_id", opt.text, "FileServer", "FileServer object identity"),
+        opt.Option("monitor_id", opt.text, "MonitorServer", "MonitorServer object identity"),
+        opt.Option("locator", opt.text, "", "Ice.Default.Locator (behind IceGrid)"),
+        opt.Option("call_timeout", opt.seconds, 10.0, "Ice invocation timeout of one call"),
+        opt.Option("connect_timeout", opt.seconds, 5.0, "Ice connect timeout"),
+        opt.Option("sha1_timeout", opt.seconds, 300.0, "invocation timeout of getSHA1"),
+        opt.Option("block_size", opt.size, DEFAULT_BLOCK, "bytes per readBlock call"),
+        opt.Option("read_parallel", opt.integer, 4, "readBlock calls in flight"),
+        opt.Option("callback_host", opt.text, "127.0.0.1",
+                   "address our MonitorClient adapter listens on"),
+        opt.Option("monitor_check", opt.seconds, 1.0,
+                   "seconds between liveness checks of the MonitorServer"),
+        opt.Option("Ice.*", opt.text, None, "an Ice communicator property"),
+        opt.Option("IceSSL.*", opt.text, None, "an IceSSL communicator property"),
+    )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -593,7 +614,7 @@ class OmeroFSDriver(Driver):
         try:
             async with trio.open_nursery() as nursery:
                 if self.poll_interval > 0:
-                    nursery.start_soon(super().run_events, sink)
+                    nursery.start_soon(self.poll, sink)
                 await self._supervise_monitor(client, sink)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):

@@ -3,8 +3,8 @@
 For each batch of events (coalesced per path) it first updates the metadata cache and drops
 clean cached content whose version changed, holding no lock a request handler needs, and
 then calls ``pyfuse3.invalidate_entry`` / ``invalidate_inode`` in a worker thread. Calling
-those inside a request handler deadlocks the mount (design.md, Concurrency rules). Deletions
-use the ``deleted=`` form so that inotify watchers on the mount see them.
+those inside a request handler deadlocks the mount (docs/architecture.md, Concurrency
+rules). Deletions use the ``deleted=`` form so that inotify watchers on the mount see them.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Invalidator:
             event.entry is None or event.entry.version != item.base_version
         ):
             # A reader holding the file open must see the new content to its new end, not
-            # the size it had at open (issue 4): rebase the item when it holds no copy.
+            # the size it had at open: rebase the item when it holds no copy.
             keep = not gone and item.handles and event.entry is not None
             if not (keep and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)

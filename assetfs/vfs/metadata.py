@@ -8,7 +8,7 @@ because file managers and shells probe many names that are not there.
 What expired is kept aside (``stale_entry``/``stale_listing``, LRU-bounded) until an event
 or a change of ours says it changed: while the store cannot be reached, folders already
 listed stay listable and files already seen keep their attributes (stale-if-error, as
-HTTP caches do, and as design.md asks of a mount whose backend is down).
+HTTP caches do, and as docs/architecture.md asks of a mount whose backend is down).
 
 A remote lookup can race with an event: a listing fetched before a deletion, stored after
 the invalidator applied it, would bring the deleted name back until the TTL ends. Every
@@ -150,13 +150,15 @@ class MetadataCache:
             self._entries[join(folder, e.name)] = self._stale_entries[join(folder, e.name)] = e
         return listing
 
-    def forget(self, path: str) -> None:
-        """Drop what is known about ``path`` and, if it is a folder, its listing."""
+    def forget(self, path: str, children: bool = True) -> None:
+        """Drop what is known about ``path`` and, if it is a folder and ``children``, its
+        listing (a store action on a folder changes its metadata, not its children)."""
         self._changed(path)
         parent, name = split(path)
         for entries, listings in self._layers:
             entries.pop(path, None)
-            listings.pop(path, None)
+            if children:
+                listings.pop(path, None)
             listing = listings.get(parent)
             if listing is not None:
                 listing.pop(name, None)

@@ -1,14 +1,15 @@
 """Name resolution: what exists at a path, from the metadata cache, the dirty files of the
-block cache, and (on a miss) the driver, each remote call under the retry policy."""
+block cache, and (on a miss) the store, through the driver call layer (assetfs/remote.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .. import errors, retry
+from .. import errors
 from ..cache.blocks import BlockCache
-from ..drivers.base import Driver, Entry, join, split
+from ..drivers.base import Entry, join, split
+from ..remote import Remote
 from .metadata import MISSING, MetadataCache
 from .mtimes import MtimeOverlay
 
@@ -25,17 +26,15 @@ class Namespace:
 
     def __init__(
         self,
-        driver: Driver,
+        remote: Remote,
         metadata: MetadataCache,
         cache: BlockCache,
-        policy: retry.RetryPolicy,
         mtimes: MtimeOverlay,
     ) -> None:
         self.mtimes = mtimes
-        self.driver = driver
+        self.store = remote
         self.metadata = metadata
         self.cache = cache
-        self.policy = policy
 
     async def remote(self, path: str) -> Entry | None:
         """The store's entry at ``path`` (cached), or None if it does not exist there."""
@@ -61,8 +60,7 @@ class Namespace:
 
     async def _stat(self, path: str) -> Entry | None:
         try:
-            return await retry.call(lambda: self.driver.stat(path), self.policy,
-                                    f"stat of {self.driver.describe(path)}")
+            return await self.store.stat(path)
         except errors.NotFound:
             return None
 
@@ -100,14 +98,14 @@ class Namespace:
         """Like :meth:`find`, raising NotFound."""
         found = await self.find(path)
         if found is None:
-            raise errors.NotFound(url=self.driver.describe(path))
+            raise errors.NotFound(url=self.store.describe(path))
         return found
 
     async def folder(self, path: str) -> Entry:
         """The entry at ``path``, which must be a folder (NotFound, NotADirectory)."""
         found = await self.entry(path)
         if not found.is_dir:
-            raise errors.NotADirectory(url=self.driver.describe(path))
+            raise errors.NotADirectory(url=self.store.describe(path))
         return found
 
     async def listing(self, folder: str) -> dict[str, Entry]:
@@ -117,8 +115,7 @@ class Namespace:
             try:
                 listing = await self._filled(
                     folder,
-                    lambda: retry.call(lambda: self.driver.list(folder), self.policy,
-                                       f"list of {self.driver.describe(folder)}"),
+                    lambda: self.store.list(folder),
                     lambda entries: self.metadata.put_listing(folder, entries),
                     lambda: MISSING if (left := self.metadata.listing(folder)) is None else left,
                     lambda entries: {e.name: e for e in entries},

@@ -3,7 +3,7 @@
 Each handler resolves inodes to driver paths, asks the :class:`Namespace` what exists, and
 sends data through the block cache; project exceptions become ``FUSEError(exc.errno)`` in
 one place (:func:`_errno`). Handlers never call ``pyfuse3.invalidate_*`` (that deadlocks
-the mount, design.md); the invalidator task does.
+the mount, docs/architecture.md); the invalidator task does.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from .. import errors, retry
+from .. import errors
 from ..cache.blocks import BlockCache, CacheItem
 from ..cache.writeback import WriteBack
-from ..drivers.base import Driver, Entry, Kind, join, split
+from ..drivers.base import Entry, Kind, join, split
 from ..loopwatch import OPERATION
+from ..remote import Remote
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
 from .namespace import Namespace
@@ -57,7 +58,7 @@ def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             except BaseExceptionGroup as group:
                 raise first_error(group) from None
         except errors.AssetFSError as exc:
-            if exc.errno in (errno.EIO, errno.ETIMEDOUT):
+            if exc.errno in (errno.EIO, errno.ETIMEDOUT) and not exc.logged:
                 log.warning("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
@@ -128,7 +129,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(
         self,
-        driver: Driver,
+        remote: Remote,
         namespace: Namespace,
         metadata: MetadataCache,
         cache: BlockCache,
@@ -140,7 +141,7 @@ class Operations(pyfuse3.Operations):
         passthrough: bool = True,
     ) -> None:
         super().__init__()
-        self.driver = driver
+        self.remote = remote
         self.ns = namespace
         self.metadata = metadata
         self.cache = cache
@@ -148,7 +149,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes
         self.timeouts = timeouts
         self.status = status
-        self.read_only = read_only or not driver.capabilities.writable
+        self.read_only = read_only or not remote.capabilities.writable
         self.passthrough = Passthrough(passthrough)
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
@@ -203,7 +204,7 @@ class Operations(pyfuse3.Operations):
         """Count a kernel lookup of ``path`` and return its attributes."""
         inode = self.inodes.lookup(path)
         if entry.is_dir:
-            self.driver.watch(path)
+            self.remote.watch(path)
         return self.attributes(inode, entry)
 
     def _new_fh(self) -> int:
@@ -219,7 +220,7 @@ class Operations(pyfuse3.Operations):
         path = self._child(parent_inode, name)
         folder = self._path(parent_inode)
         await self.ns.folder(folder)
-        self.driver.watch(folder)  # the kernel now caches a name in it: keep it coherent
+        self.remote.watch(folder)  # the kernel now caches a name in it: keep it coherent
         entry = await self.ns.find(path)
         if entry is None:
             if self.timeouts.negative > 0:
@@ -279,7 +280,7 @@ class Operations(pyfuse3.Operations):
             path = self.inodes.forget(inode, count)
             if path is not None:
                 self.kernel_version.pop(inode, None)
-                self.driver.unwatch(path)
+                self.remote.unwatch(path)
 
     @_errno
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -298,7 +299,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
         await self.ns.folder(path)
-        self.driver.watch(path)
+        self.remote.watch(path)
         fh = self._new_fh()
         self._dirs[fh] = (path, sorted((await self.ns.listing(path)).items()))
         return fh
@@ -308,7 +309,7 @@ class Operations(pyfuse3.Operations):
         folder, entries = self._dirs[fh]
         if start_id == 0 and fh in self._listed:
             # rewinddir() on a handle held open (a file manager, os.listdir(fd)): POSIX
-            # wants the folder as it is now, not the snapshot taken at opendir (issue 4).
+            # wants the folder as it is now, not the snapshot taken at opendir.
             entries = sorted((await self.ns.listing(folder)).items())
             self._dirs[fh] = (folder, entries)
         self._listed.add(fh)
@@ -322,7 +323,7 @@ class Operations(pyfuse3.Operations):
                 self.inodes.forget(inode, 1)
                 break
             if entry.is_dir:
-                self.driver.watch(path)
+                self.remote.watch(path)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -337,8 +338,8 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(self._path(parent_inode))
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
-        self.driver.check_create(path, Kind.DIR)
-        entry = await self.driver.mkdir(path)
+        self.remote.check_create(path, Kind.DIR)
+        entry = await self.remote.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
         return self._known(path, entry)
@@ -350,10 +351,10 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
-        await self.driver.remove(path, Kind.DIR)
+        await self.remote.remove(path, Kind.DIR)
         self.metadata.forget_tree(path)
         self.metadata.put(path, None)
-        self.driver.unwatch(path)
+        self.remote.unwatch(path)
         self.inodes.detach(path)
 
     @_errno
@@ -367,7 +368,7 @@ class Operations(pyfuse3.Operations):
         async with self.writeback.held([item] if item is not None else []):
             if await self.ns.remote(path) is not None:
                 with contextlib.suppress(errors.NotFound):
-                    await self.driver.remove(path, Kind.FILE)
+                    await self.remote.remove(path, Kind.FILE)
             self.cache.unlinked(path)
         self.ns.mtimes.drop(path)
         self.metadata.put(path, None)
@@ -394,7 +395,7 @@ class Operations(pyfuse3.Operations):
             return
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
-        self.driver.check_create(new, source.kind)
+        self.remote.check_create(new, source.kind)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -406,17 +407,17 @@ class Operations(pyfuse3.Operations):
             if target.is_dir:
                 if await self.ns.listing(new):
                     raise errors.DirectoryNotEmpty()
-                await self.driver.remove(new, Kind.DIR)
+                await self.remote.remove(new, Kind.DIR)
         moving = [i for p, i in self.cache.items.items()
                   if any((p + "/").startswith(top + "/") for top in (old, new))]
         async with self.writeback.held(moving):  # no upload to either name meanwhile
             on_store = await self.ns.remote(old) is not None
             if on_store:
-                if not self.driver.capabilities.rename:
+                if not self.remote.capabilities.rename:
                     raise errors.NotSupported("the store cannot rename")
-                await self.driver.rename(old, new)
+                await self.remote.rename(old, new)
             elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
-                await self.driver.remove(new, Kind.DIR)
+                await self.remote.remove(new, Kind.DIR)
             await self.cache.moved(old, new)
             self.ns.mtimes.moved(old, new)
         for path in (old, new):
@@ -488,7 +489,7 @@ class Operations(pyfuse3.Operations):
         existing = await self.ns.find(path)
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
-        self.driver.check_create(path, Kind.FILE)
+        self.remote.check_create(path, Kind.FILE)
         item = await self.cache.new_file(path)
         if self.passthrough.bound_item(self.inodes.get(path) or 0) is not None:
             self.inodes.detach(path)  # that inode's open files keep the old content
@@ -558,7 +559,7 @@ class Operations(pyfuse3.Operations):
         entry = await self.ns.entry(self._path(inode))
         names = [XATTR_PREFIX + key for key in entry_attributes(entry)]
         if not entry.is_dir:
-            names += [XATTR_PREFIX + key for key in self.driver.lazy_xattrs]
+            names += [XATTR_PREFIX + key for key in self.remote.lazy_xattrs]
         if inode == ROOT_INODE:
             names.append(XATTR_PREFIX + "status")
         return [os.fsencode(n) for n in names]
@@ -584,8 +585,7 @@ class Operations(pyfuse3.Operations):
         if short in values:
             return values[short].encode()
         if short not in entry.metadata:  # computed on demand; the driver may not know it
-            value = await retry.call(lambda: self.driver.xattr(path, short), self.ns.policy,
-                                     f"{short} of {self.driver.describe(path)}")
+            value = await self.remote.xattr(path, short)
             if value is not None:
                 return value
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -609,8 +609,8 @@ class Operations(pyfuse3.Operations):
             except ValueError:
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
-        await self.driver.control(self._path(inode), action, value)
-        self.metadata.forget(self._path(inode))
+        await self.remote.control(self._path(inode), action, value)
+        self.metadata.forget(self._path(inode), children=False)
 
     @_errno
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

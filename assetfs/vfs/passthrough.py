@@ -4,7 +4,7 @@ Linux >= 6.9 lets a FUSE server answer an open with a *backing file* (FOPEN_PASS
 the kernel then reads and writes that file itself, at local-disk speed, while lookups,
 getattr, setattr, fsync, flush and release still come to the daemon. assetfs uses it for
 every open of a file whose whole content is in the cache file (a file being written, a clean
-file fully fetched), with that cache file as the backing file (issue 3: ``dd`` into the mount
+file fully fetched), with that cache file as the backing file (``dd`` into the mount
 at >= 0.70 of the cache disk; through the daemon any server reaches about a third, see
 ``scripts/bench_fuse_ceiling.sh``). It needs the pyfuse3 built by
 ``scripts/build-pyfuse3-wheel.sh`` (``pyfuse3.backing_open``) and CAP_SYS_ADMIN; otherwise

@@ -10,15 +10,15 @@ import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
 import trio
 
 from ... import errors
-from ...config import flag
-from ..base import Capabilities, Driver, Entry, Kind, split
+from ... import options as opt
+from ..base import Capabilities, Driver, Entry, Kind, ReadMode, split
 from .rest import (
     CONTENT_API,
     PASSWORD_ENV,
@@ -92,10 +92,22 @@ class VsphereDriver(Transfers, RestClient, Driver):
     schemes = ("vsphere",)
     capabilities = Capabilities(
         writable=True,
-        ranged_read=False,  # vcsim ignores Range (module docstring)
-        local_path=False,
+        read_mode=ReadMode.STREAM,  # vcsim ignores Range (module docstring)
         push_events=False,
         rename=True,
+    )
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("http", opt.boolean, False, "plain http (the test simulator)"),
+        opt.Option("insecure", opt.boolean, False, "do not verify the server's TLS certificate"),
+        opt.Option("ca_bundle", opt.text, "", "trust the PEM certificates in this file"),
+        opt.Option("credentials", opt.text, "", "a mode 0600 file holding the password"),
+        opt.Option("call_timeout", opt.seconds, 30.0, "timeout of every HTTP call"),
+        opt.Option("prepare_timeout", opt.seconds, 120.0,
+                   "how long a download session may take to reach PREPARED"),
+        opt.Option("keepalive", opt.seconds, 120.0, "transfer session keep-alive interval"),
+        opt.Option("item_type", opt.text, "file", "type of the items mkdir creates"),
+        opt.Option("datastore", opt.text, "", "datastore id of libraries mkdir creates"),
+        opt.Option("spool_dir", opt.text, "", "scratch space for the simulator's item rebuild"),
     )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
@@ -108,7 +120,7 @@ class VsphereDriver(Transfers, RestClient, Driver):
                 f"put no password in the URL; use ${PASSWORD_ENV} or -o credentials=PATH"
             )
         self.user = unquote(parts.username or "")
-        self.use_http = flag(options, "http")
+        self.use_http = bool(self.options["http"])
         scheme = "http" if self.use_http else "https"
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         port = parts.port or (80 if self.use_http else 443)
@@ -116,12 +128,12 @@ class VsphereDriver(Transfers, RestClient, Driver):
         self._prefix = tuple(unquote(p) for p in parts.path.split("/") if p)
         if len(self._prefix) > 2:
             raise errors.BadURL(f"a mount URL names at most /LIBRARY/ITEM: {url!r}")
-        self.timeout = float(options.get("call_timeout") or 30)
-        self.prepare_timeout = float(options.get("prepare_timeout") or 120)
-        self.keepalive_interval = float(options.get("keepalive") or 120)
-        self.item_type = options.get("item_type") or "file"
-        self.datastore = options.get("datastore") or ""
-        self.spool_dir = options.get("spool_dir") or tempfile.gettempdir()
+        self.timeout = float(self.options["call_timeout"])
+        self.prepare_timeout = float(self.options["prepare_timeout"])
+        self.keepalive_interval = float(self.options["keepalive"])
+        self.item_type = str(self.options["item_type"])
+        self.datastore = str(self.options["datastore"])
+        self.spool_dir = str(self.options["spool_dir"]) or tempfile.gettempdir()
         self._password: str | None = None
         self._client: httpx.AsyncClient | None = None
         self._session: str | None = None

@@ -18,7 +18,6 @@ import httpx
 import trio
 
 from ... import errors
-from ...config import flag
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ class RestClient:
             context = ssl.create_default_context(cafile=bundle or None)
         except (OSError, ssl.SSLError) as exc:
             raise errors.AssetFSError(f"cannot load CA bundle {bundle}: {exc}") from exc
-        if flag(self.options, "insecure"):
+        if self.options.get("insecure"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx default

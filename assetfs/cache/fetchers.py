@@ -1,0 +1,269 @@
+"""How missing bytes of a clean file reach the block cache: one fetcher per
+:class:`~assetfs.drivers.base.ReadMode`, all calling the store through the driver call layer
+(assetfs/remote.py).
+
+- :class:`LocalFetcher` (``LOCAL``, omni.client): the library keeps a local copy (on
+  ``file:`` the file itself); reads are served from it by range, with no second copy.
+- :class:`RangedFetcher` (``RANGED``, OMERO.fs, memory://): blocks of ``block_size`` bytes
+  are fetched on demand into the cache file; a sequential reader starts read-ahead of the
+  next ``readahead`` blocks in the background.
+- :class:`StreamFetcher` (``STREAM``, stores that ignore Range: vcsim, NodeODX): one
+  background stream fills the cache file from offset 0, and a reader waits only until the
+  bytes it asked for have arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from .. import errors
+from ..drivers.base import ReadMode
+from ..remote import Remote
+from .item import CacheItem
+
+
+class CacheFiles(Protocol):
+    """What a fetcher needs of the block cache (cache/blocks.py)."""
+
+    def open_file(self, item: CacheItem, create: bool) -> int:
+        """The item's cache file descriptor."""
+        ...
+
+    def put_bytes(self, item: CacheItem, data: bytes, offset: int) -> None:
+        """Write into the item's cache file (NoSpace when the disk is full)."""
+        ...
+
+    def make_room(self, incoming: int, for_dirty: bool) -> None:
+        """Evict clean items until ``incoming`` more bytes fit."""
+        ...
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Start a background task; False once the mount stopped serving."""
+        ...
+
+
+class Fetcher(ABC):
+    """Fills the cache file of a clean item that is not complete yet."""
+
+    def __init__(self, remote: Remote, files: CacheFiles) -> None:
+        self.remote = remote
+        self.files = files
+
+    @abstractmethod
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
+        """Bytes ``offset`` up to ``end`` of ``item`` (``end`` <= its size). Raises
+        AssetFSError (Unavailable, TimedOut, NotFound...)."""
+
+    @abstractmethod
+    async def fill(self, item: CacheItem) -> None:
+        """Make the item's cache file (already open) hold its whole content."""
+
+    def _cached(self, item: CacheItem, offset: int, end: int) -> bytes:
+        return os.pread(self.files.open_file(item, create=False), end - offset, offset)
+
+
+class LocalFetcher(Fetcher):
+    """Reads the library's local copy in place (``ReadMode.LOCAL``)."""
+
+    async def _source_fd(self, item: CacheItem) -> int:
+        if item.source_fd is None:
+            async with item.fill_lock:
+                if item.source_fd is None:
+                    local = await self.remote.local_path(item.path)
+                    item.local_source = local
+                    item.source_fd = os.open(local, os.O_RDONLY)
+                    # readers through FUSE come in 1 MiB requests, one at a time: let the
+                    # kernel read ahead on the local copy in big steps meanwhile
+                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return item.source_fd
+
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
+        return os.pread(await self._source_fd(item), end - offset, offset)
+
+    async def fill(self, item: CacheItem) -> None:
+        source = await self._source_fd(item)
+        target = self.files.open_file(item, create=True)
+        await trio.to_thread.run_sync(_copy_fd, source, target, item.size)
+
+
+class RangedFetcher(Fetcher):
+    """Fetches blocks on demand, with read-ahead (``ReadMode.RANGED``)."""
+
+    def __init__(self, remote: Remote, files: CacheFiles, block_size: int,
+                 readahead: int) -> None:
+        super().__init__(remote, files)
+        self.block_size = block_size
+        self.readahead = readahead
+
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
+        await self._fill_blocks(item, offset, end)
+        if offset == item.next_offset or offset == 0:
+            self._read_ahead(item, end)
+        item.next_offset = end
+        return self._cached(item, offset, end)
+
+    async def fill(self, item: CacheItem) -> None:
+        if item.size:
+            await self._fill_blocks(item, 0, item.size)
+
+    def _blocks(self, start: int, end: int) -> range:
+        return range(start // self.block_size, (end - 1) // self.block_size + 1)
+
+    async def _fill_blocks(self, item: CacheItem, start: int, end: int) -> None:
+        missing = [b for b in self._blocks(start, end) if b not in item.blocks]
+        if not missing:
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                for block in missing:
+                    nursery.start_soon(self._fetch_block, item, block)
+        except BaseExceptionGroup as group:
+            failed = group.subgroup(errors.AssetFSError)
+            if failed is None:
+                raise
+            raise _leaf(failed) from None
+
+    async def _fetch_block(self, item: CacheItem, block: int) -> None:
+        if block in item.blocks:
+            return
+        pending = item.inflight.get(block)
+        if pending is not None:
+            await pending.wait()
+            if block not in item.blocks:
+                raise item.stream_error or errors.Unavailable(url=item.path)
+            return
+        done = item.inflight[block] = trio.Event()
+        try:
+            offset = block * self.block_size
+            length = min(self.block_size, item.size - offset)
+            self.files.make_room(length, for_dirty=False)
+            # A descriptor of our own: the item's may be closed (last handle released) and
+            # its number reused while the driver writes.
+            fd = os.dup(self.files.open_file(item, create=True))
+            try:
+                await self.remote.read_into(item.path, offset, length, fd)
+            finally:
+                os.close(fd)
+            item.blocks.add(block)
+            if len(item.blocks) * self.block_size >= item.size:
+                item.complete = True
+        except errors.AssetFSError as exc:
+            item.stream_error = exc
+            raise
+        finally:
+            del item.inflight[block]
+            done.set()
+
+    def _read_ahead(self, item: CacheItem, end: int) -> None:
+        if end >= item.size:
+            return
+        first = end // self.block_size
+        for block in range(first, first + self.readahead):
+            if block * self.block_size >= item.size:
+                break
+            wanted = block not in item.blocks and block not in item.inflight
+            if wanted and not self.files.spawn(self._background_fetch, item, block):
+                return
+
+    async def _background_fetch(self, item: CacheItem, block: int) -> None:
+        with contextlib.suppress(errors.AssetFSError, OSError):
+            await self._fetch_block(item, block)
+
+
+class StreamFetcher(Fetcher):
+    """One stream from offset 0 per item, readers waiting for their bytes
+    (``ReadMode.STREAM``)."""
+
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
+        await self._wait_stream(item, end)
+        return self._cached(item, offset, end)
+
+    async def fill(self, item: CacheItem) -> None:
+        await self._wait_stream(item, item.size)
+
+    async def _wait_stream(self, item: CacheItem, end: int) -> None:
+        """Wait until the stream of ``item`` has passed offset ``end``; start (or restart,
+        after a failure) the stream if none is running. Every waiter of a failed stream
+        gets its error."""
+        if not item.stream_running and not item.complete and item.watermark < end:
+            item.stream_error = None
+            item.stream_running = item.stream_started = True
+            if not self.files.spawn(self._stream, item):
+                item.stream_running = False
+                raise errors.Unavailable("the cache is not serving")
+        while item.watermark < end and not item.complete:
+            if not item.stream_running:
+                raise item.stream_error or errors.Unavailable(url=item.path)
+            await item.arrived.wait()
+
+    @staticmethod
+    def _signal(item: CacheItem) -> None:
+        item.arrived.set()
+        item.arrived = trio.Event()
+
+    async def _stream(self, item: CacheItem) -> None:
+        """Fill ``item`` from offset 0 with the store's stream. A restart after a failure
+        downloads from 0 again (there is no range) but rewrites nothing below the
+        watermark. The call layer's deadline is a stall timeout (assetfs/remote.py)."""
+        position = 0
+        try:
+            self.files.make_room(item.size, for_dirty=False)
+            async for chunk in self.remote.open_stream(item.path):
+                end = position + len(chunk)
+                if end > item.watermark:
+                    skip = max(0, item.watermark - position)
+                    self.files.put_bytes(item, chunk[skip:], position + skip)
+                    item.watermark = end
+                    self._signal(item)
+                position = end
+            item.complete = True
+        except errors.AssetFSError as exc:
+            item.stream_error = exc
+        except OSError as exc:
+            item.stream_error = errors.NoSpace(str(exc)) if exc.errno == errno.ENOSPC else \
+                errors.AssetFSError(str(exc))
+        finally:
+            item.stream_running = False
+            self._signal(item)
+
+
+def fetcher_for(remote: Remote, files: CacheFiles, block_size: int, readahead: int) -> Fetcher:
+    """The fetcher of the store's read mode; ``block_size`` in bytes and ``readahead`` in
+    blocks apply to ranged reads."""
+    if remote.read_mode is ReadMode.LOCAL:
+        return LocalFetcher(remote, files)
+    if remote.read_mode is ReadMode.RANGED:
+        return RangedFetcher(remote, files, block_size, readahead)
+    return StreamFetcher(remote, files)
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (nested) exception group."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _copy_fd(source: int, target: int, size: int) -> None:
+    """Copy ``size`` bytes from fd ``source`` to fd ``target`` (copy_file_range where the
+    kernel can, a buffered copy otherwise)."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(source, target, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        with os.fdopen(os.dup(source), "rb") as src, os.fdopen(os.dup(target), "r+b") as dst:
+            src.seek(done)
+            dst.seek(done)
+            shutil.copyfileobj(src, dst, 1 << 20)
+    os.ftruncate(target, size)
