@@ -20,8 +20,6 @@ import httpx
 from mounting import stop_process
 
 PEER = Path(__file__).parent / "peers" / "nucleus_peer.py"
-HOST = "peerhost"
-"""The host name of the peer's ``omniverse://`` URLs (its top-level address)."""
 
 
 def free_port() -> int:
@@ -43,8 +41,14 @@ class NucleusPeer:
     proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def host(self) -> str:
+        """The host name of the peer's URLs (its top-level address), one per peer: one
+        process (a conformance run) may register several peers with the library."""
+        return f"peer{self.grpc_port}"
+
+    @property
     def url(self) -> str:
-        return f"omniverse://{HOST}"
+        return f"omniverse://{self.host}"
 
     @property
     def discovery(self) -> str:
@@ -54,7 +58,7 @@ class NucleusPeer:
         """Start the server process and wait until it answers discovery."""
         with open(self.log, "ab") as logfile:
             self.proc = subprocess.Popen(
-                [sys.executable, str(PEER), str(self.root), "--host", HOST,
+                [sys.executable, str(PEER), str(self.root), "--host", self.host,
                  "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port)],
                 stdout=logfile, stderr=subprocess.STDOUT,
             )

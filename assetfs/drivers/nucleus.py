@@ -84,6 +84,9 @@ _EVENTS = {
 _METADATA_FIELDS = ("version", "hash", "modified_by", "created_by", "locked_by", "comment")
 
 _initialized = False
+DISCOVERY_TIMEOUT = 10.0
+"""Seconds the Storage API discovery and registration may take (the library retries an
+unreachable discovery URL for longer)."""
 TOKEN_ENV = "ASSETFS_NUCLEUS_TOKEN"
 """The environment variable that may hold the Storage API bearer token."""
 
@@ -113,9 +116,21 @@ class _Reaper:
     def _run(self) -> None:
         while True:
             item, stop = self._queue.get()
-            if stop:
+            if isinstance(item, threading.Event):
+                item.set()
+            elif stop:
                 item.stop()
             del item
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until everything handed over so far is released
+        (a driver closing: its registrations must go while its server still answers).
+        False if the release thread is still busy then."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put((done, False))
+        return await trio.to_thread.run_sync(done.wait, timeout, abandon_on_cancel=True)
 
 
 _reaper = _Reaper()
@@ -153,9 +168,19 @@ def _ns(when: dt.datetime) -> int:
     return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
 
 
-def listed(items: Any) -> list[Entry]:
-    """The ``omni.client.ListEntry`` items of a folder listing as :class:`Entry` s."""
-    return [to_entry(item.relative_path.rstrip("/"), item) for item in items]
+def listed(items: Any, encoded: bool = False) -> list[Entry]:
+    """The ``omni.client.ListEntry`` items of a folder listing as :class:`Entry` s;
+    ``encoded``: their names are percent-encoded (see :func:`child_name`)."""
+    return [to_entry(child_name(item.relative_path, encoded), item) for item in items]
+
+
+def child_name(relative_path: str, encoded: bool) -> str:
+    """The name of a listed child. A Storage API server's listing names children by
+    their URL (``ünï ✓.txt`` as ``%C3%BCn%C3%AF%20%E2%9C%93.txt``), and the library hands
+    that on as ``relative_path``; the ``file:`` provider gives the name itself
+    (docs/backends/nucleus.md)."""
+    name = relative_path.rstrip("/")
+    return unquote(name) if encoded else name
 
 
 def to_entry(name: str, item: Any) -> Entry:
@@ -222,6 +247,8 @@ class NucleusDriver(Driver):
         self._provider_features()
         self._reconnect = False
         """The connection was lost: ask the library to reconnect before subscribing."""
+        self._encoded = self._local_root is None
+        """Listed names come percent-encoded (see :func:`child_name`)."""
         self._discovery = self.options.get("discovery") or None
         self._token_file = self.options.get("token_file") or None
         self._disconnected: trio.Event | None = None
@@ -329,9 +356,16 @@ class NucleusDriver(Driver):
 
         self._registrations.append(_Held(oc.register_storage_auth_callback(on_auth)))
         request: list[Any] = []
-        result, addresses = await self._call(
-            oc.register_storage_from_discovery_with_callback, discovery, keep=request)
-        registration = _Held(request.pop())
+        answer: tuple[Any, ...] = ()
+        with trio.move_on_after(DISCOVERY_TIMEOUT):
+            answer = await self._call(
+                oc.register_storage_from_discovery_with_callback, discovery, keep=request)
+        registration = _Held(request.pop()) if request else None
+        if not answer:
+            raise errors.Unavailable(
+                f"no answer from Storage API discovery at {discovery} in "
+                f"{DISCOVERY_TIMEOUT:g}s", url=self.url)
+        result, addresses = answer
         if refused:
             raise errors.PermissionDenied(
                 f"the server refused the token from {self._token_source()}", url=self.url)
@@ -387,7 +421,7 @@ class NucleusDriver(Driver):
         url = self.url_of(path)
         result, items = await self._call(oc.list_with_callback, url)
         check(result, url, "list")
-        return listed(items)
+        return listed(items, self._encoded)
 
     async def local_path(self, path: str) -> str:
         """The library's local copy of ``path``; on ``file:`` that is the file itself
@@ -490,7 +524,7 @@ class NucleusDriver(Driver):
                 return
             if result != oc.Result.OK:
                 return
-            listing = tuple(listed(items))
+            listing = tuple(listed(items, self._encoded))
             self._post(token, folder, ChangeEvent(ChangeKind.LISTED, folder, listing=listing))
 
         def on_event(result: Any, event: Any, item: Any) -> None:
@@ -510,7 +544,7 @@ class NucleusDriver(Driver):
             kind = _EVENTS.get(event)
             if kind is None:
                 return
-            name = item.relative_path.rstrip("/")
+            name = child_name(item.relative_path, self._encoded)
             entry = None if kind is ChangeKind.DELETED else to_entry(name, item)
             self._post(token, folder, ChangeEvent(kind, join(folder, name), entry))
 
@@ -651,8 +685,12 @@ class NucleusDriver(Driver):
                 await sink.send(ChangeEvent(ChangeKind.RESYNC, folder))
 
     async def close(self) -> None:
+        """Drop the subscriptions and registrations and wait (up to 10 s) for the library
+        to release them."""
         self._subscriptions.clear()
         self._registrations.clear()
+        if not await _reaper.flush(10.0):
+            log.warning("omni.client is still releasing requests after 10 s")
 
 
 def _access_letters(access: Any) -> str:

@@ -199,7 +199,8 @@ class Tree:
 
 
 def gated(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run :meth:`Switches.gate` before a handler; a missing path becomes NOT_FOUND."""
+    """Run :meth:`Switches.gate` before a handler; a missing path (or a folder address that
+    names a file) becomes NOT_FOUND, an existing one ALREADY_EXISTS."""
     name = method.__name__
 
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -212,8 +213,8 @@ def gated(method: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
         except FileExistsError as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"exists: {exc}")
-        except NotADirectoryError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not a folder: {exc}")
+        except NotADirectoryError as exc:  # a folder is a prefix: a file has none
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no folder: {exc}")
         except OSError as exc:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
@@ -228,8 +229,8 @@ def gated(method: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
         except FileExistsError as exc:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"exists: {exc}")
-        except NotADirectoryError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not a folder: {exc}")
+        except NotADirectoryError as exc:  # a folder is a prefix: a file has none
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no folder: {exc}")
         except OSError as exc:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
