@@ -456,6 +456,25 @@ class Metadata(Service, md_grpc.MetadataServiceServicer):
             for key, value in found if value is not None])
 
     @gated
+    def GetMetadataBatch(self, request: Any, context: Any) -> Iterator[Any]:
+        results = []
+        with self.lock:
+            for index, entry in enumerate(request.requests):
+                where = entry.resource_location
+                uri = (where.resource_address or where.resource_identity.encoded_identity
+                       or where.folder_address.uri)
+                value = self.values.get((uri, entry.user_metadata_key))
+                if value is None:
+                    error = md.BatchErrorEntry(code=md.BatchErrorEntry.CODE_NOT_FOUND)
+                    results.append(md.GetMetadataBatchResponseEntry(error=error,
+                                                                    request_index=index))
+                else:
+                    found = md.UserMetadataValue(value=value[0], etag=value[1])
+                    results.append(md.GetMetadataBatchResponseEntry(success=found,
+                                                                    request_index=index))
+        yield md.GetMetadataBatchResponse(results=results)
+
+    @gated
     def DeleteMetadata(self, request: Any, context: Any) -> Any:
         with self.lock:
             self.values.pop((request.uri, request.user_metadata_key), None)
