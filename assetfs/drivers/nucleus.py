@@ -269,6 +269,9 @@ class NucleusDriver(Driver):
         """Listed names come percent-encoded (see :func:`child_name`)."""
         self._discovery = self.options.get("discovery") or None
         self._token_file = self.options.get("token_file") or None
+        self._starting: set[str] = set()
+        """Folders watched at the start of :meth:`run_events` whose first listing has not
+        arrived yet."""
         self._disconnected: trio.Event | None = None
         """Set when the server connection is lost (while :meth:`run_events` runs)."""
         self._registrations: list[Any] = []
@@ -537,6 +540,7 @@ class NucleusDriver(Driver):
         def on_list(result: Any, items: Any) -> None:
             # Events start after this list (docs/backends/nucleus.md): what changed since the
             # mount listed the folder is only here.
+            token.run_sync_soon(self._went_live, folder)
             if result == oc.Result.ERROR_CONNECTION:
                 token.run_sync_soon(self._connection_lost, folder)
                 return
@@ -600,6 +604,15 @@ class NucleusDriver(Driver):
             except trio.ClosedResourceError:
                 pass
 
+    def _went_live(self, folder: str) -> None:
+        """The subscription of ``folder`` delivered its first listing: from now on its
+        changes are reported (the library applies the event filter before that listing,
+        docs/backends/nucleus.md). Once every folder watched at the start of
+        :meth:`run_events` is live, :attr:`events_ready` is set."""
+        self._starting.discard(folder)
+        if not self._starting:
+            self.events_ready.set()
+
     def _connection_lost(self, folder: str) -> None:
         """A subscription of ``folder`` ended because the server stopped answering: end
         :meth:`run_events` so the supervisor resubscribes everything after a RESYNC."""
@@ -658,9 +671,11 @@ class NucleusDriver(Driver):
                 token.run_sync_soon(disconnected.set)
 
         registration = _Held(oc.register_connection_status_callback(on_status))
+        self._starting = set(self._folders)
         for folder in sorted(self._folders):
             self.watch(folder)
-        self.events_ready.set()
+        if not self._starting:
+            self.events_ready.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._resync_lost, sink)
