@@ -5,7 +5,8 @@ Nothing of NVIDIA's is committed: at test set-up (or ``python tests/peers/nucleu
 the serialized ``FileDescriptorProto`` s of ``nvidia/omniverse/...`` are cut out of the
 library, written with their ``google/protobuf`` imports into one ``FileDescriptorSet`` and
 turned into ``*_pb2.py`` / ``*_pb2_grpc.py`` by grpcio-tools' ``protoc``. The result is cached
-in a folder keyed by the library's SHA-256, so a new omniverseclient gets new stubs.
+in a folder keyed by the library's SHA-256 (:func:`stub_dir`), so a new omniverseclient gets
+new stubs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from types import ModuleType
 
 from google.protobuf import descriptor_pb2, struct_pb2, timestamp_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
 PROTO_NAME = re.compile(rb"\x0a(.)(nvidia/omniverse/[a-z0-9_/]+\.proto)", re.DOTALL)
 """A FileDescriptorProto starts with field 1 (``name``, length-delimited): tag 0x0a, length."""
 FILE_FIELDS = {1: 2, 2: 2, 3: 2, 4: 2, 5: 2, 6: 2, 7: 2, 8: 2, 9: 2, 10: 0, 11: 0, 12: 2,
@@ -118,11 +118,13 @@ def generate(library: Path, out: Path) -> None:
 
 def stub_dir() -> Path:
     """The cache folder holding (after :func:`ensure`) the stubs of the installed library:
-    ``$ASSETFS_STUB_DIR`` or ``.cache/nucleus-stubs/<sha256 of the library>``."""
+    ``$ASSETFS_STUB_DIR``, or ``$XDG_CACHE_HOME/assetfs-tests/nucleus-stubs/<sha256 of the
+    library>`` (``~/.cache`` without XDG_CACHE_HOME)."""
     if os.environ.get("ASSETFS_STUB_DIR"):
         return Path(os.environ["ASSETFS_STUB_DIR"])
     digest = hashlib.sha256(library_path().read_bytes()).hexdigest()[:16]
-    return ROOT / ".cache" / "nucleus-stubs" / digest
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "assetfs-tests" / "nucleus-stubs" / digest
 
 
 def ensure() -> Path:
