@@ -45,6 +45,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -rs
 
 # The quick suite: the core, memory://, Nucleus on file: and the conformance suite for those
@@ -52,7 +53,7 @@ test: setup
 CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
 	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
 	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
-	tests/test_options.py
+	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py
 
 test-core: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
@@ -60,6 +61,7 @@ test-core: setup
 
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) scripts/bench_read.py

@@ -37,7 +37,8 @@ class Remote:
 
     ``policy`` is the mount's; :meth:`write` stretches it by the upload's size. The
     read-only properties (``capabilities``, ``read_mode``, ``lazy_xattrs``) and the no-I/O
-    hooks (``describe``, ``check_create``, ``watch``, ``unwatch``) pass straight through.
+    hooks (``describe``, ``check_create``, ``check_write``, ``watch``, ``unwatch``) pass
+    straight through.
     """
 
     def __init__(self, driver: Driver, policy: retry.RetryPolicy) -> None:
@@ -67,6 +68,22 @@ class Remote:
     def check_create(self, path: str, kind: Kind) -> None:
         """Raise when the store cannot hold a new ``kind`` at ``path`` (no I/O)."""
         self._driver.check_create(path, kind)
+
+    def check_write(self, path: str) -> None:
+        """Raise when new content can never be stored at file ``path`` (no I/O)."""
+        self._driver.check_write(path)
+
+    def uploads_last(self, path: str) -> bool:
+        """Whether ``path`` is a control file uploaded after its siblings (no I/O)."""
+        return self._driver.uploads_last(path)
+
+    def appends_only(self, path: str) -> bool:
+        """Whether the content of ``path`` only grows (no I/O)."""
+        return self._driver.appends_only(path)
+
+    def status(self) -> dict[str, object]:
+        """The driver's state for ``assetfs status`` (no I/O)."""
+        return self._driver.status()
 
     def watch(self, folder: str) -> None:
         """Report changes to the children of ``folder`` from now on."""

@@ -8,7 +8,6 @@ capped exponential backoff and full jitter, and gives up at an overall deadline.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,6 +15,7 @@ from typing import TypeVar
 import trio
 
 from . import errors
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,17 +35,15 @@ class Breaker:
 
     def __init__(self) -> None:
         self.down_until = 0.0
-        self.reason = ""
 
     @property
     def open(self) -> bool:
         """True while the store counts as down."""
         return trio.current_time() < self.down_until
 
-    def trip(self, window: float, reason: str) -> None:
+    def trip(self, window: float) -> None:
         """The store just failed to answer in time."""
         self.down_until = trio.current_time() + window
-        self.reason = reason
 
     def reset(self) -> None:
         """The store answered."""
@@ -57,7 +55,8 @@ class RetryPolicy:
     """Timing of :func:`call`, all in seconds.
 
     ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
-    backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter").
+    backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter",
+    :class:`~assetfs.backoff.Backoff` with ``floor=0``).
     """
 
     attempt_timeout: float = 30.0
@@ -68,7 +67,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        return Backoff(self.base, self.cap).delay(attempt)
 
 
 async def call(
@@ -85,7 +84,7 @@ async def call(
             with trio.fail_after(min(PROBE, policy.attempt_timeout)):
                 result = await fn()
         except trio.TooSlowError:
-            raise errors.TimedOut(f"{what}: {policy.breaker.reason}") from None
+            raise errors.TimedOut(f"{what}: the store is not answering") from None
         policy.breaker.reset()
         return result
     attempt = 0
@@ -105,5 +104,5 @@ async def call(
             attempt += 1
             log.debug("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
             await trio.sleep(delay)
-    policy.breaker.trip(min(policy.deadline, 10.0), str(last))
+    policy.breaker.trip(min(policy.deadline, 10.0))
     raise last

@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from assetfs import retry
-from assetfs.cache.blocks import BlockCache, CacheItem
+from assetfs.cache.blocks import BlockCache
+from assetfs.cache.item import CacheItem
 from assetfs.cache.journal import Journal
 from assetfs.drivers.nucleus import NucleusDriver
 from assetfs.remote import Remote

@@ -57,7 +57,8 @@ def namespace(store: HeldStore, metadata: MetadataCache) -> Namespace:
     return Namespace(
         Remote(cast(Driver, store), retry.RetryPolicy()),
         metadata,
-        cast(BlockCache, types.SimpleNamespace(items={})),
+        cast(BlockCache, types.SimpleNamespace(shadowing=lambda path: None,
+                                               shadowing_children=lambda folder: ())),
         cast(MtimeOverlay, plain),
     )
 

@@ -158,7 +158,7 @@ def test_fileserver_stopped_mid_read_eio_then_recovers(
 
 # --- the fetch process -------------------------------------------------------------------
 def fetch_process(mount: Mount) -> int:
-    """The pid of the daemon's OMERO.fs fetch process (its child running omerofs_fetch)."""
+    """The pid of the daemon's OMERO.fs fetch process (its child running omerofs.fetch_process)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -167,7 +167,7 @@ def fetch_process(mount: Mount) -> int:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == mount.proc.pid and b"assetfs.drivers.omerofs_fetch" in cmdline:
+        if ppid == mount.proc.pid and b"assetfs.drivers.omerofs.fetch_process" in cmdline:
             return int(entry.name)
     raise AssertionError("the daemon has no fetch process")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 from .. import errors
-from ..drivers.base import Entry
+from ..drivers.base import Entry, ReadMode, split
 from ..remote import Remote
 from .fetchers import fetcher_for
 from .item import CacheItem
@@ -113,6 +113,33 @@ class BlockCache:
         yield from self.items.values()
         yield from self._orphans
 
+    def item(self, path: str) -> CacheItem | None:
+        """The item at ``path``, if the cache has one."""
+        return self.items.get(path)
+
+    def shadowing(self, path: str) -> CacheItem | None:
+        """The item at ``path`` if its local content stands in for the store's."""
+        item = self.items.get(path)
+        return item if item is not None and item.shadows else None
+
+    def shadowing_children(self, folder: str) -> Iterator[tuple[str, CacheItem]]:
+        """``(name, item)`` of the children of ``folder`` whose local content stands in
+        for the store's (unsaved files the store does not list yet, or lists stale)."""
+        for path, item in self.items.items():
+            parent, name = split(path)
+            if parent == folder and path != "/" and item.shadows:
+                yield name, item
+
+    def under(self, *tops: str) -> list[CacheItem]:
+        """The items at or under any of the paths ``tops``."""
+        prefixes = tuple(top.rstrip("/") + "/" for top in tops)
+        return [item for path, item in self.items.items()
+                if path in tops or path.startswith(prefixes)]
+
+    def dirty_items(self) -> list[CacheItem]:
+        """Every item whose content is not on the store yet (detached ones included)."""
+        return [item for item in self._all_items() if item.dirty]
+
     def get(self, path: str, entry: Entry) -> CacheItem:
         """The item for ``path`` at remote ``entry``: the existing one if it is dirty or its
         version is unchanged, else a fresh clean one (the old clean content is dropped)."""
@@ -184,7 +211,14 @@ class BlockCache:
         handles have it open. If the item holds no copied bytes (it is served from the
         library's local copy, or nothing was read yet), take the new version and size, so
         open handles read the new content to its new end; return True. Return False when
-        it holds copied bytes (the caller drops it: open handles keep the old content)."""
+        it holds copied bytes (the caller drops it: open handles keep the old content),
+        unless the driver says the file only grows (:meth:`Driver.appends_only`, a console
+        log): then the bytes held stay and a later read streams only what is new."""
+        if (self.remote.read_mode is ReadMode.STREAM and not (item.dirty or item.writers)
+                and entry.size >= item.size and self.remote.appends_only(item.path)):
+            item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
+            item.complete = False
+            return True
         if item.dirty or item.writers or item.complete or item.blocks or item.stream_started:
             return False
         item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns

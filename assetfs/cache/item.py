@@ -64,6 +64,11 @@ class CacheItem:
     dirtying: trio.Lock = field(default_factory=trio.Lock)
     """Held while a clean item's first change is being journaled (BlockCache._journal_dirty)."""
 
+    @property
+    def shadows(self) -> bool:
+        """Whether the local content stands in for the store's: dirty, or being written."""
+        return self.dirty or bool(self.writers)
+
     def observe(self) -> None:
         """Take ``size`` and ``mtime_ns`` from the cache file while passthrough writers have
         it open (their writes never reach the daemon)."""

@@ -49,9 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import outcome
 import trio
 
 from .. import errors
+from ..bridge import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +251,11 @@ class Journal:
         """Run ``fn`` on the journal thread after everything queued and return its result
         (or raise its error). Not cancellable: a commit that was queued happens, and its
         caller must learn how it went."""
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: object) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
-
-        future = self._submit(fn)
-        future.add_done_callback(wake)
+        done: Handoff[T] = Handoff()
+        self._submit(fn).add_done_callback(lambda future: done.set(outcome.capture(future.result)))
         with trio.CancelScope(shield=True):
-            await done.wait()
-        return future.result()
+            result = await done.wait()
+        return result
 
 
 def _logged(fn: Callable[[], None], consequence: str) -> None:

@@ -15,7 +15,6 @@ import collections
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,9 +22,11 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import errors
+from ..backoff import Backoff
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, ReadMode, split
 from ..remote import Remote
-from .blocks import BlockCache, CacheItem
+from .blocks import BlockCache
+from .item import CacheItem
 
 log = logging.getLogger(__name__)
 COMPARE_CHUNK = 1 << 20
@@ -71,7 +72,8 @@ class WriteBack:
         self.on_uploaded = on_uploaded
         self.events = events
         self.workers = workers
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.5, cap=max_backoff, floor=0.5)
+        """Waits between tries of a failing upload (0.5-1 s, doubling up to ``max_backoff``)."""
         self.stats = UploadStats()
         self._due: dict[CacheItem, float] = {}
         self._attempts: dict[CacheItem, int] = {}
@@ -99,7 +101,7 @@ class WriteBack:
 
     def pending(self) -> list[CacheItem]:
         """Dirty items queued or being uploaded."""
-        return [i for i in self.cache._all_items() if i.dirty]
+        return self.cache.dirty_items()
 
     async def flush(self, item: CacheItem) -> None:
         """Upload ``item`` now and wait until what it holds at this call is on the store
@@ -165,8 +167,25 @@ class WriteBack:
                     await self._wake.wait()
                 self._sleep_until = -math.inf
 
+    async def settle(self, folder: str, exclude: CacheItem | None = None) -> None:
+        """Upload every dirty file at or under ``folder`` (but ``exclude``) now and return
+        once none is left; files still open for writing are waited for (a control action
+        on the folder must see what is being copied into it)."""
+        prefix = folder.rstrip("/") + "/"
+        while True:
+            left = [i for i in self.pending() if i is not exclude
+                    and (i.path == folder or i.path.startswith(prefix))]
+            if not left:
+                return
+            for item in left:
+                if not item.writers:
+                    self.schedule(item, 0)
+            await trio.sleep(0.05)
+
     async def _upload(self, item: CacheItem, limiter: trio.CapacityLimiter) -> None:
         try:
+            if self.remote.uploads_last(item.path):
+                await self.settle(split(item.path)[0], exclude=item)
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
@@ -181,8 +200,7 @@ class WriteBack:
             self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
             self._errors[item] = exc
             log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
-            backoff = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.5 * 2**attempt)
-            self.schedule(item, backoff)
+            self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)

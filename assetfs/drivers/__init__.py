@@ -25,8 +25,10 @@ def available() -> dict[str, EntryPoint]:
 def scheme_of(url: str) -> str:
     """The lower-cased scheme of ``url``. Raises :class:`~assetfs.errors.BadURL`."""
     scheme = urlsplit(url).scheme.lower()
-    if not scheme or not url[len(scheme) + 1 :].startswith("/"):
-        raise errors.BadURL(f"not a URL (expected SCHEME://HOST/PATH or SCHEME:/PATH): {url!r}")
+    rest = url[len(scheme) + 1 :]
+    if not scheme or (rest and not rest.startswith("/")):
+        raise errors.BadURL(
+            f"not a URL (expected SCHEME://HOST/PATH, SCHEME:/PATH or SCHEME:): {url!r}")
     return scheme
 
 

@@ -7,6 +7,7 @@ Drivers raise only :mod:`assetfs.errors` types.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 import posixpath
@@ -14,7 +15,7 @@ import random
 import stat as stat_module
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -158,7 +159,9 @@ class Driver(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: Capabilities = Capabilities()
+    """What the store can do; a driver may narrow it per mount in ``__init__`` (the
+    ``file:`` provider of omni.client has no checkpoints)."""
     declared_options: ClassVar[tuple[Option, ...]] = ()
     """The ``-o`` options this driver takes; the mount refuses any that neither the core
     (config.py) nor the driver declares, and hands the driver their parsed values."""
@@ -227,7 +230,7 @@ class Driver(ABC):
         """A local file holding the current content of ``path``. Needs ``ReadMode.LOCAL``."""
         raise errors.NotSupported("local copy", url=self.describe(path))
 
-    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The whole content of ``path`` as chunks, from offset 0 (stores with no range)."""
         raise errors.NotSupported("streamed read", url=self.describe(path))
         yield b""  # pragma: no cover - makes this an async generator
@@ -242,6 +245,29 @@ class Driver(ABC):
         ``path`` at all (a file directly in a vSphere library, a folder inside an item), so
         the VFS refuses a create/mkdir at once instead of failing its upload later. No I/O;
         the default allows everything."""
+
+    def check_write(self, path: str) -> None:  # noqa: B027 - optional hook
+        """Raise (NotSupported, ReadOnly, ...) when new content can never be stored at the
+        file ``path`` (a store with folders and actions but no upload), so a create, a
+        writable open or a truncate fails at once instead of its upload later. No I/O; the
+        default allows everything."""
+
+    def uploads_last(self, path: str) -> bool:
+        """True when the file at ``path`` is a control file acting on what its folder holds
+        (a NodeODX ``COMMIT``): the write-back then uploads it only once no other file in
+        that folder is dirty, so the action sees everything copied there before it. No
+        I/O; the default is False."""
+        return False
+
+    def appends_only(self, path: str) -> bool:
+        """True when the content of ``path`` only ever grows (a console log): a new version
+        keeps the bytes already cached, and open handles read on to the new end (``tail
+        -f``). No I/O; the default is False."""
+        return False
+
+    def status(self) -> dict[str, object]:
+        """Driver state for ``assetfs status`` (JSON-able: downloads in progress...)."""
+        return {}
 
     async def mkdir(self, path: str) -> Entry:
         """Create folder ``path``. Raises AlreadyExists, NotFound (parent), ReadOnly."""
@@ -262,7 +288,7 @@ class Driver(ABC):
         raise errors.NotSupported(f"action {action!r}", url=self.describe(path))
 
     # --- lazily computed attributes (xattr reads) -----------------------------------
-    lazy_xattrs: ClassVar[tuple[str, ...]] = ()
+    lazy_xattrs: tuple[str, ...] = ()
     """Keys ``k`` whose ``user.assetfs.<k>`` value :meth:`xattr` computes on demand (too
     costly to put in every :attr:`Entry.metadata`, e.g. OMERO.fs ``sha1``); listxattr shows
     them for files."""
@@ -284,7 +310,7 @@ class Driver(ABC):
         self._watched.pop(folder, None)
 
     @property
-    def watched(self) -> list[str]:
+    def watched(self) -> builtins.list[str]:
         """The folders being watched now."""
         return list(self._watched)
 

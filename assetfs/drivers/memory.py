@@ -34,7 +34,7 @@ import itertools
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -263,10 +263,10 @@ class MemoryDriver(Driver):
     """A writable in-memory store with ranged reads and push events (module docstring)."""
 
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities: Capabilities = Capabilities(
         writable=True, read_mode=ReadMode.RANGED, push_events=True, checkpoints=True
     )
-    lazy_xattrs: ClassVar[tuple[str, ...]] = ("checkpoints",)
+    lazy_xattrs: tuple[str, ...] = ("checkpoints",)
     declared_options: ClassVar[tuple[opt.Option, ...]] = (
         opt.Option("latency", opt.seconds, 0.0, "every call waits this long first"),
         opt.Option("events", opt.choice("push", "poll"), "push", "push events or polling"),
@@ -436,7 +436,7 @@ class MemoryDriver(Driver):
         finally:
             self.store.listeners.remove(listener)
 
-    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The whole file in 1 MiB chunks (the contract's streamed read, for tests of the
         stream fetcher)."""
         await self._enter("read")

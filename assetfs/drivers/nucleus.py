@@ -21,6 +21,7 @@ reaches the library only through its storage auth callback, never argv or a log 
 
 from __future__ import annotations
 
+import builtins
 import calendar
 import collections
 import datetime as dt
@@ -40,6 +41,7 @@ import trio
 
 from .. import errors
 from .. import options as opt
+from ..bridge import Handoff, call_soon
 from .base import (
     Capabilities,
     ChangeEvent,
@@ -227,7 +229,7 @@ class NucleusDriver(Driver):
     capabilities = Capabilities(
         writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
-    lazy_xattrs = ("acl", "checkpoints")
+    lazy_xattrs: tuple[str, ...] = ("acl", "checkpoints")
     declared_options: ClassVar[tuple[opt.Option, ...]] = (
         opt.Option("discovery", opt.text, "",
                    "Storage API discovery URL (http://HOST:PORT) serving this URL's host"),
@@ -267,8 +269,8 @@ class NucleusDriver(Driver):
         """The connection was lost: ask the library to reconnect before subscribing."""
         self._encoded = self._local_root is None
         """Listed names come percent-encoded (see :func:`child_name`)."""
-        self._discovery = self.options.get("discovery") or None
-        self._token_file = self.options.get("token_file") or None
+        self._discovery: str | None = str(self.options.get("discovery") or "") or None
+        self._token_file: str | None = str(self.options.get("token_file") or "") or None
         self._starting: set[str] = set()
         """Folders watched at the start of :meth:`run_events` whose first listing has not
         arrived yet."""
@@ -406,16 +408,10 @@ class NucleusDriver(Driver):
         """Start a ``*_with_callback`` request (in a worker thread) and wait for its
         callback's arguments; ``keep`` gets the request object (a registration lives as long
         as it). Cancellation (a deadline) stops the library's request."""
-        done = trio.Event()
-        box: list[tuple[Any, ...]] = []
-        token = trio.lowlevel.current_trio_token()
+        answer: Handoff[tuple[Any, ...]] = Handoff()
 
         def callback(*result: Any) -> None:
-            def deliver() -> None:
-                box.append(result)
-                done.set()
-
-            token.run_sync_soon(deliver)
+            answer.set_result(result)
 
         # started from a worker thread: the library may take a lock another of its requests
         # holds (a stat waited 0.35 s behind a 256 MiB copy on the file: provider:
@@ -424,13 +420,13 @@ class NucleusDriver(Driver):
         if keep is not None:
             keep.append(request)
         try:
-            await done.wait()
+            result = await answer.wait()
         except BaseException:
             _reaper.release(request, stop=True)
             raise
         _reaper.release(request)
         del request
-        return box[0]
+        return result
 
     async def stat(self, path: str) -> Entry:
         url = self.url_of(path)
@@ -540,9 +536,9 @@ class NucleusDriver(Driver):
         def on_list(result: Any, items: Any) -> None:
             # Events start after this list (docs/backends/nucleus.md): what changed since the
             # mount listed the folder is only here.
-            token.run_sync_soon(self._went_live, folder)
+            call_soon(token, self._went_live, folder)
             if result == oc.Result.ERROR_CONNECTION:
-                token.run_sync_soon(self._connection_lost, folder)
+                call_soon(token, self._connection_lost, folder)
                 return
             if result != oc.Result.OK:
                 return
@@ -553,13 +549,13 @@ class NucleusDriver(Driver):
             if result == oc.Result.ERROR_ACCESS_LOST:
                 # the folder itself went away (observed on file: when the watched folder
                 # is deleted): this subscription is dead
-                token.run_sync_soon(self._ended, folder, this, result)
+                call_soon(token, self._ended, folder, this, result)
                 return
             if result == oc.Result.ERROR_CONNECTION:
                 # the Storage API provider's subscription "permanently failed" (the server
                 # went away): no connection status callback comes, and no more events
                 # (docs/backends/nucleus.md)
-                token.run_sync_soon(self._connection_lost, folder)
+                call_soon(token, self._connection_lost, folder)
                 return
             if result != oc.Result.OK:
                 return
@@ -581,7 +577,7 @@ class NucleusDriver(Driver):
         self._inbox.append((folder, change))
         if not self._draining:
             self._draining = True
-            token.run_sync_soon(self._deliver)
+            call_soon(token, self._deliver)
 
     def _deliver(self) -> None:
         """Move the events the callback thread queued into the sink (on the trio thread)."""
@@ -620,7 +616,7 @@ class NucleusDriver(Driver):
         if self._disconnected is not None:
             self._disconnected.set()
 
-    def _ended(self, folder: str, this: list[Any], result: Any) -> None:
+    def _ended(self, folder: str, this: builtins.list[Any], result: Any) -> None:
         """The subscription ``this`` (a one-element list) of ``folder`` ended. A folder
         deleted and made again may already have a new subscription, which the old one's
         late end must not drop (seen under load: files made in the new folder went unseen)."""
@@ -641,7 +637,7 @@ class NucleusDriver(Driver):
         self._subscriptions.pop(folder, None)
 
     @property
-    def watched(self) -> list[str]:
+    def watched(self) -> builtins.list[str]:
         return list(self._subscriptions)
 
     async def run_events(self, sink: EventSink) -> None:
@@ -668,7 +664,7 @@ class NucleusDriver(Driver):
         def on_status(url: str, status: Any) -> None:
             if status in (oc.ConnectionStatus.DISCONNECTED, oc.ConnectionStatus.CONNECT_ERROR):
                 log.warning("omni.client: connection to %s: %s", url, status.name)
-                token.run_sync_soon(disconnected.set)
+                call_soon(token, disconnected.set)
 
         registration = _Held(oc.register_connection_status_callback(on_status))
         self._starting = set(self._folders)

@@ -115,22 +115,22 @@ class Invalidator:
         parent_inode = self.inodes.get(parent)
         inode = self.inodes.get(path)
         replaced = (
-            isinstance(cached, type(event.entry))
+            isinstance(cached, Entry)
             and event.entry is not None
             and cached.kind is not event.entry.kind
         )
         gone = event.kind is ChangeKind.DELETED or replaced
-        item = self.cache.items.get(path)
-        if item is not None and not item.dirty and not item.writers and (
+        item = self.cache.item(path)
+        if item is not None and not item.shadows and (
             event.entry is None or event.entry.version != item.base_version
         ):
             # A reader holding the file open must see the new content to its new end, not
             # the size it had at open: rebase the item when it holds no copy.
-            keep = not gone and item.handles and event.entry is not None
-            if not (keep and self.cache.rebase(item, event.entry)):
+            keep = not gone and item.handles
+            if not (keep and event.entry is not None and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
         bound = inode is not None and self.passthrough.bound_item(inode)
-        if not gone and bound and bound is not self.cache.items.get(path):
+        if not gone and bound and bound is not self.cache.item(path):
             # The inode's open files read the old content through the kernel (passthrough),
             # which binds the inode to that cache file: the path gets a new inode, and new
             # opens the new content, as after a save by rename.
@@ -182,8 +182,7 @@ class Invalidator:
             if before is MISSING and known is not None:
                 before = known.get(name)
             after = now.get(name)
-            item = self.cache.items.get(path)
-            if before is MISSING or before == after or (item and (item.dirty or item.writers)):
+            if before is MISSING or before == after or self.cache.shadowing(path):
                 continue
             assert before is None or isinstance(before, Entry)
             differs = True
@@ -213,9 +212,9 @@ class Invalidator:
         def under(path: str) -> bool:
             return path == root or path.startswith(prefix)
 
-        for path, item in list(self.cache.items.items()):
-            if under(path) and not item.dirty and not item.writers:
-                self.cache.drop(path)
+        for item in self.cache.under(root):
+            if not item.shadows:
+                self.cache.drop(item.path)
         notes = []
         for path in self.inodes.known_paths():
             inode = self.inodes.get(path)

@@ -89,8 +89,8 @@ class Namespace:
         """The entry the kernel sees at ``path`` (local size/mtime for files being written),
         or None."""
         remote = await self.remote(path)
-        item = self.cache.items.get(path)
-        if item is not None and (item.dirty or item.writers):
+        item = self.cache.shadowing(path)
+        if item is not None:
             return item.entry(remote, split(path)[1])
         return None if remote is None else self.mtimes.apply(path, remote)
 
@@ -113,20 +113,19 @@ class Namespace:
         listing = self.metadata.listing(folder)
         if listing is None:
             try:
-                listing = await self._filled(
+                filled: dict[str, Entry] = await self._filled(
                     folder,
                     lambda: self.store.list(folder),
                     lambda entries: self.metadata.put_listing(folder, entries),
                     lambda: MISSING if (left := self.metadata.listing(folder)) is None else left,
                     lambda entries: {e.name: e for e in entries},
                 )
+                listing = filled
             except errors.Unavailable:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
         merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
-        for path, item in self.cache.items.items():
-            parent, name = split(path)
-            if parent == folder and path != "/" and (item.dirty or item.writers):
-                merged[name] = item.entry(listing.get(name), name)
+        for name, item in self.cache.shadowing_children(folder):
+            merged[name] = item.entry(listing.get(name), name)
         return merged

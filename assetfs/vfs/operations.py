@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,7 +23,8 @@ import pyfuse3
 import trio
 
 from .. import errors
-from ..cache.blocks import BlockCache, CacheItem
+from ..cache.blocks import BlockCache
+from ..cache.item import CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
 from ..loopwatch import OPERATION
@@ -41,7 +42,7 @@ BLKSIZE = 1 << 20
 """st_blksize: cp and friends size their buffers from it; 1 MiB requests suit FUSE."""
 
 
-def _errno(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Translate project exceptions and local OS errors into ``pyfuse3.FUSEError``."""
 
     name = handler.__name__
@@ -236,13 +237,13 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         try:
-            path = self._path(inode)
-        except errors.NotFound:  # unlinked or replaced while open: fstat still works
+            return self.attributes(inode, await self.ns.entry(self._path(inode)))
+        except errors.NotFound:
+            # unlinked, replaced, or deleted on the store while open: fstat still works
             item = next((h.item for h in self._handles.values() if h.inode == inode), None)
             if item is None:
                 raise
             return self.attributes(inode, item.entry(None, split(item.path)[1]))
-        return self.attributes(inode, await self.ns.entry(path))
 
     @_errno
     async def setattr(
@@ -260,22 +261,25 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if entry.is_dir:
                 raise errors.IsADirectory()
+            self.remote.check_write(path)
             handle = self._handles.get(fh) if fh is not None else None
             item = handle.item if handle else self.cache.get(path, entry)
             await self.cache.truncate(item, attr.st_size)
             if not item.writers:
                 self.writeback.schedule(item)
         if fields.update_mtime and not entry.is_dir:
-            item = self.cache.items.get(path)
-            if item is not None and (item.dirty or item.writers):
-                self.cache.set_mtime(item, attr.st_mtime_ns)
+            shadow = self.cache.shadowing(path)
+            if shadow is not None:
+                self.cache.set_mtime(shadow, attr.st_mtime_ns)
             elif (remote := await self.ns.remote(path)) is not None:
                 self.ns.mtimes.keep(path, remote.version, attr.st_mtime_ns)
         # chmod/chown/atime: the stores keep no POSIX owners or modes; accepted and ignored
         # so that cp -p and rsync -a work (as rclone mount and gcsfuse do).
         return self.attributes(inode, await self.ns.entry(path))
 
-    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    # pyfuse3 calls forget from its C callback without awaiting (handlers.pxi), so a plain
+    # function runs at once, before the next request; its stub declares a coroutine.
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
         for inode, count in inode_list:
             path = self.inodes.forget(inode, count)
             if path is not None:
@@ -364,7 +368,7 @@ class Operations(pyfuse3.Operations):
         entry = await self.ns.entry(path)
         if entry.is_dir:
             raise errors.IsADirectory()
-        item = self.cache.items.get(path)
+        item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
             if await self.ns.remote(path) is not None:
                 with contextlib.suppress(errors.NotFound):
@@ -408,8 +412,7 @@ class Operations(pyfuse3.Operations):
                 if await self.ns.listing(new):
                     raise errors.DirectoryNotEmpty()
                 await self.remote.remove(new, Kind.DIR)
-        moving = [i for p, i in self.cache.items.items()
-                  if any((p + "/").startswith(top + "/") for top in (old, new))]
+        moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
             on_store = await self.ns.remote(old) is not None
             if on_store:
@@ -425,8 +428,8 @@ class Operations(pyfuse3.Operations):
             self.metadata.forget_listing(split(path)[0])
         self.metadata.put(old, None)
         self.inodes.move(old, new)
-        for item in self.cache.items.values():
-            if item.dirty and not item.writers and (item.path + "/").startswith(new + "/"):
+        for item in self.cache.under(new):
+            if item.dirty and not item.writers:
                 self.writeback.schedule(item)
 
     # --- files ----------------------------------------------------------------------
@@ -457,7 +460,7 @@ class Operations(pyfuse3.Operations):
         if mode is IOMode.PASSTHROUGH:
             if writable:  # the page cache of earlier cached opens is stale from now on
                 self.kernel_version.pop(inode, None)
-            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)  # type: ignore[call-arg]
+            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)
         info = pyfuse3.FileInfo(fh=fh)
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
@@ -473,6 +476,7 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable or flags & os.O_TRUNC:
             self._writable()
+            self.remote.check_write(path)
         # an inode open in passthrough mode is bound to its cache file (vfs/passthrough.py)
         item = self.passthrough.bound_item(inode) or self.cache.get(path, entry)
         if flags & os.O_TRUNC and writable:
@@ -490,6 +494,7 @@ class Operations(pyfuse3.Operations):
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
         self.remote.check_create(path, Kind.FILE)
+        self.remote.check_write(path)
         item = await self.cache.new_file(path)
         if self.passthrough.bound_item(self.inodes.get(path) or 0) is not None:
             self.inodes.detach(path)  # that inode's open files keep the old content
@@ -609,8 +614,11 @@ class Operations(pyfuse3.Operations):
             except ValueError:
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
-        await self.remote.control(self._path(inode), action, value)
-        self.metadata.forget(self._path(inode), children=False)
+        path = self._path(inode)
+        await self.writeback.settle(path)  # the action sees what was written there
+        await self.remote.control(path, action, value)
+        if path != "/":  # the root always exists: lookups below it must not need a stat
+            self.metadata.forget(path, children=False)
 
     @_errno
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

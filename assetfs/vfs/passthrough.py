@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from ..cache.blocks import CacheItem
+from ..cache.item import CacheItem
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Passthrough:
             state = self._inodes[inode] = _InodeIO(IOMode.CACHED, item=item)
             if fd is not None and self.enabled:
                 try:
-                    state.backing_id = pyfuse3.backing_open(fd)  # type: ignore[attr-defined]
+                    state.backing_id = pyfuse3.backing_open(fd)
                 except OSError as exc:
                     log.info("kernel FUSE passthrough unavailable (%s); reads and writes go "
                              "through the daemon", exc)
@@ -104,6 +104,6 @@ class Passthrough:
             del self._inodes[inode]
             if state.backing_id and connected:
                 try:
-                    pyfuse3.backing_close(state.backing_id)  # type: ignore[attr-defined]
+                    pyfuse3.backing_close(state.backing_id)
                 except OSError as exc:
                     log.warning("cannot release backing id %d: %s", state.backing_id, exc)

@@ -30,7 +30,7 @@ the daemon is mostly per read.
 Units: sizes in bytes, times in seconds unless a name says ``_ns``.
 
 Errors: every HTTP status, vAPI error type and transport failure is translated in one place,
-:meth:`VsphereDriver._error`, into :mod:`assetfs.errors` types: 401/403 -> PermissionDenied,
+:meth:`.rest.RestClient.error`, into :mod:`assetfs.errors` types: 401/403 -> PermissionDenied,
 404 -> NotFound, ``already_exists`` -> AlreadyExists, ``invalid_argument`` -> InvalidName,
 ``resource_busy``/``not_allowed_in_current_state`` -> Locked, 502/503/504, connection and
 read failures -> Unavailable, timeouts -> TimedOut, TLS verification failures -> a plain
@@ -39,7 +39,7 @@ AssetFSError naming ``-o ca_bundle``/``-o insecure``.
 Server quirks handled here (vcsim from govmomi 0.24.2; a real vCenter may differ):
 
 - **No ranged read**: the download endpoint ignores ``Range`` and replies 200 with the whole
-  body (chunked, no Content-Length), so ``capabilities.ranged_read`` is False and content is
+  body (chunked, no Content-Length), so ``capabilities.read_mode`` is ``STREAM`` and content is
   read with :meth:`~VsphereDriver.open_stream`. :meth:`~VsphereDriver.read` still works: it
   uses a 206 reply when the server honours Range and otherwise skips to ``offset``.
 - **One global lock**: the simulator serves every ``/rest`` request, data transfers included,

@@ -1,7 +1,6 @@
 """The REST session of the vSphere driver: login (again on 401), calls with deadlines, and
 the one place where HTTP statuses, vAPI error types and transport failures become
-:mod:`assetfs.errors` types. A mixin of :class:`~.driver.VsphereDriver`, whose
-``__init__`` sets the state it uses (``base_url``, ``user``, ``timeout``, ``_client``...).
+:mod:`assetfs.errors` types (:meth:`RestClient.error`).
 """
 
 from __future__ import annotations
@@ -10,8 +9,8 @@ import logging
 import os
 import ssl
 import stat as stat_module
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import httpcore
 import httpx
@@ -30,8 +29,6 @@ CONTENT_API = "/rest/com/vmware/content"
 REBUILD_PREFIX = ".assetfs-rebuild-"
 _LOGIN = "log in"
 CHUNK = 1 << 20
-_LIST_PARALLEL = 8
-_T = TypeVar("_T")
 
 
 class LargeReadStream(httpcore.AsyncNetworkStream):
@@ -127,19 +124,72 @@ class HttpxBody:
             return b""
 
     async def error_response(self) -> httpx.Response:
-        """The reply with its body read, for :meth:`VsphereDriver._error`."""
+        """The reply with its body read, for :meth:`RestClient.error`."""
         await self._resp.aread()
         return self._resp
 
 
 class RestClient:
-    """Login, calls and error translation for :class:`~.driver.VsphereDriver`."""
+    """One REST session with a vCenter (or vcsim) at ``base_url`` (``https://HOST:PORT``).
+
+    ``user`` is the login name (a credentials file may give it); ``options`` the mount's
+    ``-o`` options (``credentials``, ``ca_bundle``, ``insecure``); ``timeout`` (seconds)
+    bounds every HTTP call; ``describe`` maps a driver path to the URL errors name.
+    Construction does no I/O: :meth:`open` logs in.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        options: Mapping[str, Any],
+        timeout: float,
+        describe: Callable[[str], str],
+    ) -> None:
+        self.base_url = base_url
+        self.user = user
+        self.timeout = timeout
+        self.describe = describe
+        self._options = options
+        self._password: str | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._session: str | None = None
+        self._login_lock = trio.Lock()
+
+    async def open(self) -> None:
+        """Read the password, make the HTTP client (once) and log in.
+
+        Raises PermissionDenied (no password, wrong credentials), BadURL (no user name),
+        Unavailable (host unreachable), AssetFSError (TLS verification)."""
+        if self._client is None:
+            self._password = self._read_password()
+            if not self.user:
+                raise errors.BadURL(
+                    f"no user name: use vsphere://USER@HOST/...: {self.describe('/')!r}"
+                )
+            self._client = self._make_client()
+        await self.login(None)
+
+    async def close(self) -> None:
+        """Log out and close connections; never raises."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            try:
+                if self._session:
+                    await client.delete(SESSION_API, headers={SESSION_HEADER: self._session})
+            except httpx.HTTPError:
+                pass
+            await client.aclose()
+        self._session = None
 
     def _read_password(self) -> str:
         """The password from ``-o credentials=PATH`` (mode 0600) or ``$ASSETFS_VSPHERE_PASSWORD``.
 
         Raises PermissionDenied when there is none or the file is readable by others."""
-        path = self.options.get("credentials")
+        path = self._options.get("credentials")
         if path:
             try:
                 info = os.stat(path)
@@ -180,12 +230,12 @@ class RestClient:
         httpcore pool built with the client's limits plus :class:`LargeReadBackend`
         (``_transport`` and ``_pool`` are private to httpx; were they renamed, the client
         would keep its own pool and only the read size would fall back to 64 KiB)."""
-        bundle = self.options.get("ca_bundle")
+        bundle = self._options.get("ca_bundle")
         try:
             context = ssl.create_default_context(cafile=bundle or None)
         except (OSError, ssl.SSLError) as exc:
             raise errors.AssetFSError(f"cannot load CA bundle {bundle}: {exc}") from exc
-        if self.options.get("insecure"):
+        if self._options.get("insecure"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx default
@@ -212,12 +262,12 @@ class RestClient:
         """The REST session id in use (tests expire it server-side)."""
         return self._session
 
-    async def _login(self, stale: str | None) -> str:
+    async def login(self, stale: str | None) -> str:
         """Log in (again, if ``stale`` is still the current session) and return the id."""
         async with self._login_lock:
             if self._session is not None and self._session != stale:
                 return self._session
-            client = self._http()
+            client = self.http()
             try:
                 resp = await client.post(
                     SESSION_API,
@@ -225,21 +275,24 @@ class RestClient:
                     headers={"vmware-use-header-authn": "true"},
                 )
             except httpx.HTTPError as exc:
-                raise self._error(exc, _LOGIN) from exc
+                raise self.error(exc, _LOGIN) from exc
             value = self._value(resp, _LOGIN)
             if not isinstance(value, str) or not value:
-                raise errors.AssetFSError("log in: the server sent no session id", url=self.url)
+                raise errors.AssetFSError(
+                    "log in: the server sent no session id", url=self.describe("/")
+                )
             if stale is not None:
                 log.info("vsphere: REST session expired; logged in again at %s", self.base_url)
             self._session = value
             return value
 
-    def _http(self) -> httpx.AsyncClient:
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client; raises Unavailable before :meth:`open` and after :meth:`close`."""
         if self._client is None:
-            raise errors.Unavailable("not connected", url=self.url)
+            raise errors.Unavailable("not connected", url=self.describe("/"))
         return self._client
 
-    def _error(
+    def error(
         self, problem: httpx.Response | Exception, what: str, path: str = "/"
     ) -> errors.AssetFSError:
         """The project's exception for a failed HTTP exchange: THE one place where this
@@ -339,16 +392,16 @@ class RestClient:
         """The ``value`` of a 2xx ``{"value": ...}`` reply (None for an empty body);
         raises the translated error for any other reply."""
         if not resp.is_success:
-            raise self._error(resp, what, path)
+            raise self.error(resp, what, path)
         if not resp.content.strip():
             return None
         try:
             body = resp.json()
         except ValueError as exc:
-            raise self._error(exc, what, path) from exc
+            raise self.error(exc, what, path) from exc
         return body.get("value") if isinstance(body, dict) else body
 
-    async def _call(
+    async def call(
         self,
         method: str,
         endpoint: str,
@@ -363,11 +416,11 @@ class RestClient:
         Returns the reply's ``value``. Every call is bounded by ``timeout``."""
         stale: str | None = None
         for _ in range(2):
-            session = self._session if stale is None else await self._login(stale)
+            session = self._session if stale is None else await self.login(stale)
             if session is None:
-                session = await self._login(None)
+                session = await self.login(None)
             try:
-                resp = await self._http().request(
+                resp = await self.http().request(
                     method,
                     endpoint,
                     json=body,
@@ -375,7 +428,7 @@ class RestClient:
                     headers={SESSION_HEADER: session},
                 )
             except httpx.HTTPError as exc:
-                raise self._error(exc, what, path) from exc
+                raise self.error(exc, what, path) from exc
             if resp.status_code == 401 and stale is None:
                 stale = session
                 continue
@@ -383,17 +436,3 @@ class RestClient:
         raise errors.PermissionDenied(
             f"{what}: refused after logging in again", url=self.describe(path)
         )
-
-    async def _gather(self, fns: list[Callable[[], Awaitable[_T]]]) -> list[_T]:
-        """Run ``fns`` at most ``_LIST_PARALLEL`` at a time; results in order."""
-        results: list[Any] = [None] * len(fns)
-        limiter = trio.CapacityLimiter(_LIST_PARALLEL)
-
-        async def one(index: int) -> None:
-            async with limiter:
-                results[index] = await fns[index]()
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(fns)):
-                nursery.start_soon(one, index)
-        return results

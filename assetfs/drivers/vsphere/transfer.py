@@ -1,7 +1,7 @@
 """Moving bytes through vSphere transfer sessions: download sessions (prepare, wait for
 PREPARED, GET, delete), update sessions (add, PUT, complete; remove in session) and, for
-vcsim whose ``remove`` deletes the session instead of the file, rebuilding an item. A mixin
-of :class:`~.driver.VsphereDriver`.
+vcsim whose ``remove`` deletes the session instead of the file, rebuilding an item (see the
+package docstring).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,14 @@ import httpx
 import trio
 
 from ... import errors
-from .rest import CHUNK, CONTENT_API, REBUILD_PREFIX, SESSION_HEADER, HttpxBody
+from ...backoff import Backoff
+from .catalog import Catalog
+from .rest import CHUNK, CONTENT_API, REBUILD_PREFIX, SESSION_HEADER, HttpxBody, RestClient
 
 log = logging.getLogger(__name__)
+
+POLL_BACKOFF = Backoff(base=0.05, cap=2.0, floor=1.0)
+"""Waits between polls of a session not PREPARED or DONE yet: 50 ms doubling to 2 s."""
 
 
 @dataclass
@@ -52,17 +57,43 @@ class _Window:
 
 
 class Transfers:
-    """Download and update sessions for :class:`~.driver.VsphereDriver`."""
+    """Download and update sessions over ``rest``; rebuilds look items up in ``catalog``.
+
+    ``prepare_timeout`` (seconds) bounds the wait for PREPARED and DONE, sessions in use are
+    kept alive every ``keepalive_interval`` seconds, ``spool_dir`` holds an item's files
+    during a rebuild, ``item_type`` is the type of a rebuilt item whose own type is unknown.
+    """
+
+    def __init__(
+        self,
+        rest: RestClient,
+        catalog: Catalog,
+        prepare_timeout: float,
+        keepalive_interval: float,
+        spool_dir: str,
+        item_type: str,
+    ) -> None:
+        self._rest = rest
+        self._catalog = catalog
+        self.prepare_timeout = prepare_timeout
+        self.keepalive_interval = keepalive_interval
+        self.spool_dir = spool_dir
+        self.item_type = item_type
+        self.remove_kills_session: bool | None = None
+        """None until known; True on vcsim, whose update-session ``remove`` deletes the
+        session instead of the file (package docstring)."""
+        self.range_honoured: bool | None = None
+        """None until a ranged GET was made; then whether the server replied 206."""
 
     async def _wait_prepared(self, sid: str, name: str, path: str) -> str:
         """Prepare ``name`` in download session ``sid``; poll until PREPARED (at most
         ``prepare_timeout`` s) and return its download URI. Raises TimedOut, AssetFSError."""
         endpoint = f"{CONTENT_API}/library/item/downloadsession/file/id:{sid}"
         deadline = time.monotonic() + self.prepare_timeout
-        delay = 0.05
         action, what = "prepare", "prepare download"
+        attempt = 0
         while True:
-            info = await self._call(
+            info = await self._rest.call(
                 "POST", endpoint, what, path, params={"~action": action}, body={"file_name": name}
             )
             info = info or {}
@@ -73,16 +104,17 @@ class Transfers:
             if status == "ERROR":
                 message = (info.get("error_message") or {}).get("default_message", "")
                 raise errors.AssetFSError(
-                    f"download of {name!r} failed to prepare: {message}", url=self.describe(path)
+                    f"download of {name!r} failed to prepare: {message}",
+                    url=self._rest.describe(path),
                 )
             if time.monotonic() > deadline:
                 raise errors.TimedOut(
                     f"download of {name!r} not PREPARED after {self.prepare_timeout:g}s "
                     f"(status {status or 'unknown'})",
-                    url=self.describe(path),
+                    url=self._rest.describe(path),
                 )
-            await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await trio.sleep(POLL_BACKOFF.delay(attempt))
+            attempt += 1
             action, what = "get", "download status"
 
     async def _end_session(self, kind: str, sid: str, path: str) -> None:
@@ -91,7 +123,7 @@ class Transfers:
         with trio.move_on_after(5) as scope:
             scope.shield = True
             try:
-                await self._call(
+                await self._rest.call(
                     "DELETE",
                     f"{CONTENT_API}/library/item/{kind}-session/id:{sid}",
                     f"delete {kind} session",
@@ -105,9 +137,9 @@ class Transfers:
     async def _keep_alive(self, kind: str, sid: str, path: str) -> None:
         """Extend a transfer session. Short deadline and errors ignored: on vcsim the
         call waits for the global lock held by the transfer itself."""
-        with trio.move_on_after(min(5.0, self.timeout)):
+        with trio.move_on_after(min(5.0, self._rest.timeout)):
             try:
-                await self._call(
+                await self._rest.call(
                     "POST",
                     f"{CONTENT_API}/library/item/{kind}-session/id:{sid}",
                     f"keep {kind} session alive",
@@ -120,10 +152,10 @@ class Transfers:
     @contextlib.asynccontextmanager
     async def _open_get(self, uri: str, headers: Mapping[str, str]) -> AsyncIterator[HttpxBody]:
         """A GET of a transfer endpoint, as a body read piece by piece."""
-        async with self._http().stream("GET", uri, headers=headers) as resp:
+        async with self._rest.http().stream("GET", uri, headers=headers) as resp:
             yield HttpxBody(resp)
 
-    async def _download(
+    async def download(
         self,
         item_id: str,
         name: str,
@@ -131,12 +163,12 @@ class Transfers:
         expected: int | None,
         offset: int = 0,
         length: int | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes ``[offset, offset+length)`` of file ``name`` of item ``item_id`` (all when
         ``length`` is None) through a download session: create, prepare, wait PREPARED, GET,
         delete. Ranged when the server honours Range, else by skipping (vcsim).
         Raises Unavailable when the body is cut short of ``expected`` bytes."""
-        sid = await self._call(
+        sid = await self._rest.call(
             "POST",
             f"{CONTENT_API}/library/item/download-session",
             "create download session",
@@ -152,7 +184,7 @@ class Transfers:
                 headers["Range"] = f"bytes={offset}-{end}"
             stale: str | None = None
             for _ in range(2):
-                session = await self._login(stale) if stale else self._session or ""
+                session = await self._rest.login(stale) if stale else self._rest.session_id or ""
                 headers[SESSION_HEADER] = session
                 try:
                     async with self._open_get(uri, headers) as resp:
@@ -161,7 +193,7 @@ class Transfers:
                             continue
                         if not 200 <= resp.status < 300:
                             reply = await resp.error_response()
-                            raise self._error(reply, f"download {name!r}", path)
+                            raise self._rest.error(reply, f"download {name!r}", path)
                         skip = 0
                         if ranged:
                             self.range_honoured = resp.status == 206
@@ -194,19 +226,16 @@ class Transfers:
                         if not ranged and expected is not None and received != expected:
                             raise errors.Unavailable(
                                 f"download of {name!r} ended at byte {received} of {expected}",
-                                url=self.describe(path),
+                                url=self._rest.describe(path),
                             )
                         return
                 except httpx.HTTPError as exc:
-                    raise self._error(exc, f"download {name!r}", path) from exc
+                    raise self._rest.error(exc, f"download {name!r}", path) from exc
             raise errors.PermissionDenied(
-                f"download {name!r}: refused after logging in again", url=self.describe(path)
+                f"download {name!r}: refused after logging in again", url=self._rest.describe(path)
             )
         finally:
             await self._end_session("download", str(sid), path)
-
-    def _lock(self, key: str) -> trio.Lock:
-        return self._item_locks.setdefault(key, trio.Lock())
 
     async def _file_chunks(self, source: str, size: int) -> AsyncIterator[bytes]:
         async with await trio.open_file(source, "rb") as stream:
@@ -222,9 +251,9 @@ class Transfers:
         """PUT ``size`` bytes of local file ``source`` to an upload endpoint."""
         stale: str | None = None
         for _ in range(2):
-            session = await self._login(stale) if stale else self._session or ""
+            session = await self._rest.login(stale) if stale else self._rest.session_id or ""
             try:
-                resp = await self._http().put(
+                resp = await self._rest.http().put(
                     uri,
                     content=self._file_chunks(source, size),
                     headers={
@@ -234,19 +263,20 @@ class Transfers:
                     },
                 )
             except httpx.HTTPError as exc:
-                raise self._error(exc, f"upload {name!r}", path) from exc
+                raise self._rest.error(exc, f"upload {name!r}", path) from exc
             if resp.status_code == 401 and stale is None:
                 stale = session
                 continue
             if not resp.is_success:
-                raise self._error(resp, f"upload {name!r}", path)
+                raise self._rest.error(resp, f"upload {name!r}", path)
             return
         raise errors.PermissionDenied(
-            f"upload {name!r}: refused after logging in again", url=self.describe(path)
+            f"upload {name!r}: refused after logging in again", url=self._rest.describe(path)
         )
 
-    async def _open_update(self, item_id: str, path: str) -> str:
-        sid = await self._call(
+    async def open_update(self, item_id: str, path: str) -> str:
+        """Create an update session on item ``item_id``; return its id."""
+        sid = await self._rest.call(
             "POST",
             f"{CONTENT_API}/library/item/update-session",
             "create update session",
@@ -255,10 +285,10 @@ class Transfers:
         )
         return str(sid)
 
-    async def _add_file(self, sid: str, name: str, source: str, size: int, path: str) -> None:
+    async def add_file(self, sid: str, name: str, source: str, size: int, path: str) -> None:
         """Add a PUSH file to update session ``sid`` and upload ``source`` to it."""
         info = (
-            await self._call(
+            await self._rest.call(
                 "POST",
                 f"{CONTENT_API}/library/item/updatesession/file/id:{sid}",
                 "add file",
@@ -271,11 +301,11 @@ class Transfers:
         uri = (info.get("upload_endpoint") or {}).get("uri")
         if not uri:
             raise errors.AssetFSError(
-                f"add {name!r}: the server gave no upload endpoint", url=self.describe(path)
+                f"add {name!r}: the server gave no upload endpoint", url=self._rest.describe(path)
             )
         await self._put(str(uri), source, size, name, path)
 
-    async def _complete(self, sid: str, path: str) -> None:
+    async def complete(self, sid: str, path: str) -> None:
         """Complete update session ``sid``, wait (``prepare_timeout``) until DONE, delete it.
 
         Raises AssetFSError with the server's message when the session ends in ERROR."""
@@ -284,14 +314,14 @@ class Transfers:
         # complete call is shielded (bounded by the call timeout); callers never cancel a
         # session after this point.
         with trio.CancelScope(shield=True):
-            await self._call(
+            await self._rest.call(
                 "POST", endpoint, "complete upload", path, params={"~action": "complete"}
             )
         deadline = time.monotonic() + self.prepare_timeout
-        delay = 0.05
+        attempt = 0
         while True:
             try:
-                info = await self._call("GET", endpoint, "upload status", path) or {}
+                info = await self._rest.call("GET", endpoint, "upload status", path) or {}
             except errors.NotFound:
                 return  # finished sessions may be removed at once
             state = str(info.get("state") or "")
@@ -301,21 +331,22 @@ class Transfers:
             if state in ("ERROR", "CANCELED"):
                 message = (info.get("error_message") or {}).get("default_message", "")
                 raise errors.AssetFSError(
-                    f"upload {state.lower()}: {message}", url=self.describe(path)
+                    f"upload {state.lower()}: {message}", url=self._rest.describe(path)
                 )
             if time.monotonic() > deadline:
                 raise errors.TimedOut(
-                    f"upload not DONE after {self.prepare_timeout:g}s", url=self.describe(path)
+                    f"upload not DONE after {self.prepare_timeout:g}s",
+                    url=self._rest.describe(path),
                 )
-            await trio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await trio.sleep(POLL_BACKOFF.delay(attempt))
+            attempt += 1
 
-    async def _abort(self, sid: str, path: str) -> None:
+    async def abort(self, sid: str, path: str) -> None:
         """Cancel and delete an update session (best effort, shielded, 5 s)."""
         with trio.move_on_after(5) as scope:
             scope.shield = True
             with contextlib.suppress(errors.AssetFSError):
-                await self._call(
+                await self._rest.call(
                     "POST",
                     f"{CONTENT_API}/library/item/update-session/id:{sid}",
                     "cancel upload",
@@ -324,10 +355,10 @@ class Transfers:
                 )
         await self._end_session("update", sid, path)
 
-    async def _remove_in_session(self, sid: str, name: str, path: str) -> bool:
+    async def remove_in_session(self, sid: str, name: str, path: str) -> bool:
         """Remove file ``name`` within update session ``sid``. False when the server
         dropped the session instead (vcsim): nothing changed and ``sid`` is gone."""
-        await self._call(
+        await self._rest.call(
             "POST",
             f"{CONTENT_API}/library/item/updatesession/file/id:{sid}",
             "remove file",
@@ -336,7 +367,7 @@ class Transfers:
             body={"file_name": name},
         )
         try:
-            await self._call(
+            await self._rest.call(
                 "GET", f"{CONTENT_API}/library/item/update-session/id:{sid}", "upload status", path
             )
         except errors.NotFound:
@@ -350,18 +381,7 @@ class Transfers:
         self.remove_kills_session = False
         return True
 
-    async def _create_item(
-        self, library_id: str, name: str, item_type: str, description: str, path: str
-    ) -> str:
-        spec: dict[str, Any] = {"library_id": library_id, "name": name, "type": item_type}
-        if description:
-            spec["description"] = description
-        iid = await self._call(
-            "POST", f"{CONTENT_API}/library/item", "create item", path, body={"create_spec": spec}
-        )
-        return str(iid)
-
-    async def _rebuild(
+    async def rebuild(
         self,
         library: dict[str, Any],
         item: dict[str, Any],
@@ -370,15 +390,15 @@ class Transfers:
         add: tuple[str, str, int] | None,
     ) -> None:
         """Replace ``item`` by a copy without file ``drop`` and with ``add`` (name, local
-        source, size): the vcsim fallback for removing a file (module docstring).
+        source, size): the vcsim fallback for removing a file (package docstring).
 
         The old item is deleted only once the copy is complete; if renaming the copy then
         fails, the error names it."""
         lid, old_id, name = str(library["id"]), str(item["id"]), str(item["name"])
-        files = await self._files(item, path)
+        files = await self._catalog.files(item, path)
         keep = [f for f in files.values() if f.name != drop and (add is None or f.name != add[0])]
         temp = f"{REBUILD_PREFIX}{secrets.token_hex(4)}-{name}"[:200]
-        new_id = await self._create_item(
+        new_id = await self._catalog.create_item(
             lid,
             temp,
             str(item.get("type") or self.item_type),
@@ -390,10 +410,10 @@ class Transfers:
                 uploads: list[tuple[str, str, int]] = []
                 for index, file in enumerate(keep):
                     spool = os.path.join(d, str(index))
-                    stream = self._download(old_id, file.name, path, file.size)
+                    stream = self.download(old_id, file.name, path, file.size)
                     async with (
                         await trio.open_file(spool, "wb") as out,
-                        contextlib.aclosing(stream) as chunks,  # type: ignore[type-var]
+                        contextlib.aclosing(stream) as chunks,
                     ):
                         async for chunk in chunks:
                             await out.write(chunk)
@@ -401,30 +421,30 @@ class Transfers:
                 if add is not None:
                     uploads.append(add)
                 if uploads:
-                    sid = await self._open_update(new_id, path)
+                    sid = await self.open_update(new_id, path)
                     try:
                         for file_name, source, size in uploads:
-                            await self._add_file(sid, file_name, source, size, path)
+                            await self.add_file(sid, file_name, source, size, path)
                     except BaseException:
-                        await self._abort(sid, path)
+                        await self.abort(sid, path)
                         raise
-                    await self._complete(sid, path)
-            await self._call(
+                    await self.complete(sid, path)
+            await self._rest.call(
                 "DELETE", f"{CONTENT_API}/library/item/id:{old_id}", "delete item", path
             )
         except BaseException:
             with trio.move_on_after(5) as scope:
                 scope.shield = True
                 try:
-                    await self._call(
+                    await self._rest.call(
                         "DELETE", f"{CONTENT_API}/library/item/id:{new_id}", "delete item", path
                     )
                 except errors.AssetFSError as exc:
                     log.warning("vsphere: could not delete scratch item %s: %s", temp, exc)
             raise
-        self._item_ids.pop((lid, name), None)
+        self._catalog.forget_item(lid, name)
         try:
-            await self._call(
+            await self._rest.call(
                 "PATCH",
                 f"{CONTENT_API}/library/item/id:{new_id}",
                 "rename item",
@@ -434,6 +454,6 @@ class Transfers:
         except errors.AssetFSError as exc:
             raise errors.AssetFSError(
                 f"item {name!r} was rebuilt as {temp!r} but renaming it back failed: {exc}",
-                url=self.describe(path),
+                url=self._rest.describe(path),
             ) from exc
-        self._item_ids[(lid, name)] = new_id
+        self._catalog.remember_item(lid, name, new_id)
