@@ -1,6 +1,7 @@
 """The driver contract (assetfs/drivers/base.py, docs/drivers.md), checked at the driver level
 against every driver with a test peer: memory://, Nucleus on omni.client's ``file:``
-provider, OMERO.fs on the real servers, vSphere on vcsim (test ids carry the driver's name).
+provider and on ``omniverse://`` through the Storage API peer, OMERO.fs on the real
+servers, vSphere on vcsim (test ids carry the driver's name).
 
 What a store cannot do is declared once per driver in its :class:`Target` (read-only, no
 folders inside the scratch folder, no rename of files); the suite then checks that the
@@ -114,6 +115,27 @@ async def nucleus_target(tmp_path: Path) -> AsyncIterator[Target]:
 
 
 @contextlib.asynccontextmanager
+async def omniverse_target(tmp_path: Path) -> AsyncIterator[Target]:
+    from nucleus_fixtures import free_port, nucleus_peer
+
+    from assetfs.drivers.nucleus import NucleusDriver
+
+    store = tmp_path / "store"
+    (store / "scratch").mkdir(parents=True)
+    with nucleus_peer(store, tmp_path / "peer") as peer:
+        driver = NucleusDriver(peer.url, {"discovery": peer.discovery})
+        await driver.connect()
+        put, delete = local_changes(store)
+        nobody = f"http://127.0.0.1:{free_port()}"
+        try:
+            yield Target(driver, "/scratch", put, delete, writable=True, folders=True,
+                         rename_files=True, event_latency=2.0,
+                         broken=lambda: NucleusDriver(peer.url, {"discovery": nobody}))
+        finally:
+            await driver.close()
+
+
+@contextlib.asynccontextmanager
 async def omerofs_target(tmp_path: Path) -> AsyncIterator[Target]:
     from omerofs_peer import free_port_pair, omerofs_servers
 
@@ -167,13 +189,15 @@ async def vsphere_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             await driver.close()
 
 
-@pytest.fixture(params=["memory", "nucleus", pytest.param("omerofs", marks=pytest.mark.omero),
+@pytest.fixture(params=["memory", "nucleus", "omniverse",
+                        pytest.param("omerofs", marks=pytest.mark.omero),
                         pytest.param("vsphere", marks=pytest.mark.vsphere)])
 async def target(request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
     make = {
         "memory": lambda: memory_target(tmp_path),
         "nucleus": lambda: nucleus_target(tmp_path),
+        "omniverse": lambda: omniverse_target(tmp_path),
         "omerofs": lambda: omerofs_target(tmp_path),
         "vsphere": lambda: vsphere_target(tmp_path, monkeypatch),
     }[request.param]

@@ -1,5 +1,7 @@
-"""The core daemon with the Nucleus driver on omni.client's file: provider, used
-through a real FUSE mount by ordinary tools."""
+"""The core daemon with the Nucleus driver, used through a real FUSE mount by ordinary tools:
+on omni.client's file: provider and on omniverse:// through the Storage API peer
+(tests/peers/nucleus_peer.py), which serves the same folder (test ids end in [file] or
+[omniverse])."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from mounting import Mount, is_mounted, mounted
+from nucleus_fixtures import nucleus_peer
 
 NAMES = ["plain.txt", "with space.usd", "ünïcödé ✓.mdl", "hash#percent%q.txt", "empty"]
 
@@ -57,10 +61,30 @@ def store(tmp_path: Path) -> Path:
     return root
 
 
+@dataclass
+class Served:
+    """How ``store`` is mounted: its URL and the options that reach it."""
+
+    provider: str
+    url: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(params=["file", "omniverse"])
+def served(request: pytest.FixtureRequest, store: Path, tmp_path: Path) -> Iterator[Served]:
+    """``store`` through omni.client's file: provider, or served by the Storage API peer."""
+    if request.param == "file":
+        yield Served("file", f"file://{store}")
+        return
+    with nucleus_peer(store, tmp_path / "peer") as peer:
+        yield Served("omniverse", peer.url, {"discovery": peer.discovery})
+
+
 @pytest.fixture
-def mount(store: Path, tmp_path: Path) -> Iterator[Mount]:
-    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": "0.2", "timeout": "10"}
-    with mounted(f"file://{store}", tmp_path / "mnt", options) as running:
+def mount(served: Served, tmp_path: Path) -> Iterator[Mount]:
+    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": "0.2", "timeout": "10",
+               **served.options}
+    with mounted(served.url, tmp_path / "mnt", options) as running:
         yield running
 
 
@@ -256,16 +280,24 @@ def test_permission_denied_for_other_users(store: Path, tmp_path: Path) -> None:
     assert result.stdout.split("\n")[:2] == ["#usda 1.0", f"[{errno.EACCES}, {errno.EACCES}]"]
 
 
-def test_store_metadata_and_unsupported_actions(mount: Mount) -> None:
+def test_store_metadata_and_unsupported_actions(mount: Mount, served: Served) -> None:
+    """The file: provider has no checkpoints, locks or ACLs; the Storage API peer has
+    checkpoints (its versioning service) and neither locks nor ACLs."""
     target = mount.path / "Scenes/with space.usd"
     assert os.getxattr(target, "user.assetfs.version").decode() != ""
     assert "user.assetfs.version" in os.listxattr(target)
     expect(errno.ENODATA, os.getxattr, target, "user.assetfs.nope")
-    for action in ("checkpoint", "lock", "unlock"):
+    checkpoints = served.provider == "omniverse"
+    for action in ("lock", "unlock", *(() if checkpoints else ("checkpoint",))):
         expect(errno.EOPNOTSUPP, os.setxattr, target, f"user.assetfs.{action}", b"note")
-    for nucleus_only in ("acl", "checkpoints"):  # the file: provider has neither
-        expect(errno.EOPNOTSUPP, os.getxattr, target, f"user.assetfs.{nucleus_only}")
-        assert f"user.assetfs.{nucleus_only}" not in os.listxattr(target)
+    expect(errno.EOPNOTSUPP, os.getxattr, target, "user.assetfs.acl")
+    if checkpoints:
+        os.setxattr(target, "user.assetfs.checkpoint", b"note")
+        assert os.getxattr(target, "user.assetfs.checkpoints").decode().count("\n") == 1
+    else:
+        for nucleus_only in ("acl", "checkpoints"):
+            expect(errno.EOPNOTSUPP, os.getxattr, target, f"user.assetfs.{nucleus_only}")
+            assert f"user.assetfs.{nucleus_only}" not in os.listxattr(target)
 
 
 def test_fsync_reports_upload_errors(mount: Mount, store: Path) -> None:
@@ -408,7 +440,8 @@ def test_fstab_mount_helper(store: Path, tmp_path: Path) -> None:
     wait_for(lambda: not is_mounted(mnt))
 
 
-def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, tmp_path: Path) -> None:
+def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, served: Served,
+                                      tmp_path: Path) -> None:
     """The store sets its own mtime on upload; what touch -d / rsync -a set is shown, so a
     second rsync -a transfers nothing; it survives a remount, until the store changes."""
     source = tmp_path / "local"
@@ -426,8 +459,8 @@ def test_mtimes_set_by_tools_are_kept(mount: Mount, store: Path, tmp_path: Path)
     assert clean.stat().st_mtime_ns == 1_600_000_000_000_000_000
     subprocess.run(["fusermount3", "-u", str(mount.path)], check=True)
     mount.proc.wait(timeout=30)
-    options = {"cache_dir": str(tmp_path / "cache")}
-    with mounted(f"file://{store}", tmp_path / "again", options) as again:  # kept on disk
+    options = {"cache_dir": str(tmp_path / "cache"), **served.options}
+    with mounted(served.url, tmp_path / "again", options) as again:  # kept on disk
         assert (again.path / "Scenes/plain.txt").stat().st_mtime_ns == 1_600_000_000_000_000_000
         assert (again.path / "synced/Textures/big.exr").stat().st_mtime_ns // 1000 == \
             (source / "Textures/big.exr").stat().st_mtime_ns // 1000

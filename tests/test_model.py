@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from modelfs import LIST_PATHS, PATHS, Op, clear, tree
 from mounting import Mount, mounted
+from nucleus_fixtures import nucleus_peer
 
 STEPS = 40
 """Operations per example."""
@@ -145,6 +146,17 @@ def file_mount(store: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
 
 
 @contextlib.contextmanager
+def omniverse_mount(store: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
+    """omniverse:// through the Storage API peer serving ``store`` (its events come from
+    inotify on that folder, tests/peers/nucleus_peer.py)."""
+    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": delay, "timeout": "10"}
+    with nucleus_peer(store, tmp_path / "peer") as peer:
+        options["discovery"] = peer.discovery
+        with mounted(peer.url, tmp_path / "mnt", options) as running:
+            yield running
+
+
+@contextlib.contextmanager
 def memory_mount(dump: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
     """memory:// with latency on every call and every event delivered late (the store is
     written to ``dump`` when the daemon exits)."""
@@ -174,6 +186,18 @@ def test_file_mount_behaves_as_a_local_folder(
     """omni.client's file: provider (events on), write-back at once and delayed; the store
     equals the model once unmounted."""
     with file_mount(store, tmp_path, delay) as mount:
+        run_model(mount, model)
+    assert tree(store) == tree(model)
+
+
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("delay", ["0", "0.3"])
+def test_omniverse_mount_behaves_as_a_local_folder(
+    delay: str, store: Path, model: Path, tmp_path: Path
+) -> None:
+    """omniverse:// against the Storage API peer, write-back at once and delayed; the
+    store equals the model once unmounted."""
+    with omniverse_mount(store, tmp_path, delay) as mount:
         run_model(mount, model)
     assert tree(store) == tree(model)
 

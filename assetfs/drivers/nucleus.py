@@ -12,6 +12,11 @@ Quirks handled here (observed on omni.client 2.75.1):
 - ``delete`` of a folder is recursive, so :meth:`remove` checks emptiness first;
 - the ``file:`` provider gives no version or hash, so the version falls back to size+mtime;
 - checkpoints, locks and ACLs give ``ERROR_NOT_SUPPORTED`` on ``file:`` -> ENOTSUP.
+
+A Storage API server (the library's gRPC provider, docs/backends/nucleus.md) is reached with
+``-o discovery=http://HOST:PORT``: the driver registers it through the library's discovery
+call, and a bearer token (``$ASSETFS_NUCLEUS_TOKEN`` or ``-o token_file=PATH``, mode 0600)
+reaches the library only through its storage auth callback, never argv or a log line.
 """
 
 from __future__ import annotations
@@ -21,14 +26,21 @@ import calendar
 import collections
 import datetime as dt
 import logging
+import os
+import queue
+import stat as stat_module
+import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
 import omni.client as oc
 import trio
 
 from .. import errors
+from .. import options as opt
 from ..bridge import Handoff, call_soon
 from .base import (
     Capabilities,
@@ -79,6 +91,87 @@ _EVENTS = {
 _METADATA_FIELDS = ("version", "hash", "modified_by", "created_by", "locked_by", "comment")
 
 _initialized = False
+DISCOVERY_TIMEOUT = 10.0
+"""Seconds the Storage API discovery and registration may take (the library retries an
+unreachable discovery URL for longer)."""
+TOKEN_ENV = "ASSETFS_NUCLEUS_TOKEN"
+"""The environment variable that may hold the Storage API bearer token."""
+
+
+GRACE = 10.0
+"""Seconds a finished omni.client request is kept before it is released (see _Reaper)."""
+
+
+class _Reaper:
+    """Stops and releases omni.client requests and subscriptions on a thread of its own.
+
+    Releasing the last reference to a library ``Request`` calls ``omniClientStop``, which
+    waits for the request to wind down inside the library; after a Storage API server was
+    restarted, a finished ``get_local_file`` request's release never returned, and on the
+    trio thread that froze the whole mount (statfs included; found with
+    tests/test_nucleus_omniverse.py). Here a stuck release costs one parked thread.
+    Requests released right after their callback also sometimes left the library's next
+    ``get_local_file`` waiting forever (1 run in 5 of the omniverse core tests, even when
+    waiting for ``is_finished()``), so a finished request rests :data:`GRACE` seconds
+    before it is released."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, bool]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def release(self, item: Any, stop: bool = False) -> None:
+        """Drop (and first ``stop()`` when asked) library object ``item`` off this thread.
+        The caller must hold no other reference to it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="omni.client release",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((item, stop))
+
+    def _run(self) -> None:
+        resting: collections.deque[tuple[float, Any]] = collections.deque()
+        while True:
+            try:
+                item, stop = self._queue.get(timeout=1.0 if resting else None)
+            except queue.Empty:
+                item, stop = None, False
+            if isinstance(item, threading.Event):
+                resting.clear()  # a flush: the driver is closing, release everything
+                item.set()
+            elif stop:
+                item.stop()
+            elif item is not None:
+                resting.append((time.monotonic() + GRACE, item))
+            del item
+            while resting and resting[0][0] <= time.monotonic():
+                resting.popleft()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until everything handed over so far is released
+        (a driver closing: its registrations must go while its server still answers).
+        False if the release thread is still busy then."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put((done, False))
+        return await trio.to_thread.run_sync(done.wait, timeout, abandon_on_cancel=True)
+
+
+_reaper = _Reaper()
+
+
+class _Held:
+    """Owns one library object and hands it to the reaper when dropped, wherever the last
+    reference goes (a subscription popped on the trio thread, a registration)."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def __del__(self) -> None:
+        _reaper.release(self.item)
+        del self.item
 
 
 def check(result: Any, url: str, what: str) -> None:
@@ -103,9 +196,19 @@ def _ns(when: dt.datetime) -> int:
     return calendar.timegm(when.timetuple()) * 1_000_000_000 + when.microsecond * 1000
 
 
-def listed(items: Any) -> list[Entry]:
-    """The ``omni.client.ListEntry`` items of a folder listing as :class:`Entry` s."""
-    return [to_entry(item.relative_path.rstrip("/"), item) for item in items]
+def listed(items: Any, encoded: bool = False) -> list[Entry]:
+    """The ``omni.client.ListEntry`` items of a folder listing as :class:`Entry` s;
+    ``encoded``: their names are percent-encoded (see :func:`child_name`)."""
+    return [to_entry(child_name(item.relative_path, encoded), item) for item in items]
+
+
+def child_name(relative_path: str, encoded: bool) -> str:
+    """The name of a listed child. A Storage API server's listing names children by
+    their URL (``ünï ✓.txt`` as ``%C3%BCn%C3%AF%20%E2%9C%93.txt``), and the library hands
+    that on as ``relative_path``; the ``file:`` provider gives the name itself
+    (docs/backends/nucleus.md)."""
+    name = relative_path.rstrip("/")
+    return unquote(name) if encoded else name
 
 
 def to_entry(name: str, item: Any) -> Entry:
@@ -135,6 +238,13 @@ class NucleusDriver(Driver):
         writable=True, read_mode=ReadMode.LOCAL, push_events=True, checkpoints=True, locks=True
     )
     lazy_xattrs: tuple[str, ...] = ("acl", "checkpoints")
+    declared_options: ClassVar[tuple[opt.Option, ...]] = (
+        opt.Option("discovery", opt.text, "",
+                   "Storage API discovery URL (http://HOST:PORT) serving this URL's host"),
+        opt.Option("token_file", opt.text, "",
+                   f"a mode 0600 file holding the Storage API bearer token "
+                   f"(else ${TOKEN_ENV})"),
+    )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
         super().__init__(url, options)
@@ -165,6 +275,18 @@ class NucleusDriver(Driver):
         self._provider_features()
         self._reconnect = False
         """The connection was lost: ask the library to reconnect before subscribing."""
+        self._encoded = self._local_root is None
+        """Listed names come percent-encoded (see :func:`child_name`)."""
+        self._discovery: str | None = str(self.options.get("discovery") or "") or None
+        self._token_file: str | None = str(self.options.get("token_file") or "") or None
+        self._starting: set[str] = set()
+        """Folders watched at the start of :meth:`run_events` whose first listing has not
+        arrived yet."""
+        self._disconnected: trio.Event | None = None
+        """Set when the server connection is lost (while :meth:`run_events` runs)."""
+        self._registrations: list[Any] = []
+        """What the library unregisters once released: the storage provider, the auth
+        callback."""
 
     def _provider_features(self) -> None:
         """The ``file:`` provider has no checkpoints, locks or ACLs (ERROR_NOT_SUPPORTED,
@@ -180,21 +302,120 @@ class NucleusDriver(Driver):
         return self._base if path == "/" else self._base + quote(path, safe="/")
 
     async def connect(self) -> None:
-        """Initialize omni.client once per process and check the root; never prompts for a
-        login (a daemon has no browser): Nucleus credentials come from OMNI_USER/OMNI_PASS."""
+        """Initialize omni.client once per process, register the Storage API server named
+        by ``-o discovery=`` with its token, and check the root; never prompts for a login
+        (a daemon has no browser): Nucleus credentials come from OMNI_USER/OMNI_PASS.
+
+        Raises BadURL when the discovered server does not serve this URL's host, and
+        PermissionDenied (one line naming where the token came from) when the server
+        refuses the token."""
         global _initialized
         if not _initialized:
             oc.set_log_level(oc.LogLevel.ERROR)
             oc.set_log_callback(_library_log)
+            # the library retries a failing Storage API call for ~12 s by default; our own
+            # call layer retries within -o timeout, so keep the library's short
+            # (docs/backends/nucleus.md)
+            os.environ.setdefault("OMNI_STORAGE_RETRY_MAX", "3")
             if not oc.initialize():
                 raise errors.Unavailable("omni.client failed to initialize")
             _initialized = True
         self._token = trio.lowlevel.current_trio_token()
-        await super().connect()
+        if self._discovery and not self._registrations:
+            await self._register_storage(self._discovery)
+        try:
+            await super().connect()
+        except errors.PermissionDenied as exc:
+            source = self._token_source()
+            if self._discovery and source:
+                raise errors.PermissionDenied(
+                    f"the server refused the token from {source}", url=self.url) from exc
+            raise
 
-    async def _call(self, start: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    def _token_source(self) -> str | None:
+        """Where the bearer token comes from, for messages (never the token itself)."""
+        if self._token_file:
+            return self._token_file
+        return f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else None
+
+    def _read_token(self) -> str | None:
+        """The bearer token, read anew at each call (a token file rewritten while mounted
+        is what the library gets the next time the server asks). Raises PermissionDenied
+        for a token file others can read."""
+        if not self._token_file:
+            return os.environ.get(TOKEN_ENV) or None
+        try:
+            info = os.stat(self._token_file)
+            if info.st_mode & 0o077:
+                raise errors.PermissionDenied(
+                    f"token file {self._token_file} has mode "
+                    f"{stat_module.S_IMODE(info.st_mode):04o}; it must not be readable by "
+                    f"others: chmod 600 {self._token_file}")
+            with open(self._token_file, encoding="utf-8") as stream:
+                return stream.read().strip() or None
+        except OSError as exc:
+            raise errors.PermissionDenied(
+                f"cannot read token file {self._token_file}: {exc.strerror}") from exc
+
+    async def _register_storage(self, discovery: str) -> None:
+        """Register the Storage API server that ``discovery`` (``GET /api/v1/services``)
+        names, and the auth callback that hands the library our token whenever the server
+        asks for one (at the first call and again when it refuses the one it has)."""
+        self._read_token()  # a bad token file fails the mount now, with its reason
+
+        given: list[str] = []
+        refused: list[str] = []
+
+        def on_auth(handle: int, server: str) -> bool:
+            # The library asks again when the server refuses the token it has. Handing it
+            # the same refused token once more crashed omniverseclient 2.75.1 (SIGSEGV, on
+            # a wrong token at mount: tests/test_nucleus_omniverse.py); declining makes
+            # the call fail with ERROR_ACCESS_DENIED instead.
+            try:
+                token = self._read_token()
+            except errors.PermissionDenied as exc:
+                log.warning("%s", exc)
+                return False
+            if token is None:
+                return False
+            if given[-1:] == [token]:
+                refused.append(token)
+                return False
+            given[:] = [token]
+            oc.set_storage_access_token(handle, token)
+            return True
+
+        self._registrations.append(_Held(oc.register_storage_auth_callback(on_auth)))
+        request: list[Any] = []
+        answer: tuple[Any, ...] = ()
+        with trio.move_on_after(DISCOVERY_TIMEOUT):
+            answer = await self._call(
+                oc.register_storage_from_discovery_with_callback, discovery, keep=request)
+        registration = _Held(request.pop()) if request else None
+        if not answer:
+            raise errors.Unavailable(
+                f"no answer from Storage API discovery at {discovery} in "
+                f"{DISCOVERY_TIMEOUT:g}s", url=self.url)
+        result, addresses = answer
+        if refused:
+            raise errors.PermissionDenied(
+                f"the server refused the token from {self._token_source()}", url=self.url)
+        if result != oc.Result.OK:
+            raise errors.Unavailable(f"Storage API discovery at {discovery}: {result.name}",
+                                     url=self.url)
+        self._registrations.append(registration)
+        host = urlsplit(self._base).netloc.lower()
+        if not any(urlsplit(a).netloc.lower() == host for a in addresses):
+            raise errors.BadURL(
+                f"the Storage API server at {discovery} serves {', '.join(addresses) or 'nothing'}"
+                f", not {self.url}")
+
+    async def _call(
+        self, start: Callable[..., Any], *args: Any, keep: list[Any] | None = None, **kwargs: Any
+    ) -> tuple[Any, ...]:
         """Start a ``*_with_callback`` request (in a worker thread) and wait for its
-        callback's arguments. Cancellation (a deadline) stops the library's request."""
+        callback's arguments; ``keep`` gets the request object (a registration lives as long
+        as it). Cancellation (a deadline) stops the library's request."""
         answer: Handoff[tuple[Any, ...]] = Handoff()
 
         def callback(*result: Any) -> None:
@@ -204,11 +425,16 @@ class NucleusDriver(Driver):
         # holds (a stat waited 0.35 s behind a 256 MiB copy on the file: provider:
         # loopwatch), and the event loop must not wait with it
         request = await trio.to_thread.run_sync(lambda: start(*args, callback, **kwargs))
+        if keep is not None:
+            keep.append(request)
         try:
-            return await answer.wait()
+            result = await answer.wait()
         except BaseException:
-            request.stop()
+            _reaper.release(request, stop=True)
             raise
+        _reaper.release(request)
+        del request
+        return result
 
     async def stat(self, path: str) -> Entry:
         url = self.url_of(path)
@@ -220,7 +446,7 @@ class NucleusDriver(Driver):
         url = self.url_of(path)
         result, items = await self._call(oc.list_with_callback, url)
         check(result, url, "list")
-        return listed(items)
+        return listed(items, self._encoded)
 
     def known_local_path(self, path: str) -> str | None:
         """On ``file:`` the file itself (docs/backends/nucleus.md); None on Nucleus, whose local
@@ -326,9 +552,13 @@ class NucleusDriver(Driver):
         def on_list(result: Any, items: Any) -> None:
             # Events start after this list (docs/backends/nucleus.md): what changed since the
             # mount listed the folder is only here.
+            call_soon(token, self._went_live, folder)
+            if result == oc.Result.ERROR_CONNECTION:
+                call_soon(token, self._connection_lost, folder)
+                return
             if result != oc.Result.OK:
                 return
-            listing = tuple(listed(items))
+            listing = tuple(listed(items, self._encoded))
             self._post(token, folder, ChangeEvent(ChangeKind.LISTED, folder, listing=listing))
 
         def on_event(result: Any, event: Any, item: Any) -> None:
@@ -337,16 +567,23 @@ class NucleusDriver(Driver):
                 # is deleted): this subscription is dead
                 call_soon(token, self._ended, folder, this, result)
                 return
+            if result == oc.Result.ERROR_CONNECTION:
+                # the Storage API provider's subscription "permanently failed" (the server
+                # went away): no connection status callback comes, and no more events
+                # (docs/backends/nucleus.md)
+                call_soon(token, self._connection_lost, folder)
+                return
             if result != oc.Result.OK:
                 return
             kind = _EVENTS.get(event)
             if kind is None:
                 return
-            name = item.relative_path.rstrip("/")
+            name = child_name(item.relative_path, self._encoded)
             entry = None if kind is ChangeKind.DELETED else to_entry(name, item)
             self._post(token, folder, ChangeEvent(kind, join(folder, name), entry))
 
-        this.append(oc.list_subscribe_with_callback(self.url_of(folder), on_list, on_event))
+        this.append(_Held(oc.list_subscribe_with_callback(self.url_of(folder), on_list,
+                                                          on_event)))
         self._subscriptions[folder] = this[0]
 
     def _post(self, token: trio.lowlevel.TrioToken, folder: str, change: ChangeEvent) -> None:
@@ -379,6 +616,22 @@ class NucleusDriver(Driver):
             except trio.ClosedResourceError:
                 pass
 
+    def _went_live(self, folder: str) -> None:
+        """The subscription of ``folder`` delivered its first listing: from now on its
+        changes are reported (the library applies the event filter before that listing,
+        docs/backends/nucleus.md). Once every folder watched at the start of
+        :meth:`run_events` is live, :attr:`events_ready` is set."""
+        self._starting.discard(folder)
+        if not self._starting:
+            self.events_ready.set()
+
+    def _connection_lost(self, folder: str) -> None:
+        """A subscription of ``folder`` ended because the server stopped answering: end
+        :meth:`run_events` so the supervisor resubscribes everything after a RESYNC."""
+        log.debug("subscription of %s lost its connection", self.describe(folder))
+        if self._disconnected is not None:
+            self._disconnected.set()
+
     def _ended(self, folder: str, this: builtins.list[Any], result: Any) -> None:
         """The subscription ``this`` (a one-element list) of ``folder`` ended. A folder
         deleted and made again may already have a new subscription, which the old one's
@@ -409,15 +662,19 @@ class NucleusDriver(Driver):
         now. Events dropped because the queue was full become a RESYNC of their folder.
 
         A lost server connection (the library's connection status callback says
-        DISCONNECTED or CONNECT_ERROR) ends this call with Unavailable: the subscription
-        supervisor waits with backoff, sends a RESYNC of everything (events were missed),
-        and calls again, which first asks the library to ``reconnect`` (it does not by
-        itself, docs/backends/nucleus.md) and then subscribes every watched folder anew."""
+        DISCONNECTED or CONNECT_ERROR; on a Storage API server, which reports no connection
+        status, a subscription ends with ERROR_CONNECTION) ends this call with Unavailable:
+        the subscription supervisor waits with backoff, sends a RESYNC of everything
+        (events were missed), and calls again, which first asks the library to
+        ``reconnect`` (Nucleus does not by itself, docs/backends/nucleus.md) and then
+        subscribes every watched folder anew. It ends only once the server answers a
+        listing again: a RESYNC while it is away would drop the cached files and folders
+        the mount keeps serving meanwhile (tests/test_nucleus_omniverse.py)."""
         if self._reconnect:
             await trio.to_thread.run_sync(oc.reconnect, self._base)
             self._reconnect = False
         self._sink = sink
-        disconnected = trio.Event()
+        disconnected = self._disconnected = trio.Event()
         token = trio.lowlevel.current_trio_token()
 
         def on_status(url: str, status: Any) -> None:
@@ -425,21 +682,43 @@ class NucleusDriver(Driver):
                 log.warning("omni.client: connection to %s: %s", url, status.name)
                 call_soon(token, disconnected.set)
 
-        registration = oc.register_connection_status_callback(on_status)
+        registration = _Held(oc.register_connection_status_callback(on_status))
+        self._starting = set(self._folders)
         for folder in sorted(self._folders):
             self.watch(folder)
-        self.events_ready.set()
+        if not self._starting:
+            self.events_ready.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._resync_lost, sink)
                 await disconnected.wait()
                 nursery.cancel_scope.cancel()
-            self._reconnect = True
+            self._subscriptions.clear()
+            self._reconnect = self._discovery is None
+            await self._until_reachable()
             raise errors.Unavailable("connection to the server lost", url=self.url)
         finally:
             del registration
             self._sink = None
+            self._disconnected = None
             self._subscriptions.clear()
+
+    async def _until_reachable(self, every: float = 1.0) -> None:
+        """Return once the server answers again: a listing of a folder nobody listed (a
+        new random name under the root) gets an answer other than ERROR_CONNECTION. The
+        library answers a list or stat of what it listed before from its own cache even
+        while the server is down (docs/backends/nucleus.md), so the root itself proves
+        nothing. Tried every ``every`` seconds, each try bounded by 5 s; Nucleus needs the
+        library's ``reconnect`` before each try."""
+        while True:
+            if self._reconnect:
+                await trio.to_thread.run_sync(oc.reconnect, self._base)
+            probe = f"{self._base}/.assetfs-probe-{uuid.uuid4().hex}"
+            with trio.move_on_after(5.0):
+                result, _items = await self._call(oc.list_with_callback, probe)
+                if result != oc.Result.ERROR_CONNECTION:
+                    return
+            await trio.sleep(every)
 
     async def _resync_lost(self, sink: EventSink) -> None:
         """Turn folders whose events were dropped (full queue) into RESYNC events."""
@@ -451,7 +730,12 @@ class NucleusDriver(Driver):
                 await sink.send(ChangeEvent(ChangeKind.RESYNC, folder))
 
     async def close(self) -> None:
+        """Drop the subscriptions and registrations and wait (up to 10 s) for the library
+        to release them."""
         self._subscriptions.clear()
+        self._registrations.clear()
+        if not await _reaper.flush(10.0):
+            log.warning("omni.client is still releasing requests after 10 s")
 
 
 def _access_letters(access: Any) -> str:
