@@ -68,9 +68,11 @@ def test_a_library_answering_after_the_run_ended_is_ignored() -> None:
 
 async def test_gather_keeps_order_and_the_limit() -> None:
     running = peak = 0
+    started: list[int] = []
 
     async def job(index: int) -> int:
         nonlocal running, peak
+        started.append(index)
         running += 1
         peak = max(peak, running)
         await trio.sleep(0.01 * (5 - index % 5))
@@ -80,6 +82,7 @@ async def test_gather_keeps_order_and_the_limit() -> None:
     jobs = [lambda i=i: job(i) for i in range(20)]
     assert await bounded.gather(jobs, 3) == list(range(20))
     assert peak == 3
+    assert started == list(range(20))  # jobs start in order, whatever order they end in
 
 
 async def test_gather_raises_the_first_error_as_is_and_cancels_the_rest() -> None:
