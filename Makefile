@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch str
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test test-core lint bench clean
+.PHONY: setup system-packages venv demo test test-core test-model lint bench clean
 
 setup: system-packages venv
 
@@ -53,7 +53,8 @@ test: setup
 CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
 	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
 	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
-	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py
+	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py \
+	tests/test_desktop.py
 
 test-core: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
@@ -62,6 +63,10 @@ test-core: setup
 lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
 	$(VENV)/bin/mypy
+
+# A soak of the model test (tests/test_model.py): 100,000 operations per mount variant.
+test-model: setup
+	ASSETFS_MODEL_OPS=100000 $(VENV)/bin/pytest -q -rs tests/test_model.py
 
 bench: setup
 	$(PY) scripts/bench_read.py

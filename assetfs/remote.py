@@ -15,6 +15,7 @@ deadline) never does, so a mutation that may have reached the store is not sent 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,10 @@ class Remote:
     def __init__(self, driver: Driver, policy: retry.RetryPolicy) -> None:
         self._driver = driver
         self.policy = policy
+        self.calls: collections.Counter[str] = collections.Counter()
+        """Requests sent to the store by kind (``stat``, ``list``, ``read``, ``upload``,
+        ``download`` for a stream...), each attempt of a retried call counted: what
+        ``assetfs status`` and the metrics report as store requests."""
 
     # --- no I/O -----------------------------------------------------------------------
     @property
@@ -73,6 +78,18 @@ class Remote:
         """Raise when new content can never be stored at file ``path`` (no I/O)."""
         self._driver.check_write(path)
 
+    def uploads_last(self, path: str) -> bool:
+        """Whether ``path`` is a control file uploaded after its siblings (no I/O)."""
+        return self._driver.uploads_last(path)
+
+    def appends_only(self, path: str) -> bool:
+        """Whether the content of ``path`` only grows (no I/O)."""
+        return self._driver.appends_only(path)
+
+    def status(self) -> dict[str, object]:
+        """The driver's state for ``assetfs status`` (no I/O)."""
+        return self._driver.status()
+
     def watch(self, folder: str) -> None:
         """Report changes to the children of ``folder`` from now on."""
         self._driver.watch(folder)
@@ -98,8 +115,13 @@ class Remote:
         store (Unavailable, TimedOut) is logged here once with the URL and marked
         ``logged``; other errors (NotFound...) are answers, not failures."""
         label = f"{what} of {self.describe(path)}"
+
+        async def attempt() -> T:
+            self.calls[what] += 1
+            return await fn()
+
         try:
-            return await retry.call(fn, policy or self.policy, label)
+            return await retry.call(attempt, policy or self.policy, label)
         except errors.Unavailable as exc:
             text = str(exc)
             log.warning("%s", text if text.startswith(label) else f"{label}: {text}")
@@ -132,6 +154,7 @@ class Remote:
         stall timeout: each chunk must come within the policy's attempt timeout, however
         long the whole file takes; past it, TimedOut."""
         stall = self.policy.attempt_timeout
+        self.calls["download"] += 1
         stream = self._driver.open_stream(path)
         try:
             while True:

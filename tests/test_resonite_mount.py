@@ -10,7 +10,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,19 +23,6 @@ from PIL import Image
 
 POLL = 1.0
 """``-o poll_interval`` of every mount here, seconds."""
-
-
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        return "no /dev/fuse or fusermount3"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
 
 
 @pytest.fixture
@@ -321,8 +307,6 @@ def test_mount_waits_for_ping_and_fails_with_one_line_errors(tmp_path: Path) -> 
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(shutil.which("gdk-pixbuf-thumbnailer") is None,
-                    reason="gdk-pixbuf-thumbnailer missing (make resonite-packages)")
 def test_a_desktop_thumbnailer_makes_thumbnails_of_items(peer: Peer, tmp_path: Path) -> None:
     with mount_game(peer, tmp_path) as m:
         for item in ("Avatars/Robot Avatar.png", "Avatars/Kitsune ☆ Fox.webp"):

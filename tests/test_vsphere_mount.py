@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,19 +24,6 @@ from assetfs.drivers.vsphere import PASSWORD_ENV
 
 POLL = 1.0
 """``-o poll_interval`` of every mount here, seconds."""
-
-
-def _fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        return "no /dev/fuse or fusermount3"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
 
 
 @pytest.fixture

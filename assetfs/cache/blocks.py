@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 from .. import errors
-from ..drivers.base import Entry, split
+from ..drivers.base import Entry, ReadMode, split
 from ..remote import Remote
 from .fetchers import fetcher_for
 from .item import CacheItem
@@ -68,6 +68,8 @@ class BlockCache:
         self._dirty_hint = max_bytes
         self.fetcher = fetcher_for(remote, self, block_size, readahead)
         """How missing bytes arrive: one fetcher per read mode (cache/fetchers.py)."""
+        self.stats = self.fetcher.stats
+        """Hits, misses, bytes downloaded (cache/fetchers.py, FetchStats)."""
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for read-ahead, stream and sync tasks."""
@@ -211,7 +213,14 @@ class BlockCache:
         handles have it open. If the item holds no copied bytes (it is served from the
         library's local copy, or nothing was read yet), take the new version and size, so
         open handles read the new content to its new end; return True. Return False when
-        it holds copied bytes (the caller drops it: open handles keep the old content)."""
+        it holds copied bytes (the caller drops it: open handles keep the old content),
+        unless the driver says the file only grows (:meth:`Driver.appends_only`, a console
+        log): then the bytes held stay and a later read streams only what is new."""
+        if (self.remote.read_mode is ReadMode.STREAM and not (item.dirty or item.writers)
+                and entry.size >= item.size and self.remote.appends_only(item.path)):
+            item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
+            item.complete = False
+            return True
         if item.dirty or item.writers or item.complete or item.blocks or item.stream_started:
             return False
         item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
@@ -251,13 +260,29 @@ class BlockCache:
         else:
             self._discard(item)
 
+    def abandon(self, item: CacheItem) -> None:
+        """Stop uploading ``item`` (its upload can never succeed and its bytes were saved
+        elsewhere): clean, unlinked, off its path; open handles keep reading it."""
+        if self.items.get(item.path) is item:
+            self.unlinked(item.path)
+            return
+        item.unlinked = True
+        if item.dirty:
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+        if not item.handles and item in self._orphans:
+            self._orphans.remove(item)
+            self._discard(item)
+
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
-        file descriptors (a tree walk must not pile them up); an item that holds no cached
+        file descriptors (a tree walk must not pile them up) and stops a download only a
+        reader needed (cache/fetchers.py, ``Fetcher.stop``); an item that holds no cached
         bytes (served from the library's local copy) is forgotten altogether."""
         item.handles -= 1
         if item.handles or item.dirty:
             return
+        self.fetcher.stop(item)
         if item in self._orphans:
             self._orphans.remove(item)
             self._discard(item)
@@ -489,6 +514,7 @@ class BlockCache:
         if offset >= end:
             return b""
         if item.complete or item.dirty:
+            self.stats.hits += 1
             return os.pread(self.open_file(item, create=False), end - offset, offset)
         return await self.fetcher.read(item, offset, end)
 

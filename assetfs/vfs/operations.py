@@ -8,13 +8,13 @@ the mount, docs/architecture.md); the invalidator task does.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -27,7 +27,9 @@ from ..cache.blocks import BlockCache
 from ..cache.item import CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
+from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
+from ..observe.requests import RequestStats
 from ..remote import Remote
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
@@ -49,10 +51,11 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        requests = getattr(args[0], "requests", None)
-        if requests is not None:
-            requests[name] += 1
+        stats: RequestStats | None = getattr(args[0], "requests", None)
+        if stats is not None:
+            stats.started(name)
         OPERATION.set(name)
+        started, failure = time.perf_counter(), 0
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -61,15 +64,25 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
         except errors.AssetFSError as exc:
             if exc.errno in (errno.EIO, errno.ETIMEDOUT) and not exc.logged:
                 log.warning("%s: %s", handler.__name__, exc)
+            failure = exc.errno
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             log.warning("%s: local error %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except (pyfuse3.FUSEError, trio.Cancelled):
+            failure = exc.errno or errno.EIO
+            raise pyfuse3.FUSEError(failure) from None
+        except pyfuse3.FUSEError as exc:
+            failure = exc.errno
+            raise
+        except trio.Cancelled:
+            failure = errno.EINTR
             raise
         except Exception:
             log.exception("%s failed", handler.__name__)
+            failure = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if stats is not None:
+                stats.finished(name, time.perf_counter() - started, failure)
 
     return wrapper
 
@@ -138,6 +151,7 @@ class Operations(pyfuse3.Operations):
         inodes: InodeTable,
         timeouts: Timeouts,
         status: Callable[[], dict[str, Any]],
+        own: OwnChanges,
         read_only: bool = False,
         passthrough: bool = True,
     ) -> None:
@@ -150,6 +164,8 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes
         self.timeouts = timeouts
         self.status = status
+        self.own = own
+        """Paths changed on the store by this mount (their late events are re-checked)."""
         self.read_only = read_only or not remote.capabilities.writable
         self.passthrough = Passthrough(passthrough)
         self.kernel_version: dict[int, str] = {}
@@ -159,8 +175,8 @@ class Operations(pyfuse3.Operations):
         self._listed: set[int] = set()
         """Folder handles already read from: a new read at offset 0 is a rewinddir."""
         self._next_fh = 1
-        self.requests: collections.Counter[str] = collections.Counter()
-        """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
+        self.requests = RequestStats()
+        """FUSE requests by operation: counts, latencies, errors (observe/requests.py)."""
         self.uid, self.gid = os.getuid(), os.getgid()
 
     @property
@@ -208,6 +224,18 @@ class Operations(pyfuse3.Operations):
             self.remote.watch(path)
         return self.attributes(inode, entry)
 
+    async def _on_store(self, path: str, entry: Entry) -> bool:
+        """Whether the store may hold ``path`` (shown as ``entry``), so that deleting or
+        renaming it must reach the store: a folder always does (folders are made on the
+        store at once), a file the store has or that was uploaded from here. Only a file
+        made here and never uploaded is not asked for: a stale cached "absent" would
+        otherwise skip the store and leave the old name there, or move a folder only in
+        the cache, so that the files under it upload into a folder the store lacks."""
+        if entry.is_dir or await self.ns.remote(path) is not None:
+            return True
+        item = self.cache.item(path)
+        return item is None or bool(item.base_version)
+
     def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -237,13 +265,13 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         try:
-            path = self._path(inode)
-        except errors.NotFound:  # unlinked or replaced while open: fstat still works
+            return self.attributes(inode, await self.ns.entry(self._path(inode)))
+        except errors.NotFound:
+            # unlinked, replaced, or deleted on the store while open: fstat still works
             item = next((h.item for h in self._handles.values() if h.inode == inode), None)
             if item is None:
                 raise
             return self.attributes(inode, item.entry(None, split(item.path)[1]))
-        return self.attributes(inode, await self.ns.entry(path))
 
     @_errno
     async def setattr(
@@ -342,7 +370,9 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(self._path(parent_inode))
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.DIR)
+        self.own.changed(path)
         entry = await self.remote.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
@@ -355,6 +385,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
+        self.own.changed(path)
         await self.remote.remove(path, Kind.DIR)
         self.metadata.forget_tree(path)
         self.metadata.put(path, None)
@@ -370,7 +401,8 @@ class Operations(pyfuse3.Operations):
             raise errors.IsADirectory()
         item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
-            if await self.ns.remote(path) is not None:
+            if await self._on_store(path, entry):
+                self.own.changed(path)
                 with contextlib.suppress(errors.NotFound):
                     await self.remote.remove(path, Kind.FILE)
             self.cache.unlinked(path)
@@ -399,7 +431,9 @@ class Operations(pyfuse3.Operations):
             return
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
+        self.ns.trash.check_create(new)
         self.remote.check_create(new, source.kind)
+        self.own.changed(old, new)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -414,7 +448,7 @@ class Operations(pyfuse3.Operations):
                 await self.remote.remove(new, Kind.DIR)
         moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
-            on_store = await self.ns.remote(old) is not None
+            on_store = await self._on_store(old, source)
             if on_store:
                 if not self.remote.capabilities.rename:
                     raise errors.NotSupported("the store cannot rename")
@@ -493,6 +527,7 @@ class Operations(pyfuse3.Operations):
         existing = await self.ns.find(path)
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.FILE)
         self.remote.check_write(path)
         item = await self.cache.new_file(path)
@@ -604,10 +639,10 @@ class Operations(pyfuse3.Operations):
             raise errors.NotSupported("only user.assetfs.* attributes can be set")
         action = key[len(XATTR_PREFIX):]
         if inode == ROOT_INODE and action == "flush":
-            with trio.move_on_after(float(value or b"3600")):
-                await self.writeback.drain()
-                return
-            raise errors.TimedOut(f"{len(self.writeback.pending())} files still to upload")
+            # starts the uploads and returns at once: a setxattr holds the kernel's lock of
+            # the root inode while it waits, and a signal cannot end that wait (control.py)
+            self.writeback.hurry()
+            return
         if inode == ROOT_INODE and action == "umount_timeout":  # umount --no-flush sets 0
             try:
                 self.writeback.exit_timeout = float(value)
@@ -615,6 +650,7 @@ class Operations(pyfuse3.Operations):
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
         path = self._path(inode)
+        await self.writeback.settle(path)  # the action sees what was written there
         await self.remote.control(path, action, value)
         if path != "/":  # the root always exists: lookups below it must not need a stat
             self.metadata.forget(path, children=False)
