@@ -8,7 +8,10 @@ of independent disagreements. At the end the trees are compared once more and, a
 unmount, the store with the local folder. Prints divergences per 10,000 operations.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/model_divergences.py --ops 10000 --seed 1 \
-        --write-back-delay 0
+        --write-back-delay 0 [--url memory -o latency=0.002 -o event_delay=0.05]
+
+The daemon imports assetfs from the current folder first, then from PYTHONPATH: to measure
+another checkout, run from a folder that holds none (cd /tmp; PYTHONPATH=CHECKOUT ...).
 """
 
 from __future__ import annotations
