@@ -16,8 +16,9 @@ T = TypeVar("T")
 
 async def gather(jobs: Sequence[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
     """Run every ``jobs[i]()``, at most ``limit`` at once, and return their results in the
-    order of ``jobs``. A job starts once it has a slot, so one that checks shared state first
-    (an end of file already found) sees what earlier jobs learned.
+    order of ``jobs``. Jobs start in that order (``limit`` workers take the next one as they
+    get free), so a job that checks shared state first (an end of file already found) sees
+    what the jobs before it learned.
 
     The first job to raise cancels the others and its exception is raised as it is (not
     wrapped in an ExceptionGroup), so callers catch the project's error types as usual. A
@@ -28,21 +29,22 @@ async def gather(jobs: Sequence[Callable[[], Awaitable[T]]], limit: int) -> list
     if len(jobs) <= 1:
         return [await job() for job in jobs]
     results: list[Any] = [None] * len(jobs)
-    slots = trio.CapacityLimiter(limit)
+    waiting = iter(range(len(jobs)))
     failure: list[Exception] = []
 
-    async def run(index: int, cancel: trio.CancelScope) -> None:
-        async with slots:
+    async def worker(cancel: trio.CancelScope) -> None:
+        for index in waiting:
             try:
                 results[index] = await jobs[index]()
             except Exception as exc:
                 if not failure:
                     failure.append(exc)
                 cancel.cancel()
+                return
 
     async with trio.open_nursery() as nursery:
-        for index in range(len(jobs)):
-            nursery.start_soon(run, index, nursery.cancel_scope)
+        for _ in range(min(limit, len(jobs))):
+            nursery.start_soon(worker, nursery.cancel_scope)
     if failure:
         raise failure[0]
     return results

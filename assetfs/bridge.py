@@ -8,7 +8,9 @@ trio run through its token, and only this way: nothing else in assetfs touches
 - :class:`Handoff`: one result, awaited by the trio task that started the work;
 - :func:`call_soon`: run a plain function on the trio thread, not waiting for it;
 - :func:`run_and_wait`: run an async function in trio and block the library's thread until
-  it is done (a slow consumer then slows the library's callbacks: back-pressure).
+  it is done (a slow consumer then slows the library's callbacks: back-pressure);
+- :func:`call_and_wait`: run a plain function on the trio thread and hand its result to the
+  waiting thread (a metrics scrape sampling the mount's state).
 
 A library that answers after the trio run ended (the daemon is stopping) is ignored: there
 is nobody left to tell.
@@ -70,6 +72,13 @@ def call_soon(token: trio.lowlevel.TrioToken, fn: Callable[..., object], *args: 
     thread, without blocking. Dropped when that trio run has ended."""
     with contextlib.suppress(trio.RunFinishedError):
         token.run_sync_soon(fn, *args)
+
+
+def call_and_wait(token: trio.lowlevel.TrioToken, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on the trio thread of ``token`` and return its result to the
+    calling (non-trio) thread, which blocks meanwhile; raises what ``fn`` raises, and
+    ``trio.RunFinishedError`` when that trio run has ended."""
+    return trio.from_thread.run_sync(fn, *args, trio_token=token)
 
 
 def run_and_wait(

@@ -50,6 +50,15 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc)."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that just exited
+            if stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                return False
+    return True
+
+
 def _listener_inodes(port: int) -> set[str]:
     """Socket inodes listening on TCP ``port`` (IPv4), from /proc/net/tcp."""
     inodes = set()
@@ -133,9 +142,18 @@ class Server:
             time.sleep(0.05)
 
     def pause(self) -> None:
-        """SIGSTOP: the server hangs with its port open (a stuck server, not a dead one)."""
+        """SIGSTOP: the server hangs with its port open (a stuck server, not a dead one).
+
+        Returns once every thread of it has stopped: kill() only queues the signal, and on a
+        busy machine an Ice thread woken by a request could serve it before the thread that
+        takes the signal is scheduled (a read right after pause() was answered in 3 ms)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _all_stopped(self.proc.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} server {self.proc.pid} did not stop")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.proc is not None

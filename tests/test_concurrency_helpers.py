@@ -10,7 +10,7 @@ import trio
 
 from assetfs import bounded, errors
 from assetfs.backoff import Backoff
-from assetfs.bridge import Handoff, call_soon, run_and_wait
+from assetfs.bridge import Handoff, call_and_wait, call_soon, run_and_wait
 
 
 async def test_handoff_carries_a_value_or_an_error_from_another_thread() -> None:
@@ -42,14 +42,19 @@ async def test_call_soon_and_run_and_wait_run_in_the_trio_thread() -> None:
         assert threading.get_ident() == trio_thread
         seen.append(item)
 
+    def on_trio_thread(item: int) -> int:
+        assert threading.get_ident() == trio_thread
+        return item * 10
+
     def library_thread() -> None:
         run_and_wait(token, consume, 1)
         seen.append(2)  # run_and_wait returned only once consume had run
+        seen.append(call_and_wait(token, on_trio_thread, 3))
         call_soon(token, done.set)
 
     threading.Thread(target=library_thread).start()
     await done.wait()
-    assert seen == [1, 2]
+    assert seen == [1, 2, 30]
 
 
 def test_a_library_answering_after_the_run_ended_is_ignored() -> None:
@@ -64,13 +69,17 @@ def test_a_library_answering_after_the_run_ended_is_ignored() -> None:
         raise AssertionError("ran after the end")
 
     run_and_wait(token, never)
+    with pytest.raises(trio.RunFinishedError):
+        call_and_wait(token, print)
 
 
 async def test_gather_keeps_order_and_the_limit() -> None:
     running = peak = 0
+    started: list[int] = []
 
     async def job(index: int) -> int:
         nonlocal running, peak
+        started.append(index)
         running += 1
         peak = max(peak, running)
         await trio.sleep(0.01 * (5 - index % 5))
@@ -80,6 +89,7 @@ async def test_gather_keeps_order_and_the_limit() -> None:
     jobs = [lambda i=i: job(i) for i in range(20)]
     assert await bounded.gather(jobs, 3) == list(range(20))
     assert peak == 3
+    assert started == list(range(20))  # jobs start in order, whatever order they end in
 
 
 async def test_gather_raises_the_first_error_as_is_and_cancels_the_rest() -> None:

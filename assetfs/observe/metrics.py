@@ -3,7 +3,7 @@
 prometheus-client's HTTP server answers on a thread of its own, so a scrape never waits for
 the event loop to be free to accept it. What it reports is read on the loop thread, where
 every counter of the mount lives (design.md, Concurrency rules: nothing else touches them):
-each scrape hands one snapshot call to the trio run (``trio.from_thread.run_sync``), a few
+each scrape hands one snapshot call to the trio run (:func:`assetfs.bridge.call_and_wait`), a few
 microseconds of loop time, and builds the metric families from that copy.
 
 Names follow the Prometheus conventions (``_total`` counters, ``_bytes``, ``_seconds``);
@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .. import errors
+from ..bridge import call_and_wait
 from .requests import RequestStats
 
 SUBSCRIPTION_STATES = ("starting", "live", "polling", "reconnecting")
@@ -158,7 +159,7 @@ class MountCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            sample = trio.from_thread.run_sync(self._sample, trio_token=self._token)
+            sample = call_and_wait(self._token, self._sample)
         except trio.RunFinishedError:
             return
         yield from families(sample)

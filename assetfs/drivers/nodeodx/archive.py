@@ -37,6 +37,7 @@ import httpx
 import trio
 
 from ... import errors
+from ...bridge import call_soon
 from .client import NodeClient, node_error
 from .unzip import Extracted, Growing, extract
 
@@ -202,8 +203,7 @@ class Archives:
             download.extracted.setdefault(member.name, member)
 
         def progress() -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(download.signal)
+            call_soon(token, download.signal)
 
         def run() -> None:
             feed = Growing(download.path, lambda: download.received,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ... import errors
+from ... import bounded, errors
 from ... import options as opt
 from ...config import default_cache_root, mount_id
 from ..base import Capabilities, Driver, Entry, Kind, ReadMode
@@ -199,18 +200,14 @@ class NodeODXDriver(Driver):
                 task = self._tasks.setdefault(uuid, TaskState(uuid))
                 if now - task.fetched >= self._ttl(task):
                     due.append(task)
-            limiter = trio.CapacityLimiter(LIST_PARALLEL)
 
             async def one(task: TaskState) -> None:
-                async with limiter:
-                    try:
-                        await self._fetch_info(task)
-                    except errors.NotFound:  # removed between the list and the info
-                        self._tasks.pop(task.uuid, None)
+                try:
+                    await self._fetch_info(task)
+                except errors.NotFound:  # removed between the list and the info
+                    self._tasks.pop(task.uuid, None)
 
-            async with trio.open_nursery() as nursery:
-                for task in due:
-                    nursery.start_soon(one, task)
+            await bounded.gather([functools.partial(one, task) for task in due], LIST_PARALLEL)
             self._listed_at = time.monotonic()
             known = [t for t in self._tasks.values() if t.info]
             self._folders = folder_names(known, set(self._staged))

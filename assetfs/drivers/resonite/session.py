@@ -9,7 +9,6 @@ so no trio task ever blocks on the network and a cancelled task cancels its rpc.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -19,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import outcome
 import trio
 
 from ... import errors
+from ...bridge import Handoff
 from . import protocol
 from .discovery import find_socket
 
@@ -111,21 +112,13 @@ class Session:
         """
         stub = self._open()[service][rpc]
         future = stub.future(request, timeout=self.timeout)
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: Any) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(done.set)
-
-        future.add_done_callback(wake)
+        done: Handoff[Any] = Handoff()
+        future.add_done_callback(lambda f: done.set(outcome.capture(f.result)))
         try:
-            await done.wait()
+            return await done.wait()
         except trio.Cancelled:
             future.cancel()
             raise
-        try:
-            return future.result()
         except grpc.RpcError as exc:
             failure = translate(exc, what, url)
         if not isinstance(failure, errors.Unavailable) or self.fixed:
