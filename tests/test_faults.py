@@ -152,7 +152,7 @@ def test_uploads_cut_or_stalled_mid_way_reach_the_store(
         for name, data, fault in (("cut.bin", cut, "cut"), ("stalled.bin", stalled, "stall")):
             up = proxy.forwarded["up"]
             (folder / name).write_bytes(data)  # closed: write-back starts its upload
-            wait_for(lambda: proxy.forwarded["up"] > up + 6 * MiB, 30, f"half of {name} sent")
+            wait_for(lambda up=up: proxy.forwarded["up"] > up + 6 * MiB, 30, f"half of {name} sent")
             if fault == "cut":
                 proxy.cut()
                 proxy.refuse(3.0)
