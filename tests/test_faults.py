@@ -91,6 +91,11 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     return result
 
 
+def forwarded_past(proxy: FaultProxy, direction: str, count: int) -> Callable[[], bool]:
+    """A check: the proxy forwarded more than ``count`` bytes ``direction`` (up/down)."""
+    return lambda: proxy.forwarded[direction] > count
+
+
 def digest(data: bytes) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
@@ -107,7 +112,7 @@ def errno_of(fn: Callable[[], object]) -> int | None:
 def test_read_survives_a_reset_shorter_than_the_timeout(
     sim: Vcsim, proxy: FaultProxy, item: str, tmp_path: Path
 ) -> None:
-    """A file being read whose connection is reset half-way, the store then refusing
+    """A file being read whose connection is reset mid-way, the store then refusing
     connections for 3 s (< -o timeout): the read waits and returns the right bytes."""
     data = os.urandom(24 * MiB)
     sim.upload(item, "big.bin", data)
@@ -118,8 +123,8 @@ def test_read_survives_a_reset_shorter_than_the_timeout(
         fd = os.open(path, os.O_RDONLY)
         try:
             head, _ = within(m, 30, lambda: os.pread(fd, MiB, 0))
-            down = proxy.forwarded["down"]
-            wait_for(lambda: proxy.forwarded["down"] > down + 6 * MiB, 20, "half the file sent")
+            sent = forwarded_past(proxy, "down", proxy.forwarded["down"] + 6 * MiB)
+            wait_for(sent, 20, "a quarter of the file sent")
             proxy.cut()
             proxy.refuse(3.0)
             cut_at = time.monotonic()
@@ -141,8 +146,8 @@ def test_read_survives_a_reset_shorter_than_the_timeout(
 def test_uploads_cut_or_stalled_mid_way_reach_the_store(
     sim: Vcsim, proxy: FaultProxy, item: str, tmp_path: Path
 ) -> None:
-    """One upload reset half-way (connections refused for 3 s after), another stalled for
-    4 s half-way: once the proxy heals, both files are on the store, intact, and fsync of
+    """One upload reset mid-way (connections refused for 3 s after), another stalled for
+    4 s mid-way: once the proxy heals, both files are on the store, intact, and fsync of
     each reports success."""
     cut, stalled = os.urandom(16 * MiB), os.urandom(16 * MiB)
     with mount_through(proxy, tmp_path) as m:
@@ -150,9 +155,9 @@ def test_uploads_cut_or_stalled_mid_way_reach_the_store(
         assert os.listdir(folder) == ["a.txt"]
         proxy.limit(RATE)
         for name, data, fault in (("cut.bin", cut, "cut"), ("stalled.bin", stalled, "stall")):
-            up = proxy.forwarded["up"]
+            sent = forwarded_past(proxy, "up", proxy.forwarded["up"] + 6 * MiB)
             (folder / name).write_bytes(data)  # closed: write-back starts its upload
-            wait_for(lambda up=up: proxy.forwarded["up"] > up + 6 * MiB, 30, f"half of {name} sent")
+            wait_for(sent, 30, f"a third of {name} sent")
             if fault == "cut":
                 proxy.cut()
                 proxy.refuse(3.0)
