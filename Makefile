@@ -27,14 +27,17 @@ endef
 system-packages:
 	$(call apt_install,$(APT_PACKAGES))
 
-# pyfuse3 comes first, as a wheel built (once, cached) with kernel FUSE passthrough against
-# libfuse 3.17.2 (scripts/build-pyfuse3-wheel.sh); pip then takes it as installed.
+# pyfuse3 comes first, as a wheel built (once, cached) with the patches of scripts/patches/
+# against libfuse 3.17.2 (scripts/build-pyfuse3-wheel.sh); pip then takes it as installed.
 $(VENV)/.installed: pyproject.toml scripts/build-pyfuse3-wheel.sh scripts/build-libfuse.sh \
-		scripts/patches/pyfuse3-3.5.0-passthrough.patch
+		$(wildcard scripts/patches/pyfuse3-*.patch)
+	@echo "== virtualenv $(VENV)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "== pyfuse3 with kernel passthrough, FOPEN_NOFLUSH, FOPEN_CACHE_DIR (built once, cached)"
 	wheel="$$(scripts/build-pyfuse3-wheel.sh $(PY) | tail -n1)" && \
 	  $(PY) -m pip install -q --force-reinstall --no-deps "$$wheel"
+	@echo "== assetfs and its dependencies (pip install -e '.[dev]')"
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -68,8 +71,11 @@ lint: venv
 test-model: setup
 	ASSETFS_MODEL_OPS=100000 $(VENV)/bin/pytest -q -rs tests/test_model.py
 
+# assetfs against Debian's rclone mount of the same tree and direct access (installs rclone
+# if missing; the tests never need it)
 bench: setup
-	$(PY) scripts/bench_read.py
+	$(call apt_install,rclone)
+	$(PY) scripts/bench_vs_rclone.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -103,6 +103,13 @@ class Locked(AssetFSError):
     errno = errno.EBUSY
 
 
+class FileBusy(AssetFSError):
+    """The file is open in a way that excludes this open: a writer of a file whose open
+    readers read the store's local copy through the kernel (vfs/passthrough.py)."""
+
+    errno = errno.ETXTBSY
+
+
 class NoSpace(AssetFSError):
     """The cache (or the store) has no room for the data."""
 

@@ -156,6 +156,11 @@ class Remote:
         """A local file holding ``path``'s content (ReadMode.LOCAL)."""
         return await self._call("local copy", path, lambda: self._driver.local_path(path))
 
+    def known_local_path(self, path: str) -> str | None:
+        """The local file holding ``path``'s content when the driver knows it without I/O
+        (no deadline needed: nothing is waited for), else None."""
+        return self._driver.known_local_path(path)
+
     async def open_stream(self, path: str) -> AsyncIterator[bytes]:
         """The whole content of ``path`` from offset 0 (ReadMode.STREAM). The deadline is a
         stall timeout: each chunk must come within the policy's attempt timeout, however

@@ -372,6 +372,15 @@ class BlockCache:
             return None
         return self.open_file(item, create=False)
 
+    async def local_copy_fd(self, item: CacheItem) -> int | None:
+        """The store's local copy of clean ``item`` (the library's, ``local_path``: on
+        omni.client's ``file:`` provider the file itself), opened read-only, as the backing
+        file of a read-only passthrough open; None when the store keeps no local copy or
+        the item is dirty or being written. Raises AssetFSError (the copy cannot be had)."""
+        if item.dirty or item.writers or item.complete:
+            return None
+        return await self.fetcher.local_copy(item)
+
     def passthrough_room(self, item: CacheItem) -> bool:
         """Whether a writer of ``item`` may write through the kernel (passthrough) rather
         than through :meth:`write`. The daemon cannot refuse those writes at ``max_bytes``,

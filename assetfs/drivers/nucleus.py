@@ -222,11 +222,19 @@ class NucleusDriver(Driver):
         check(result, url, "list")
         return listed(items)
 
+    def known_local_path(self, path: str) -> str | None:
+        """On ``file:`` the file itself (docs/backends/nucleus.md); None on Nucleus, whose local
+        copy is the library's to fetch."""
+        if self._local_root is None:
+            return None
+        return self._local_root + path if path != "/" else self._local_root or "/"
+
     async def local_path(self, path: str) -> str:
         """The library's local copy of ``path``; on ``file:`` that is the file itself
-        (docs/backends/nucleus.md), so no library round trip is made for it."""
-        if self._local_root is not None:
-            return self._local_root + path if path != "/" else self._local_root or "/"
+        (:meth:`known_local_path`), so no library round trip is made for it."""
+        known = self.known_local_path(path)
+        if known is not None:
+            return known
         url = self.url_of(path)
         result, local = await self._call(oc.get_local_file_with_callback, url, True)
         check(result, url, "get_local_file")

@@ -139,8 +139,13 @@ class Invalidator:
             event.entry is None or event.entry.version != item.base_version
         ):
             # A reader holding the file open must see the new content to its new end, not
-            # the size it had at open: rebase the item when it holds no copy.
-            keep = not gone and item.handles
+            # the size it had at open: rebase the item when it holds no copy, unless the
+            # kernel reads it from a backing file (passthrough) that a rebase cannot change
+            # (one that is not the store's file changed in place).
+            keep = not gone and item.handles and (
+                inode is None or self.passthrough.bound_item(inode) is not item
+                or (event.entry is not None
+                    and self.passthrough.reads_current_copy(inode, event.entry)))
             if not (keep and event.entry is not None and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
         bound = inode is not None and self.passthrough.bound_item(inode)

@@ -42,6 +42,13 @@ T = TypeVar("T")
 XATTR_PREFIX = "user.assetfs."
 BLKSIZE = 1 << 20
 """st_blksize: cp and friends size their buffers from it; 1 MiB requests suit FUSE."""
+_FILE_INFO = set(dir(pyfuse3.FileInfo))
+NOFLUSH = "noflush" in _FILE_INFO
+"""pyfuse3 can answer an open with FOPEN_NOFLUSH: close() of a read-only open then waits for
+no FLUSH request (scripts/patches/pyfuse3-3.5.0-noflush.patch)."""
+CACHE_DIR = "cache_readdir" in _FILE_INFO
+"""pyfuse3 can answer an opendir with FOPEN_CACHE_DIR: the kernel lists a folder again from
+its own cache (scripts/patches/pyfuse3-3.5.0-cache-readdir.patch)."""
 
 
 def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -171,9 +178,14 @@ class Operations(pyfuse3.Operations):
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[str, list[tuple[str, Entry]]]] = {}
+        self._dirs: dict[int, tuple[int, str, list[tuple[str, Entry]]]] = {}
+        """Folder handle -> (inode, path, the listing it reads)."""
         self._listed: set[int] = set()
-        """Folder handles already read from: a new read at offset 0 is a rewinddir."""
+        """Folder handles already read from, or served from the kernel's cache (opened with
+        ``keep_cache``): a read at offset 0 is then a rewinddir."""
+        self.kernel_listings: dict[int, tuple[tuple[str, Kind, int | None], ...]] = {}
+        """Folder inode -> the listing the kernel caches for it (FOPEN_CACHE_DIR), as
+        :meth:`_listing_key` s: an opendir keeps that cache only while it is still true."""
         self._next_fh = 1
         self.requests = RequestStats()
         """FUSE requests by operation: counts, latencies, errors (observe/requests.py)."""
@@ -223,6 +235,12 @@ class Operations(pyfuse3.Operations):
         if entry.is_dir:
             self.remote.watch(path)
         return self.attributes(inode, entry)
+
+    def _listing_key(
+        self, folder: str, entries: list[tuple[str, Entry]]
+    ) -> tuple[tuple[str, Kind, int | None], ...]:
+        """What the kernel's cache of a folder listing holds: names, kinds, inode numbers."""
+        return tuple((name, e.kind, self.inodes.get(join(folder, name))) for name, e in entries)
 
     async def _on_store(self, path: str, entry: Entry) -> bool:
         """Whether the store may hold ``path`` (shown as ``entry``), so that deleting or
@@ -308,10 +326,12 @@ class Operations(pyfuse3.Operations):
     # pyfuse3 calls forget from its C callback without awaiting (handlers.pxi), so a plain
     # function runs at once, before the next request; its stub declares a coroutine.
     def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
+        self.requests.started("forget")
         for inode, count in inode_list:
             path = self.inodes.forget(inode, count)
             if path is not None:
                 self.kernel_version.pop(inode, None)
+                self.kernel_listings.pop(inode, None)
                 self.remote.unwatch(path)
 
     @_errno
@@ -328,22 +348,37 @@ class Operations(pyfuse3.Operations):
 
     # --- folders --------------------------------------------------------------------
     @_errno
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+        """A folder handle; with FOPEN_CACHE_DIR, the kernel keeps what readdir returns and
+        keeps it across opens (``keep_cache``) while the listing is unchanged: a second
+        ``ls`` of the folder sends no readdir. Remote changes drop that cache
+        (the invalidator's ``invalidate_inode`` of the folder), local ones too (the kernel)."""
         path = self._path(inode)
         await self.ns.folder(path)
         self.remote.watch(path)
         fh = self._new_fh()
-        self._dirs[fh] = (path, sorted((await self.ns.listing(path)).items()))
-        return fh
+        entries = sorted((await self.ns.listing(path)).items())
+        self._dirs[fh] = (inode, path, entries)
+        if not CACHE_DIR or not entries:
+            # An empty listing is cached without a page, and no opendir without keep_cache
+            # nor invalidate_inode then resets it (only a change of the folder's mtime
+            # does, fs/fuse/readdir.c): the kernel would list the folder as empty for good.
+            return fh
+        keep = self.kernel_listings.get(inode) == self._listing_key(path, entries)
+        if keep:
+            self._listed.add(fh)  # listed from the kernel's cache; the snapshot may age
+        else:
+            self.kernel_listings.pop(inode, None)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=True)
 
     @_errno
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        folder, entries = self._dirs[fh]
+        folder_inode, folder, entries = self._dirs[fh]
         if start_id == 0 and fh in self._listed:
             # rewinddir() on a handle held open (a file manager, os.listdir(fd)): POSIX
             # wants the folder as it is now, not the snapshot taken at opendir.
             entries = sorted((await self.ns.listing(folder)).items())
-            self._dirs[fh] = (folder, entries)
+            self._dirs[fh] = (folder_inode, folder, entries)
         self._listed.add(fh)
         for index in range(start_id, len(entries)):
             name, entry = entries[index]
@@ -353,11 +388,13 @@ class Operations(pyfuse3.Operations):
                 token, os.fsencode(name), self.attributes(inode, entry), index + 1
             ):
                 self.inodes.forget(inode, 1)
-                break
+                return
             if entry.is_dir:
                 self.remote.watch(path)
+        self.kernel_listings[folder_inode] = self._listing_key(folder, entries)
 
     async def releasedir(self, fh: int) -> None:
+        self.requests.started("releasedir")
         self._dirs.pop(fh, None)
         self._listed.discard(fh)
 
@@ -474,10 +511,15 @@ class Operations(pyfuse3.Operations):
         the cache file when it holds the whole content (and, for a writer, the cache bound
         leaves room, and the inode is not open in cached mode), else through the daemon
         (vfs/passthrough.py)."""
+        if writable and self.passthrough.bound_to_local_copy(inode):
+            raise errors.FileBusy(f"{item.path} is open for reading from the store's copy")
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
-        mode, backing_id = self.passthrough.open(inode, item, fd)
+        local_copy = fd is None and not writable and self.passthrough.idle(inode)
+        if local_copy:
+            fd = await self.cache.local_copy_fd(item)
+        mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
         item.handles += 1  # from now on: the item stays while the journal is written
         if writable:
             item.writers += 1
@@ -491,11 +533,14 @@ class Operations(pyfuse3.Operations):
                 raise
         fh = self._new_fh()
         self._handles[fh] = Handle(inode, item, writable, mode)
+        info = pyfuse3.FileInfo(fh=fh)
+        if NOFLUSH and not writable:  # flush() has nothing to do for a reader
+            info.noflush = True
         if mode is IOMode.PASSTHROUGH:
             if writable:  # the page cache of earlier cached opens is stale from now on
                 self.kernel_version.pop(inode, None)
-            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)
-        info = pyfuse3.FileInfo(fh=fh)
+            info.backing_id = backing_id
+            return info
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
         self.kernel_version[inode] = version
