@@ -146,7 +146,8 @@ class FaultProxy:
                         ended = True
                         return
                     other.sendall(data)
-                    self.forwarded[direction] += len(data)
+                    with self._lock:
+                        self.forwarded[direction] += len(data)
                     if rate is not None:
                         time.sleep(len(data) / rate)
         except OSError:
