@@ -128,13 +128,20 @@ class Remote:
             exc.logged = True
             raise
 
-    async def stat(self, path: str) -> Entry:
-        """The store's entry at ``path``. Raises NotFound, Unavailable, TimedOut."""
-        return await self._call("stat", path, lambda: self._driver.stat(path))
+    def _policy(self, once: bool) -> retry.RetryPolicy | None:
+        return dataclasses.replace(self.policy, attempts=1) if once else None
 
-    async def list(self, path: str) -> list[Entry]:
-        """The children of folder ``path``. Raises NotFound, NotADirectory, Unavailable."""
-        return await self._call("list", path, lambda: self._driver.list(path))
+    async def stat(self, path: str, once: bool = False) -> Entry:
+        """The store's entry at ``path``. Raises NotFound, Unavailable, TimedOut.
+        ``once``: a single attempt, no retries (the caller has a stale answer to give)."""
+        return await self._call("stat", path, lambda: self._driver.stat(path),
+                                self._policy(once))
+
+    async def list(self, path: str, once: bool = False) -> list[Entry]:
+        """The children of folder ``path``. Raises NotFound, NotADirectory, Unavailable.
+        ``once``: a single attempt, no retries (the caller has a stale answer to give)."""
+        return await self._call("list", path, lambda: self._driver.list(path),
+                                self._policy(once))
 
     async def read_into(self, path: str, offset: int, size: int, fd: int) -> int:
         """Bytes of ``path`` at ``offset`` into local file ``fd`` (ReadMode.RANGED)."""

@@ -56,13 +56,16 @@ class RetryPolicy:
 
     ``attempt_timeout`` bounds one attempt, ``deadline`` the whole call including backoff;
     backoff before attempt n is ``uniform(0, min(cap, base * 2**n))`` (AWS "full jitter",
-    :class:`~assetfs.backoff.Backoff` with ``floor=0``).
+    :class:`~assetfs.backoff.Backoff` with ``floor=0``). ``attempts`` caps the number of
+    attempts (None: as many as the deadline allows); a call that ran out of attempts
+    before its deadline raises its last error without tripping the breaker.
     """
 
     attempt_timeout: float = 30.0
     deadline: float = 60.0
     base: float = 0.2
     cap: float = 5.0
+    attempts: int | None = None
     breaker: Breaker = field(default_factory=Breaker, compare=False)
 
     def backoff(self, attempt: int) -> float:
@@ -100,8 +103,10 @@ async def call(
                 last = errors.TimedOut(f"{what}: no answer in {policy.attempt_timeout:g}s")
             except errors.Unavailable as exc:
                 last = exc
-            delay = policy.backoff(attempt)
             attempt += 1
+            if policy.attempts is not None and attempt >= policy.attempts:
+                raise last
+            delay = policy.backoff(attempt - 1)
             log.debug("%s failed (%s); retry %d in %.2fs", what, last, attempt, delay)
             await trio.sleep(delay)
     policy.breaker.trip(min(policy.deadline, 10.0))

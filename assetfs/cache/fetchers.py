@@ -9,13 +9,15 @@
   next ``readahead`` blocks in the background.
 - :class:`StreamFetcher` (``STREAM``, stores that ignore Range: vcsim, NodeODX): one
   background stream fills the cache file from offset 0, and a reader waits only until the
-  bytes it asked for have arrived.
+  bytes it asked for have arrived. A stream the network cut off is opened again until the
+  mount's deadline (``-o timeout``) has passed without a byte from the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -29,6 +31,8 @@ from .. import errors
 from ..drivers.base import ReadMode
 from ..remote import Remote
 from .item import CacheItem
+
+log = logging.getLogger(__name__)
 
 
 class CacheFiles(Protocol):
@@ -270,20 +274,12 @@ class StreamFetcher(Fetcher):
         """Fill ``item`` from offset 0 with the store's stream. A restart after a failure
         downloads from 0 again (there is no range) but rewrites nothing below the
         watermark. The call layer's deadline is a stall timeout (assetfs/remote.py);
-        :meth:`stop` ends it early."""
-        position = 0
+        :meth:`stop` ends it early. A stream cut off for want of the store is restarted
+        by :meth:`_stream_until_deadline`; readers keep waiting meanwhile."""
         try:
             self.files.make_room(item.size, for_dirty=False)
             with trio.CancelScope() as item.stream_scope:
-                async for chunk in self.remote.open_stream(item.path):
-                    end = position + len(chunk)
-                    self.stats.downloaded_bytes += len(chunk)
-                    if end > item.watermark:
-                        skip = max(0, item.watermark - position)
-                        self.files.put_bytes(item, chunk[skip:], position + skip)
-                        item.watermark = end
-                        self._signal(item)
-                    position = end
+                await self._stream_until_deadline(item)
             if item.stream_scope.cancelled_caught:
                 self.stats.streams_stopped += 1
             else:
@@ -297,6 +293,36 @@ class StreamFetcher(Fetcher):
             item.stream_running = False
             item.stream_scope = None
             self._signal(item)
+
+    async def _stream_until_deadline(self, item: CacheItem) -> None:
+        """Stream ``item`` to its end. A stream that fails with Unavailable (connection
+        reset or refused, body cut short) is opened again after the policy's backoff, as
+        long as the store sent a byte, or the first attempt began, less than the policy's
+        ``deadline`` (``-o timeout``, seconds) ago; past it, the last error is raised."""
+        policy = self.remote.policy
+        attempt, last_byte = 0, trio.current_time()
+        while True:
+            position = 0
+            try:
+                async for chunk in self.remote.open_stream(item.path):
+                    last_byte, attempt = trio.current_time(), 0
+                    end = position + len(chunk)
+                    self.stats.downloaded_bytes += len(chunk)
+                    if end > item.watermark:
+                        skip = max(0, item.watermark - position)
+                        self.files.put_bytes(item, chunk[skip:], position + skip)
+                        item.watermark = end
+                        self._signal(item)
+                    position = end
+                return
+            except errors.Unavailable as exc:
+                delay = policy.backoff(attempt)
+                if trio.current_time() + delay - last_byte > policy.deadline:
+                    raise
+                attempt += 1
+                log.info("stream of %s cut at byte %d (%s); again in %.2fs",
+                         self.remote.describe(item.path), position, exc, delay)
+                await trio.sleep(delay)
 
 
 def fetcher_for(remote: Remote, files: CacheFiles, block_size: int, readahead: int) -> Fetcher:

@@ -1,5 +1,10 @@
 """Name resolution: what exists at a path, from the metadata cache, the dirty files of the
-block cache, and (on a miss) the store, through the driver call layer (assetfs/remote.py)."""
+block cache, and (on a miss) the store, through the driver call layer (assetfs/remote.py).
+
+Stale-if-error (vfs/metadata.py): an expired entry or listing is refreshed with a single
+attempt, and when that fails for want of the store the last known answer is given at once
+instead of after ``-o timeout`` of retries; only what was never seen waits for the
+store's deadline."""
 
 from __future__ import annotations
 
@@ -49,9 +54,10 @@ class Namespace:
                 self.metadata.fill(path, found)
                 return found
 
+            once = self.metadata.stale_entry(path) is not MISSING
             try:
                 cached = await self._filled(
-                    split(path)[0], lambda: self.store_entry(path), fill,
+                    split(path)[0], lambda: self.store_entry(path, once), fill,
                     lambda: self.metadata.entry(path), lambda found: found,
                 )
             except errors.Unavailable:
@@ -62,11 +68,12 @@ class Namespace:
         assert cached is None or isinstance(cached, Entry)
         return cached
 
-    async def store_entry(self, path: str) -> Entry | None:
+    async def store_entry(self, path: str, once: bool = False) -> Entry | None:
         """What the store has at ``path`` now (None: nothing), asked under the retry
-        policy, bypassing the cache. Raises Unavailable and the driver's other errors."""
+        policy (``once``: one attempt), bypassing the cache. Raises Unavailable and the
+        driver's other errors."""
         try:
-            return await self.store.stat(path)
+            return await self.store.stat(path, once)
         except errors.NotFound:
             return None
 
@@ -120,10 +127,11 @@ class Namespace:
         """The children of ``folder``, with local unsaved files merged in."""
         listing = self.metadata.listing(folder)
         if listing is None:
+            once = self.metadata.stale_listing(folder) is not None
             try:
                 filled: dict[str, Entry] = await self._filled(
                     folder,
-                    lambda: self.store.list(folder),
+                    lambda: self.store.list(folder, once),
                     lambda entries: self.metadata.put_listing(folder, entries),
                     lambda: MISSING if (left := self.metadata.listing(folder)) is None else left,
                     lambda entries: {e.name: e for e in entries},

@@ -20,7 +20,10 @@ Options (``-o``):
 - ``item_type=TYPE`` (``file``): the type of items created by ``mkdir``;
 - ``datastore=ID``: datastore id for libraries created by ``mkdir`` at the top level (else
   the storage backing of an existing library is reused);
-- ``spool_dir=PATH``: scratch space for the simulator's item rebuild (see below).
+- ``spool_dir=PATH``: scratch space for the simulator's item rebuild (see below);
+- ``transfers_via_url``: send uploads and downloads to the mount URL's scheme, host and
+  port instead of the address in the server's transfer URLs (a server behind a proxy or
+  NAT; tests put a fault-injecting proxy in front of vcsim this way).
 
 Transport: every REST call, upload and download goes through one ``httpx.AsyncClient``,
 whose connections receive up to 1 MiB per socket read instead of httpcore's 64 KiB

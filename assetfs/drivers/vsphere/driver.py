@@ -54,6 +54,8 @@ class VsphereDriver(Driver):
         opt.Option("item_type", opt.text, "file", "type of the items mkdir creates"),
         opt.Option("datastore", opt.text, "", "datastore id of libraries mkdir creates"),
         opt.Option("spool_dir", opt.text, "", "scratch space for the simulator's item rebuild"),
+        opt.Option("transfers_via_url", opt.boolean, False,
+                   "send uploads and downloads to the mount URL's host and port"),
     )
 
     def __init__(self, url: str, options: Mapping[str, str]) -> None:
@@ -89,6 +91,7 @@ class VsphereDriver(Driver):
             keepalive_interval=float(self.options["keepalive"]),
             spool_dir=str(self.options["spool_dir"]) or tempfile.gettempdir(),
             item_type=self.item_type,
+            transfer_origin=self._rest.base_url if self.options["transfers_via_url"] else None,
         )
         self._item_locks: dict[str, trio.Lock] = {}
 

@@ -62,6 +62,11 @@ class Transfers:
     ``prepare_timeout`` (seconds) bounds the wait for PREPARED and DONE, sessions in use are
     kept alive every ``keepalive_interval`` seconds, ``spool_dir`` holds an item's files
     during a rebuild, ``item_type`` is the type of a rebuilt item whose own type is unknown.
+    ``transfer_origin`` (``scheme://host:port``, or None) replaces the scheme, host and port
+    of every upload and download URL the server hands out (``-o transfers_via_url``): the
+    server names its own listen address there whatever address the client used
+    (docs/backends/vsphere-content-library.md, Network faults), which a client behind a
+    proxy or a NAT cannot reach.
     """
 
     def __init__(
@@ -72,8 +77,10 @@ class Transfers:
         keepalive_interval: float,
         spool_dir: str,
         item_type: str,
+        transfer_origin: str | None = None,
     ) -> None:
         self._rest = rest
+        self._origin = httpx.URL(transfer_origin) if transfer_origin else None
         self._catalog = catalog
         self.prepare_timeout = prepare_timeout
         self.keepalive_interval = keepalive_interval
@@ -100,7 +107,7 @@ class Transfers:
             status = str(info.get("status") or "")
             uri = (info.get("download_endpoint") or {}).get("uri")
             if status == "PREPARED" and uri:
-                return str(uri)
+                return self._transfer_url(str(uri))
             if status == "ERROR":
                 message = (info.get("error_message") or {}).get("default_message", "")
                 raise errors.AssetFSError(
@@ -116,6 +123,15 @@ class Transfers:
             await trio.sleep(POLL_BACKOFF.delay(attempt))
             attempt += 1
             action, what = "get", "download status"
+
+    def _transfer_url(self, uri: str) -> str:
+        """``uri`` as the server gave it, or moved to ``transfer_origin`` when set."""
+        if self._origin is None:
+            return uri
+        moved = httpx.URL(uri).copy_with(
+            scheme=self._origin.scheme, host=self._origin.host, port=self._origin.port
+        )
+        return str(moved)
 
     async def _end_session(self, kind: str, sid: str, path: str) -> None:
         """Delete a transfer session (``kind`` is ``download`` or ``update``) within 5 s,
@@ -303,7 +319,7 @@ class Transfers:
             raise errors.AssetFSError(
                 f"add {name!r}: the server gave no upload endpoint", url=self._rest.describe(path)
             )
-        await self._put(str(uri), source, size, name, path)
+        await self._put(self._transfer_url(str(uri)), source, size, name, path)
 
     async def complete(self, sid: str, path: str) -> None:
         """Complete update session ``sid``, wait (``prepare_timeout``) until DONE, delete it.
