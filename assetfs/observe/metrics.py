@@ -2,9 +2,10 @@
 
 prometheus-client's HTTP server answers on a thread of its own, so a scrape never waits for
 the event loop to be free to accept it. What it reports is read on the loop thread, where
-every counter of the mount lives (design.md, Concurrency rules: nothing else touches them):
-each scrape hands one snapshot call to the trio run (:func:`assetfs.bridge.call_and_wait`), a few
-microseconds of loop time, and builds the metric families from that copy.
+every counter of the mount lives (docs/architecture.md, Concurrency rules: nothing else
+touches them): each scrape hands one snapshot call to the trio run
+(:func:`assetfs.bridge.call_and_wait`), a few microseconds of loop time, and builds the
+metric families from that copy.
 
 Names follow the Prometheus conventions (``_total`` counters, ``_bytes``, ``_seconds``);
 README.md and docs/desktop.md list them.
