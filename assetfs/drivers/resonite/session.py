@@ -177,7 +177,7 @@ def call_many(
     One thread keeping a window of grpc futures open is what a direct grpcio client does
     for the same work; per-call hand-offs to trio cost more than the calls themselves.
     """
-    finished: queue.SimpleQueue[tuple[int, grpc.Future]] = queue.SimpleQueue()
+    finished: queue.SimpleQueue[tuple[int, grpc.Future[Any]]] = queue.SimpleQueue()
     failures: list[tuple[int, errors.AssetFSError]] = []
     queued = iter(enumerate(requests))
     running = 0
