@@ -102,6 +102,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return spawn_daemon(args, config)
 
 
+def shown_url(url: str) -> str:
+    """``url`` for messages: a query string (where a token would sit) is never printed."""
+    base, sep, _ = url.partition("?")
+    return base + ("?<redacted>" if sep else "")
+
+
 def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
     """Run the daemon in this process until unmounted."""
     logging.basicConfig(
@@ -120,7 +126,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
 
         trio.run(daemon.run, config, ready)
     except errors.AssetFSError as exc:
-        message = f"assetfs: cannot mount {config.url}: {exc}"
+        message = f"assetfs: cannot mount {shown_url(config.url)}: {exc}"
         if ready_fd is not None:
             with contextlib.suppress(OSError):
                 os.write(ready_fd, message.encode() + b"\n")
@@ -161,7 +167,7 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.readline()
     if answer == READY:
-        print(f"assetfs: mounted {config.url} on {config.mountpoint} "
+        print(f"assetfs: mounted {shown_url(config.url)} on {config.mountpoint} "
               f"(pid {proc.pid}, log {logfile})")
         return 0
     proc.wait(timeout=30)
@@ -241,6 +247,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = events["last_event"]
         print(f"  events: {events['state']}, {events['received']} received, last "
               + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
+        driver_state = status.get("driver_state")
+        if driver_state:
+            print(f"  driver: {json.dumps(driver_state)}")
         loop = status.get("loop")
         if isinstance(loop, dict):
             print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "

@@ -175,6 +175,7 @@ class Mount:
                 "enabled": self.ops.passthrough.enabled,
                 "opens": self.ops.passthrough.opens,
             },
+            "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
             "requests": dict(self.ops.requests),
             "loop": self.loop.status(),

@@ -73,6 +73,18 @@ class Remote:
         """Raise when new content can never be stored at file ``path`` (no I/O)."""
         self._driver.check_write(path)
 
+    def uploads_last(self, path: str) -> bool:
+        """Whether ``path`` is a control file uploaded after its siblings (no I/O)."""
+        return self._driver.uploads_last(path)
+
+    def appends_only(self, path: str) -> bool:
+        """Whether the content of ``path`` only grows (no I/O)."""
+        return self._driver.appends_only(path)
+
+    def status(self) -> dict[str, object]:
+        """The driver's state for ``assetfs status`` (no I/O)."""
+        return self._driver.status()
+
     def watch(self, folder: str) -> None:
         """Report changes to the children of ``folder`` from now on."""
         self._driver.watch(folder)

@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 from .. import errors
-from ..drivers.base import Entry, split
+from ..drivers.base import Entry, ReadMode, split
 from ..remote import Remote
 from .fetchers import fetcher_for
 from .item import CacheItem
@@ -211,7 +211,14 @@ class BlockCache:
         handles have it open. If the item holds no copied bytes (it is served from the
         library's local copy, or nothing was read yet), take the new version and size, so
         open handles read the new content to its new end; return True. Return False when
-        it holds copied bytes (the caller drops it: open handles keep the old content)."""
+        it holds copied bytes (the caller drops it: open handles keep the old content),
+        unless the driver says the file only grows (:meth:`Driver.appends_only`, a console
+        log): then the bytes held stay and a later read streams only what is new."""
+        if (self.remote.read_mode is ReadMode.STREAM and not (item.dirty or item.writers)
+                and entry.size >= item.size and self.remote.appends_only(item.path)):
+            item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
+            item.complete = False
+            return True
         if item.dirty or item.writers or item.complete or item.blocks or item.stream_started:
             return False
         item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns

@@ -167,8 +167,25 @@ class WriteBack:
                     await self._wake.wait()
                 self._sleep_until = -math.inf
 
+    async def settle(self, folder: str, exclude: CacheItem | None = None) -> None:
+        """Upload every dirty file at or under ``folder`` (but ``exclude``) now and return
+        once none is left; files still open for writing are waited for (a control action
+        on the folder must see what is being copied into it)."""
+        prefix = folder.rstrip("/") + "/"
+        while True:
+            left = [i for i in self.pending() if i is not exclude
+                    and (i.path == folder or i.path.startswith(prefix))]
+            if not left:
+                return
+            for item in left:
+                if not item.writers:
+                    self.schedule(item, 0)
+            await trio.sleep(0.05)
+
     async def _upload(self, item: CacheItem, limiter: trio.CapacityLimiter) -> None:
         try:
+            if self.remote.uploads_last(item.path):
+                await self.settle(split(item.path)[0], exclude=item)
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)

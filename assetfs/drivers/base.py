@@ -252,6 +252,23 @@ class Driver(ABC):
         writable open or a truncate fails at once instead of its upload later. No I/O; the
         default allows everything."""
 
+    def uploads_last(self, path: str) -> bool:
+        """True when the file at ``path`` is a control file acting on what its folder holds
+        (a NodeODX ``COMMIT``): the write-back then uploads it only once no other file in
+        that folder is dirty, so the action sees everything copied there before it. No
+        I/O; the default is False."""
+        return False
+
+    def appends_only(self, path: str) -> bool:
+        """True when the content of ``path`` only ever grows (a console log): a new version
+        keeps the bytes already cached, and open handles read on to the new end (``tail
+        -f``). No I/O; the default is False."""
+        return False
+
+    def status(self) -> dict[str, object]:
+        """Driver state for ``assetfs status`` (JSON-able: downloads in progress...)."""
+        return {}
+
     async def mkdir(self, path: str) -> Entry:
         """Create folder ``path``. Raises AlreadyExists, NotFound (parent), ReadOnly."""
         raise errors.ReadOnly(url=self.describe(path))

@@ -237,13 +237,13 @@ class Operations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         try:
-            path = self._path(inode)
-        except errors.NotFound:  # unlinked or replaced while open: fstat still works
+            return self.attributes(inode, await self.ns.entry(self._path(inode)))
+        except errors.NotFound:
+            # unlinked, replaced, or deleted on the store while open: fstat still works
             item = next((h.item for h in self._handles.values() if h.inode == inode), None)
             if item is None:
                 raise
             return self.attributes(inode, item.entry(None, split(item.path)[1]))
-        return self.attributes(inode, await self.ns.entry(path))
 
     @_errno
     async def setattr(
@@ -615,6 +615,7 @@ class Operations(pyfuse3.Operations):
                 raise errors.InvalidName("umount_timeout takes seconds") from None
             return
         path = self._path(inode)
+        await self.writeback.settle(path)  # the action sees what was written there
         await self.remote.control(path, action, value)
         if path != "/":  # the root always exists: lookups below it must not need a stat
             self.metadata.forget(path, children=False)
