@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc g++ ninja-build curl patch str
 	attr rsync
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages venv demo test test-core lint bench clean
+.PHONY: setup system-packages venv demo test test-core test-model lint bench clean
 
 setup: system-packages venv
 
@@ -27,14 +27,17 @@ endef
 system-packages:
 	$(call apt_install,$(APT_PACKAGES))
 
-# pyfuse3 comes first, as a wheel built (once, cached) with kernel FUSE passthrough against
-# libfuse 3.17.2 (scripts/build-pyfuse3-wheel.sh); pip then takes it as installed.
+# pyfuse3 comes first, as a wheel built (once, cached) with the patches of scripts/patches/
+# against libfuse 3.17.2 (scripts/build-pyfuse3-wheel.sh); pip then takes it as installed.
 $(VENV)/.installed: pyproject.toml scripts/build-pyfuse3-wheel.sh scripts/build-libfuse.sh \
-		scripts/patches/pyfuse3-3.5.0-passthrough.patch
+		$(wildcard scripts/patches/pyfuse3-*.patch)
+	@echo "== virtualenv $(VENV)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "== pyfuse3 with kernel passthrough, FOPEN_NOFLUSH, FOPEN_CACHE_DIR (built once, cached)"
 	wheel="$$(scripts/build-pyfuse3-wheel.sh $(PY) | tail -n1)" && \
 	  $(PY) -m pip install -q --force-reinstall --no-deps "$$wheel"
+	@echo "== assetfs and its dependencies (pip install -e '.[dev]')"
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -53,7 +56,8 @@ test: setup
 CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
 	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
 	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
-	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py
+	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py \
+	tests/test_desktop.py
 
 test-core: setup
 	$(VENV)/bin/ruff check assetfs tests scripts
@@ -63,8 +67,15 @@ lint: venv
 	$(VENV)/bin/ruff check assetfs tests scripts
 	$(VENV)/bin/mypy
 
+# A soak of the model test (tests/test_model.py): 100,000 operations per mount variant.
+test-model: setup
+	ASSETFS_MODEL_OPS=100000 $(VENV)/bin/pytest -q -rs tests/test_model.py
+
+# assetfs against Debian's rclone mount of the same tree and direct access (installs rclone
+# if missing; the tests never need it)
 bench: setup
-	$(PY) scripts/bench_read.py
+	$(call apt_install,rclone)
+	$(PY) scripts/bench_vs_rclone.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import stat
 import subprocess
@@ -22,11 +23,13 @@ from typing import Any
 
 import trio
 
-from . import __version__, errors
+from . import __version__, control, errors
 from .config import CORE_OPTIONS, MountConfig
 from .drivers import available, driver_class
 from .drivers.base import POLL_INTERVAL
+from .observe.statusview import human_size, render
 from .options import split as split_options
+from .waiting import Progress
 
 log = logging.getLogger("assetfs")
 READY = b"ready\n"
@@ -164,7 +167,8 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
             pass_fds=(write_end,), start_new_session=True,
         )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
+    with os.fdopen(read_end, "rb") as pipe, Progress(f"mounting {config.url}, waiting for "
+                                                     "the store and its change events"):
         answer = pipe.readline()
     if answer == READY:
         print(f"assetfs: mounted {shown_url(config.url)} on {config.mountpoint} "
@@ -177,40 +181,89 @@ def spawn_daemon(args: argparse.Namespace, config: MountConfig) -> int:
     return 1
 
 
-def _status_of(mountpoint: str) -> dict[str, Any]:
-    status: dict[str, Any] = json.loads(os.getxattr(mountpoint, "user.assetfs.status"))
-    return status
+POLL = 0.2
+"""Seconds between two looks at the uploads while ``assetfs umount`` waits."""
+NOTE_EVERY = 2.0
+"""Seconds between two "waiting for" lines when what is pending changes."""
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = os.path.realpath(args.mountpoint)
+    """Wait (over the control socket, control.py) until the uploads are done, ``--timeout``
+    passes or Ctrl-C; then unmount. Past the timeout the rest stays in the cache journal and
+    uploads at the next mount; Ctrl-C leaves the mount as it is, uploading."""
+    mountpoint = control.resolved(args.mountpoint)
     if mountpoint not in fuse_mounts():
         raise UsageError(f"{mountpoint} is not an assetfs mount")
-    if args.no_flush:  # the daemon must not upload them on its way out either
-        os.setxattr(mountpoint, "user.assetfs.umount_timeout", b"0")
-    else:
-        status = _status_of(mountpoint)
-        dirty = status.get("dirty_files") or []
-        if dirty:
-            print(f"assetfs: waiting for {len(dirty)} uploads: {', '.join(map(str, dirty[:10]))}")
-        try:
-            os.setxattr(mountpoint, "user.assetfs.flush", str(args.timeout).encode())
-        except OSError as exc:
-            if exc.errno == errno.ETIMEDOUT:
-                left = _status_of(mountpoint).get("dirty_files") or []
-                print(f"assetfs: {len(left)} files not uploaded after {args.timeout}s; they stay "
-                      "in the cache journal and upload at the next mount", file=sys.stderr)
-            else:
-                raise
-    pid = _status_of(mountpoint).get("pid")
+    deadline = time.monotonic() + args.timeout
+    pid = None
+    try:
+        status = control.request(mountpoint, "status", timeout=_left(deadline))
+        pid = status.get("pid")
+        with Progress("uploading before unmount", lambda: _uploads_left(mountpoint)):
+            uploaded = not args.no_flush and _wait_for_uploads(mountpoint, deadline,
+                                                               args.timeout, status)
+        if not uploaded:
+            control.request(mountpoint, "exit_timeout", timeout=_left(deadline), seconds=0)
+    except control.ControlError as exc:
+        print(f"assetfs: {exc}; unmounting without waiting for uploads", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("assetfs: interrupted: still mounted, uploads go on", file=sys.stderr)
+        return 130
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         raise UsageError(result.stderr.strip() or "fusermount3 -u failed")
     if isinstance(pid, int):
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+        until = max(deadline, time.monotonic() + 0.3)
+        with Progress(f"unmounted; waiting for the daemon (pid {pid}) to finish"):
+            while time.monotonic() < until and _alive(pid):
+                time.sleep(0.05)
     return 0
+
+
+def _uploads_left(mountpoint: str) -> str:
+    """What an unmount still waits for, for its progress line."""
+    status = control.request(mountpoint, "status", timeout=1.0)
+    cache, uploads = status["cache"], status["uploads"]
+    flying = [u for u in uploads.get("in_flight", []) if u["sent_bytes"] and u["bytes"]]
+    left = cache["dirty_bytes"] - sum(u["sent_bytes"] for u in flying)
+    text = f"{len(status['dirty_files'] or [])} files, {human_size(max(0, left))} to send"
+    running = [f"{u['path']} {100 * u['sent_bytes'] // u['bytes']}%" for u in flying]
+    return text + (f" ({', '.join(running[:3])})" if running else "")
+
+
+def _left(deadline: float) -> float:
+    """Seconds a control request may take before ``deadline`` (at least a moment)."""
+    return min(2.0, max(0.2, deadline - time.monotonic()))
+
+
+def _wait_for_uploads(
+    mountpoint: str, deadline: float, timeout: float, status: dict[str, Any]
+) -> bool:
+    """Start every pending upload and wait until none is left (True) or ``deadline``
+    passes (False), printing what is waited for (and the last upload error) when it
+    changes; ``status`` is the daemon's status before."""
+    if status.get("dirty_files"):
+        control.request(mountpoint, "flush", timeout=_left(deadline))
+    shown: set[str] | None = None
+    noted = -math.inf
+    while True:
+        pending = [str(p) for p in status.get("dirty_files") or []]
+        if not pending:
+            return True
+        now = time.monotonic()
+        if set(pending) != shown and now - noted >= NOTE_EVERY:
+            line = f"assetfs: waiting for {len(pending)} uploads: {', '.join(pending[:10])}"
+            error = (status.get("uploads") or {}).get("last_error")
+            if error:
+                line += f" (last error: {error[1]})"
+            print(line, flush=True)
+            shown, noted = set(pending), now
+        if now >= deadline:
+            print(f"assetfs: {len(pending)} files not uploaded after {timeout:g}s; they stay "
+                  "in the cache journal and upload at the next mount", file=sys.stderr)
+            return False
+        time.sleep(min(POLL, deadline - now))
+        status = control.request(mountpoint, "status", timeout=_left(deadline))
 
 
 def _alive(pid: int) -> bool:
@@ -224,40 +277,41 @@ def _alive(pid: int) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    targets = [os.path.realpath(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
+    targets = [control.resolved(args.mountpoint)] if args.mountpoint else list(fuse_mounts())
     if args.mountpoint and targets[0] not in fuse_mounts():
         raise UsageError(f"{targets[0]} is not an assetfs mount")
-    for mountpoint in targets:
-        status = _status_of(mountpoint)
-        if args.json:
-            print(json.dumps(status, indent=2))
-            continue
-        cache, uploads, events = status["cache"], status["uploads"], status["events"]
-        assert isinstance(cache, dict) and isinstance(uploads, dict) and isinstance(events, dict)
-        print(f"{mountpoint}: {status['url']} ({status['driver']}, pid {status['pid']})")
-        print(f"  cache: {cache['used_bytes']} of {cache['max_bytes']} bytes, "
-              f"{cache['dirty_bytes']} dirty ({cache['dir']})")
-        dirty = status["dirty_files"]
-        assert isinstance(dirty, list)
-        print(f"  dirty files: {len(dirty)}" + (f" ({', '.join(dirty[:5])})" if dirty else ""))
-        print(f"  uploads: {uploads['files']} files, {uploads['bytes']} bytes, "
-              f"{uploads['retries']} retries, {uploads['conflicts']} conflicts")
-        if uploads["last_error"]:
-            print(f"  last error: {uploads['last_error'][1]}")
-        last = events["last_event"]
-        print(f"  events: {events['state']}, {events['received']} received, last "
-              + (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)) if last else "never"))
-        driver_state = status.get("driver_state")
-        if driver_state:
-            print(f"  driver: {json.dumps(driver_state)}")
-        loop = status.get("loop")
-        if isinstance(loop, dict):
-            print(f"  event loop: longest step {1000 * loop['longest_step_s']:.1f} ms "
-                  f"({loop['longest_task']}), {loop['stalls']} over "
-                  f"{1000 * loop['stall_s']:.0f} ms")
-    if not targets:
-        print("no assetfs mounts")
+    if args.json:
+        failed = 0
+        for mountpoint in targets:
+            try:
+                print(json.dumps(control.request(mountpoint, "status"), indent=2))
+            except control.ControlError as exc:
+                print(f"{mountpoint}: {exc}", file=sys.stderr)
+                failed = 1
+        return failed
+    if args.watch is None:
+        print(_status_text(targets))
+        return 0
+    try:
+        while True:  # clear the terminal, then the status; until Ctrl-C
+            print("\033[H\033[2J" + time.strftime("%H:%M:%S ") + _status_text(targets),
+                  flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def _status_text(targets: list[str]) -> str:
+    """The status of each mount in ``targets`` for people (a line for one that does not
+    answer its control socket)."""
+    texts = []
+    for mountpoint in targets:
+        try:
+            texts.append(render(mountpoint, control.request(mountpoint, "status")))
+        except control.ControlError as exc:
+            texts.append(f"{mountpoint}: {exc}")
+    return "\n".join(texts) or "no assetfs mounts"
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -297,7 +351,9 @@ def parser() -> argparse.ArgumentParser:
     umount.set_defaults(func=cmd_umount)
     status = sub.add_parser("status", help="show mounts, cache, uploads and events")
     status.add_argument("mountpoint", nargs="?")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the daemon's status as JSON")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
     status.set_defaults(func=cmd_status)
     drivers = sub.add_parser("drivers", help="list the URL schemes")
     drivers.set_defaults(func=cmd_drivers)
@@ -315,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"assetfs: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"assetfs: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("assetfs: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

@@ -13,6 +13,18 @@ from typing import Any
 from . import options as opt
 from .drivers.base import POLL_INTERVAL, Driver
 
+
+def address(text: str) -> tuple[str, int]:
+    """``"[HOST:]PORT"`` -> ``(host, port)``, host 127.0.0.1 when not given (``[::1]:9464``
+    for IPv6). Raises ValueError."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected [HOST:]PORT, for example 127.0.0.1:9464")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+address.__name__ = "[host:]port"
+
 CORE_OPTIONS: tuple[opt.Option, ...] = (
     opt.Option("cache_dir", opt.text, "",
                "cache files and the journal (default $XDG_CACHE_HOME/assetfs/<mount id>)"),
@@ -34,6 +46,12 @@ CORE_OPTIONS: tuple[opt.Option, ...] = (
     opt.Option("ro", opt.boolean, False, "read-only mount"),
     opt.Option("allow_other", opt.boolean, False, "let other users see the mount"),
     opt.Option("debug", opt.boolean, False, "debug logging"),
+    opt.Option("metrics", address, None,
+               "serve Prometheus metrics at http://HOST:PORT/metrics (host 127.0.0.1 unless "
+               "given; port 0: a free one)"),
+    opt.Option("trash", opt.choice("off", "server"), "off",
+               "what a file manager's Move to Trash does: off (delete instead) or server "
+               "(a .Trash-UID folder on the store); docs/desktop.md"),
 )
 
 
@@ -111,6 +129,18 @@ class MountConfig:
         """Kernel FUSE passthrough for files whose whole content is cached (default on
         where the kernel and pyfuse3 allow it; ``-o passthrough=no`` turns it off)."""
         return bool(self.values["passthrough"])
+
+    @property
+    def metrics(self) -> tuple[str, int] | None:
+        """``-o metrics=[HOST:]PORT``: where to serve Prometheus metrics (observe/metrics.py),
+        as (host, port); None without the option."""
+        value = self.values["metrics"]
+        return value if value is None else (str(value[0]), int(value[1]))
+
+    @property
+    def trash(self) -> str:
+        """``-o trash=off|server`` (default ``off``): see vfs/trash.py."""
+        return str(self.values["trash"])
 
     @property
     def read_only(self) -> bool:

@@ -9,28 +9,32 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from . import __version__, errors, retry
+from . import __version__, control, errors, retry
 from .cache.blocks import BlockCache
 from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
 from .config import MountConfig
 from .drivers.base import ChangeEvent, Driver, Entry
+from .events.echoes import OwnChanges
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
+from .observe.metrics import MetricsServer, take_sample
+from .observe.progress import read_position
 from .remote import Remote
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
 from .vfs.namespace import Namespace
 from .vfs.operations import Operations, Timeouts
+from .vfs.trash import TrashPolicy
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -94,8 +98,10 @@ class Mount:
         self.cache = BlockCache(cache_dir, self.remote, self.journal, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
+        self.own = OwnChanges()
         self.mtimes = MtimeOverlay(self.journal)
-        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes)
+        self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
+                                   TrashPolicy(config.trash))
         self.writeback = WriteBack(
             self.cache, self.remote, config.write_back_delay, self._uploaded,
             self.events_send,
@@ -109,16 +115,23 @@ class Mount:
         )
         self.ops = Operations(
             self.remote, self.namespace, self.metadata, self.cache, self.writeback, self.inodes,
-            timeouts, self.status, read_only=config.read_only, passthrough=config.passthrough,
+            timeouts, self.status, self.own, read_only=config.read_only,
+            passthrough=config.passthrough,
         )
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
-                                       self.ops.kernel_version, self.ops.passthrough)
+                                       self.ops.kernel_version, self.ops.passthrough, self.own,
+                                       self.namespace.store_entry)
         self.subscription = Subscription(driver, self.events_send)
         self.started = time.time()
+        self.control_path = control.socket_path(config.mountpoint)
+        """The control socket (control.py); named before the mount exists, since naming it
+        resolves the mount point's folder."""
         self.loop = LoopWatch()
         """Event-loop stalls (installed by :meth:`serve`)."""
         self.stop_signals = 0
         """Stop signals received (SIGTERM, SIGINT, SIGHUP)."""
+        self.metrics: MetricsServer | None = None
+        """The Prometheus endpoint (``-o metrics``), started by :meth:`serve`."""
         for record in self.journal.records():
             item = self.cache.adopt(record.key, record.path, record.base_version)
             if item is not None:
@@ -128,6 +141,7 @@ class Mount:
     def _uploaded(self, path: str, entry: Entry, mtime_ns: int) -> None:
         """The file written at ``path`` is on the store as ``entry``; it keeps showing the
         local modification time ``mtime_ns`` (see vfs/mtimes.py)."""
+        self.own.changed(path)
         self.mtimes.keep(path, entry.version, mtime_ns)
         self.metadata.put(path, entry)
         inode = self.inodes.get(path)
@@ -139,6 +153,9 @@ class Mount:
         stats = self.writeback.stats
         pending = self.writeback.pending()
         sub = self.subscription.status
+        dirty = {i.path for i in pending}
+        flying = [{"path": path, "bytes": size, "started": round(stats.started.get(path, 0), 1),
+                   "sent_bytes": self._sent(path)} for path, size in stats.in_progress.items()]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -151,6 +168,10 @@ class Mount:
                 "used_bytes": self.cache.used_bytes(),
                 "max_bytes": self.config.cache_max,
                 "dirty_bytes": self.cache.dirty_bytes(),
+                "hits": self.cache.stats.hits,
+                "misses": self.cache.stats.misses,
+                "downloaded_bytes": self.cache.stats.downloaded_bytes,
+                "streams_stopped": self.cache.stats.streams_stopped,
             },
             "dirty_files": sorted(i.path for i in pending),
             "uploads": {
@@ -161,6 +182,13 @@ class Mount:
                 "conflicts": stats.conflicts,
                 "conflict_files": stats.conflict_paths[-20:],
                 "last_error": stats.last_error,
+                "queued": len(dirty - set(stats.in_progress)),
+                "in_flight": flying,
+                "failing": [{"path": path, "since": round(since, 1), "error": message,
+                             "attempts": attempts}
+                            for path, (since, message, attempts) in stats.failing.items()
+                            if path in dirty],
+                "given_up": stats.given_up[-20:],
             },
             "events": {
                 "state": sub.state,
@@ -170,6 +198,8 @@ class Mount:
                 "restarts": sub.restarts,
                 "last_error": sub.last_error,
                 "watched_folders": len(self.driver.watched),
+                "backlog": self.events_receive.statistics().current_buffer_used,
+                "lag_s": round(self.invalidator.lag, 4),
             },
             "passthrough": {
                 "enabled": self.ops.passthrough.enabled,
@@ -177,9 +207,18 @@ class Mount:
             },
             "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
-            "requests": dict(self.ops.requests),
+            "requests": dict(self.ops.requests.counts),
+            "store_requests": dict(self.remote.calls),
             "loop": self.loop.status(),
+            "trash": self.config.trash,
+            "metrics": self.metrics.url if self.metrics else None,
         }
+
+    def _sent(self, path: str) -> int | None:
+        """Bytes the running upload of ``path`` has read from its cache file, if known
+        (observe/progress.py)."""
+        item = self.cache.item(path)
+        return read_position(self.cache.cache_file(item)) if item is not None else None
 
     async def serve(self, ready: Callable[[], None]) -> None:
         """Mount, call ``ready()``, and serve until unmounted or signalled; then upload what
@@ -191,6 +230,11 @@ class Mount:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
+        address = self.config.metrics
+        if address is not None:
+            self.metrics = MetricsServer(*address, lambda: take_sample(self.status,
+                                                                       self.ops.requests))
+            log.info("metrics at %s", self.metrics.url)
         pyfuse3.init(self.ops, str(self.config.mountpoint), options)
         trio.lowlevel.add_instrument(self.loop)
         self.loop.sample_stacks()
@@ -214,6 +258,7 @@ class Mount:
                 nursery.start_soon(self._cancel_on_signal, signals, nursery.cancel_scope,
                                    "unmounting")
                 nursery.start_soon(self._serve_requests, nursery.cancel_scope, state)
+                await nursery.start(self._serve_control)
                 # A statfs from a worker thread returns once the kernel's FUSE_INIT has been
                 # answered: only then can the read-ahead be raised (INIT resets it).
                 await trio.to_thread.run_sync(os.statvfs, self.config.mountpoint)
@@ -234,6 +279,38 @@ class Mount:
             self.cache.close()
             self.journal.close()
             await self.driver.close()
+            if self.metrics is not None:
+                await self.metrics.close()
+
+    async def _serve_control(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer ``assetfs status`` and ``assetfs umount`` on the control socket
+        (control.py); a mount whose socket cannot be made serves without it."""
+        path = self.control_path
+        try:
+            await control.serve(path, self.control_commands(), task_status)
+        except OSError as exc:
+            log.warning("no control socket at %s: %s", path, exc)
+            task_status.started()
+
+    def control_commands(self) -> dict[str, control.Handler]:
+        """The control commands: ``status`` (what :meth:`status` says), ``flush`` (start
+        every pending upload now; the paths), ``exit_timeout`` (``seconds`` the daemon
+        uploads for once unmounted; 0 leaves what is dirty in the journal)."""
+
+        def flush(request: Mapping[str, Any]) -> list[str]:
+            return sorted(item.path for item in self.writeback.hurry())
+
+        def exit_timeout(request: Mapping[str, Any]) -> float:
+            try:
+                self.writeback.exit_timeout = float(request["seconds"])
+            except (KeyError, TypeError, ValueError):
+                raise control.ControlError("exit_timeout takes seconds") from None
+            return self.writeback.exit_timeout
+
+        return {"status": lambda request: self.status(), "flush": flush,
+                "exit_timeout": exit_timeout}
 
     async def _serve_requests(self, scope: trio.CancelScope, state: dict[str, bool]) -> None:
         """Answer FUSE requests until the filesystem is unmounted, then stop the mount."""

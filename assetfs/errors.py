@@ -8,7 +8,8 @@ turns them into ``pyfuse3.FUSEError(exc.errno)``.
 from __future__ import annotations
 
 import errno
-import os
+
+from .localio import pwrite_all
 
 
 class AssetFSError(Exception):
@@ -19,9 +20,19 @@ class AssetFSError(Exception):
     """Set once the failure was logged (by the driver call layer, assetfs/remote.py), so
     the FUSE layer does not log it again."""
 
-    def __init__(self, message: str = "", *, url: str | None = None) -> None:
+    permanent: bool = False
+    """True when retrying the same call cannot succeed (the store's answer will not change
+    by itself): an upload failing so is not retried, its bytes are saved elsewhere
+    (cache/writeback.py). Each class has a default; a driver's translation point may
+    decide otherwise for one error (``permanent=`` when raising)."""
+
+    def __init__(
+        self, message: str = "", *, url: str | None = None, permanent: bool | None = None
+    ) -> None:
         super().__init__(message or self.__class__.__name__)
         self.url = url
+        if permanent is not None:
+            self.permanent = permanent
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -29,9 +40,10 @@ class AssetFSError(Exception):
 
 
 class NotFound(AssetFSError):
-    """The path does not exist on the store."""
+    """The path does not exist on the store (for an upload: its folder is gone)."""
 
     errno = errno.ENOENT
+    permanent = True
 
 
 class AlreadyExists(AssetFSError):
@@ -62,12 +74,14 @@ class NotADirectory(AssetFSError):
     """A path component, or the target, is a file where a folder is needed."""
 
     errno = errno.ENOTDIR
+    permanent = True
 
 
 class IsADirectory(AssetFSError):
     """The target is a folder where a file is needed."""
 
     errno = errno.EISDIR
+    permanent = True
 
 
 class DirectoryNotEmpty(AssetFSError):
@@ -80,12 +94,20 @@ class InvalidName(AssetFSError):
     """The store rejects this name."""
 
     errno = errno.EINVAL
+    permanent = True
 
 
 class Locked(AssetFSError):
     """Someone else holds a lock on the item."""
 
     errno = errno.EBUSY
+
+
+class FileBusy(AssetFSError):
+    """The file is open in a way that excludes this open: a writer of a file whose open
+    readers read the store's local copy through the kernel (vfs/passthrough.py)."""
+
+    errno = errno.ETXTBSY
 
 
 class NoSpace(AssetFSError):
@@ -121,9 +143,9 @@ class BadURL(AssetFSError):
 def pwrite_local(fd: int, data: bytes, offset: int) -> None:
     """``os.pwrite`` of ``data`` at ``offset`` (bytes) into a local file, the cache's: a full
     disk or quota becomes :class:`NoSpace` (the writer gets ENOSPC, not EIO); other
-    ``OSError`` s propagate."""
+    ``OSError`` s propagate. Short writes are looped (localio.py)."""
     try:
-        os.pwrite(fd, data, offset)
+        pwrite_all(fd, data, offset)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpace("the cache disk is full") from exc

@@ -15,6 +15,7 @@ deadline) never does, so a mutation that may have reached the store is not sent 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,10 @@ class Remote:
     def __init__(self, driver: Driver, policy: retry.RetryPolicy) -> None:
         self._driver = driver
         self.policy = policy
+        self.calls: collections.Counter[str] = collections.Counter()
+        """Requests sent to the store by kind (``stat``, ``list``, ``read``, ``upload``,
+        ``download`` for a stream...), each attempt of a retried call counted: what
+        ``assetfs status`` and the metrics report as store requests."""
 
     # --- no I/O -----------------------------------------------------------------------
     @property
@@ -110,8 +115,13 @@ class Remote:
         store (Unavailable, TimedOut) is logged here once with the URL and marked
         ``logged``; other errors (NotFound...) are answers, not failures."""
         label = f"{what} of {self.describe(path)}"
+
+        async def attempt() -> T:
+            self.calls[what] += 1
+            return await fn()
+
         try:
-            return await retry.call(fn, policy or self.policy, label)
+            return await retry.call(attempt, policy or self.policy, label)
         except errors.Unavailable as exc:
             text = str(exc)
             log.warning("%s", text if text.startswith(label) else f"{label}: {text}")
@@ -139,11 +149,17 @@ class Remote:
         """A local file holding ``path``'s content (ReadMode.LOCAL)."""
         return await self._call("local copy", path, lambda: self._driver.local_path(path))
 
+    def known_local_path(self, path: str) -> str | None:
+        """The local file holding ``path``'s content when the driver knows it without I/O
+        (no deadline needed: nothing is waited for), else None."""
+        return self._driver.known_local_path(path)
+
     async def open_stream(self, path: str) -> AsyncIterator[bytes]:
         """The whole content of ``path`` from offset 0 (ReadMode.STREAM). The deadline is a
         stall timeout: each chunk must come within the policy's attempt timeout, however
         long the whole file takes; past it, TimedOut."""
         stall = self.policy.attempt_timeout
+        self.calls["download"] += 1
         stream = self._driver.open_stream(path)
         try:
             while True:

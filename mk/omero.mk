@@ -14,6 +14,7 @@ ice-wheel: $(VENV)/.installed
 omero: $(OMERO_STAMP)
 
 $(OMERO_STAMP): $(VENV)/.installed scripts/build-ice-wheel.sh mk/omero.mk
+	@echo "== OMERO.fs test peer: zeroc-ice 3.6.5 wheel (built once per machine, ~4-7 min), omero-py, omero-dropbox"
 	wheel="$$(scripts/build-ice-wheel.sh $(PY) | tail -n1)" && \
 	  $(PY) -m pip install -q "$$wheel" $(OMERO_PACKAGES)
 	$(PY) -c 'import Ice, omero, omero_FS_ice, fsServerFS, fsServerMS'

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/assetfs"
-PREFIX="$(bash "$(dirname "${BASH_SOURCE[0]}")/build-libfuse.sh" | tail -n1)"
+PREFIX="$(bash "$(dirname "${BASH_SOURCE[0]}")/build-libfuse.sh" --examples | tail -n1)"
 TREE="$(dirname "$PREFIX")"
 BIN="$TREE/build/example/passthrough_hp"
 

@@ -104,11 +104,18 @@ export ICE_BUILD_JOBS="$JOBS"
 
 log "compiling with $JOBS jobs (several minutes); log: $work/build.log"
 start=$(date +%s)
+# a line every 30 s while the compiler runs, so that a long first set-up shows it is working
+(while sleep 30; do
+   log "still compiling: $(( $(date +%s) - start )) s, $(grep -c -- ' -c ' "$work/build.log" || true) files so far"
+ done) &
+ticker=$!
+trap 'kill "$ticker" 2>/dev/null; rm -rf "$work"' EXIT
 if ! "$PYTHON" -m pip wheel -v --no-deps -w "$work/dist" "$src" >"$work/build.log" 2>&1; then
   tail -n 40 "$work/build.log" >&2
   log "build failed"
   exit 1
 fi
+kill "$ticker" 2>/dev/null || true
 built="$(ls "$work"/dist/zeroc_ice-*.whl | head -n1)"
 # Move into place atomically so a concurrent or interrupted run never sees half a wheel.
 cp "$built" "$WHEEL_DIR/.$(basename "$built").tmp"

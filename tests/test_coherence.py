@@ -291,7 +291,8 @@ run as a process of its own."""
 def test_second_ls_lr_asks_the_daemon_for_no_entry(mount: Mount, store: Path) -> None:
     """With push events the kernel keeps names and attributes; answering security.* and
     system.* xattrs with EOPNOTSUPP makes ls stop asking per entry. A second ls -lR then
-    costs only the folder reads (pyfuse3 cannot keep listings in the kernel)."""
+    costs only requests per folder: an opendir, and (where the kernel keeps listings,
+    FOPEN_CACHE_DIR) the folder's attributes once as it first lists it from its cache."""
     for d in range(3):
         (store / f"tree{d}").mkdir()
         for f in range(30):
@@ -302,9 +303,10 @@ def test_second_ls_lr_asks_the_daemon_for_no_entry(mount: Mount, store: Path) ->
     after = status(mount)["requests"]
     per_entry = sum(after.get(op, 0) - before.get(op, 0) for op in ("lookup", "getattr",
                                                                       "getxattr", "listxattr"))
-    # 93 entries; what remains is per run, not per entry: the root's getattr, ls asking
-    # each xattr namespace once (then remembering EOPNOTSUPP), and this test's status reads
-    assert per_entry <= 8, (before, after)
+    # 93 entries in 7 folders; what remains is per run or per folder, not per entry: the
+    # root's getattr, ls asking each xattr namespace once (then remembering EOPNOTSUPP),
+    # this test's status reads, and a getattr per folder listed from the kernel's cache
+    assert per_entry <= 8 + 7, (before, after)
 
 
 def test_folders_the_kernel_forgets_are_unwatched(mount: Mount, store: Path) -> None:
@@ -376,7 +378,10 @@ def test_event_storm_does_not_starve_a_reader(store: Path, tmp_path: Path) -> No
     scripts/bench_coherence.py, not asserted here."""
     with open(store / "big.bin", "wb") as f:
         f.truncate(BIG)
-    options = {"cache_dir": str(tmp_path / "cache"), "timeout": "10"}
+    # the reader's reads must come to the daemon, as the storm's events do: with passthrough
+    # the kernel would read the store's file itself (and as a CPU hog on a small machine,
+    # outrun the library's event delivery that "caught up" waits for)
+    options = {"cache_dir": str(tmp_path / "cache"), "timeout": "10", "passthrough": "no"}
     with mounted(f"file://{store}", tmp_path / "mnt", options) as mount:
         read_until(mount.path / "big.bin", lambda: True)
         folder = store / "storm"

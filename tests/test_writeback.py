@@ -9,7 +9,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -40,8 +39,10 @@ def wait_for(check: Callable[[], object], seconds: float = 15.0, what: str = "")
 
 
 def flush(mount: Mount, seconds: int = 30) -> None:
-    """Upload everything dirty now (what ``assetfs umount`` asks the daemon for)."""
-    os.setxattr(mount.path, "user.assetfs.flush", str(seconds).encode())
+    """Upload everything dirty now (the flush xattr starts the uploads, as ``assetfs
+    umount`` does) and wait until nothing is dirty."""
+    os.setxattr(mount.path, "user.assetfs.flush", b"")
+    wait_for(lambda: not status(mount)["dirty_files"], seconds, "uploads after a flush")
 
 
 def du(folder: Path) -> int:
@@ -323,19 +324,22 @@ def test_a_second_signal_stops_the_uploads_at_exit(store: Path, tmp_path: Path) 
     """A stopped daemon keeps uploading for up to ``umount_timeout`` seconds; a second stop
     signal ends that at once and leaves the rest in the journal for the next mount."""
     url, mnt = f"file://{store}", tmp_path / "mnt"
-    (store / "locked").mkdir()
-    with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
-        (mnt / "locked" / "file.bin").write_bytes(b"kept\n")
-        shutil.rmtree(store / "locked")  # a file where the folder was: the upload fails
-        (store / "locked").write_text("in the way\n")
-        m.proc.send_signal(signal.SIGTERM)
-        with pytest.raises(subprocess.TimeoutExpired):
-            m.proc.wait(timeout=2)  # still trying to upload
-        m.proc.send_signal(signal.SIGTERM)
-        assert m.proc.wait(timeout=10) == 0
-        assert "leaving the rest to the next mount" in m.output()
+    (store / "small").mkdir()  # a 1 MiB disk: the upload of 2 MiB fails (retried) there
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(store / "small")],
+                   check=True)
+    try:
+        with mounted(url, mnt, options(tmp_path, write_back_delay="60")) as m:
+            (mnt / "small" / "file.bin").write_bytes(os.urandom(2 * MiB))
+            m.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(subprocess.TimeoutExpired):
+                m.proc.wait(timeout=2)  # still trying to upload
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(timeout=10) == 0
+            assert "leaving the rest to the next mount" in m.output()
+    finally:
+        subprocess.run(["umount", "-l", str(store / "small")], check=False)
     journal = Journal(tmp_path / "cache" / "journal.sqlite")
-    assert [r.path for r in journal.records()] == ["/locked/file.bin"]
+    assert [r.path for r in journal.records()] == ["/small/file.bin"]
     journal.close()
 
 

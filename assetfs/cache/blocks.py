@@ -68,6 +68,8 @@ class BlockCache:
         self._dirty_hint = max_bytes
         self.fetcher = fetcher_for(remote, self, block_size, readahead)
         """How missing bytes arrive: one fetcher per read mode (cache/fetchers.py)."""
+        self.stats = self.fetcher.stats
+        """Hits, misses, bytes downloaded (cache/fetchers.py, FetchStats)."""
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the cache a nursery for read-ahead, stream and sync tasks."""
@@ -258,13 +260,29 @@ class BlockCache:
         else:
             self._discard(item)
 
+    def abandon(self, item: CacheItem) -> None:
+        """Stop uploading ``item`` (its upload can never succeed and its bytes were saved
+        elsewhere): clean, unlinked, off its path; open handles keep reading it."""
+        if self.items.get(item.path) is item:
+            self.unlinked(item.path)
+            return
+        item.unlinked = True
+        if item.dirty:
+            item.dirty = False
+            self.journal.mark_clean(item.key)
+        if not item.handles and item in self._orphans:
+            self._orphans.remove(item)
+            self._discard(item)
+
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
-        file descriptors (a tree walk must not pile them up); an item that holds no cached
+        file descriptors (a tree walk must not pile them up) and stops a download only a
+        reader needed (cache/fetchers.py, ``Fetcher.stop``); an item that holds no cached
         bytes (served from the library's local copy) is forgotten altogether."""
         item.handles -= 1
         if item.handles or item.dirty:
             return
+        self.fetcher.stop(item)
         if item in self._orphans:
             self._orphans.remove(item)
             self._discard(item)
@@ -353,6 +371,15 @@ class BlockCache:
         if not (item.complete or item.dirty):
             return None
         return self.open_file(item, create=False)
+
+    async def local_copy_fd(self, item: CacheItem) -> int | None:
+        """The store's local copy of clean ``item`` (the library's, ``local_path``: on
+        omni.client's ``file:`` provider the file itself), opened read-only, as the backing
+        file of a read-only passthrough open; None when the store keeps no local copy or
+        the item is dirty or being written. Raises AssetFSError (the copy cannot be had)."""
+        if item.dirty or item.writers or item.complete:
+            return None
+        return await self.fetcher.local_copy(item)
 
     def passthrough_room(self, item: CacheItem) -> bool:
         """Whether a writer of ``item`` may write through the kernel (passthrough) rather
@@ -496,6 +523,7 @@ class BlockCache:
         if offset >= end:
             return b""
         if item.complete or item.dirty:
+            self.stats.hits += 1
             return os.pread(self.open_file(item, create=False), end - offset, offset)
         return await self.fetcher.read(item, offset, end)
 

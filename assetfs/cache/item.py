@@ -45,6 +45,8 @@ class CacheItem:
     stream_started: bool = False
     stream_running: bool = False
     stream_error: errors.AssetFSError | None = None
+    stream_scope: trio.CancelScope | None = None
+    """Cancels the running stream (cache/fetchers.py: the last handle closed first)."""
     unlinked: bool = False
     """Deleted or replaced by a rename on our side: open handles still read and write it,
     but its content is never uploaded again."""

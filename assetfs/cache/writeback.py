@@ -4,7 +4,10 @@ A file is uploaded ``delay`` seconds after its last handle closed (so an editor'
 save-and-rename or repeated writes give one upload), at once on ``fsync`` (which waits for
 the result), and at start-up for every file the journal lists. A failed upload is retried
 with capped exponential backoff and jitter, for ever: the journal keeps the data safe
-meanwhile, and a store that comes back gets everything. If the remote version changed since
+meanwhile, and a store that comes back gets everything. An upload that can never succeed
+(an error whose ``permanent`` is set by the driver's translation point, assetfs/errors.py)
+is not retried: its bytes are saved as a conflict copy beside the name, or in the local
+recovery folder, and ``assetfs status`` names it. If the remote version changed since
 the content was fetched, ours is uploaded beside it as ``NAME.conflict-<UTC time>``
 (docs/architecture.md, What a write does), never over it.
 """
@@ -15,9 +18,11 @@ import collections
 import contextlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -35,8 +40,10 @@ COMPARE_CHUNK = 1 << 20
 
 @dataclass
 class UploadStats:
-    """Counters for ``assetfs status``: files and bytes uploaded, retries, conflicts, and
-    the last error as ``(unix time, message)``."""
+    """Counters for ``assetfs status``: files and bytes uploaded, retries (failed
+    attempts), conflicts, the last error as ``(unix time, message)``, the uploads running
+    (``in_progress``: path -> bytes, ``started``: path -> unix time) and the files whose
+    last attempt failed (``failing``: path -> (unix time, message, failed attempts))."""
 
     files: int = 0
     bytes: int = 0
@@ -45,6 +52,11 @@ class UploadStats:
     conflict_paths: list[str] = field(default_factory=list)
     last_error: tuple[float, str] | None = None
     in_progress: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    failing: dict[str, tuple[float, str, int]] = field(default_factory=dict)
+    given_up: list[dict[str, str]] = field(default_factory=list)
+    """Uploads that can never succeed: ``{"path", "reason", "saved_as"}`` each, where
+    ``saved_as`` is a store path (a conflict copy) or a local file (the recovery folder)."""
 
 
 def conflict_name(path: str, now: float | None = None) -> str:
@@ -85,6 +97,9 @@ class WriteBack:
         self._held: collections.Counter[CacheItem] = collections.Counter()
         self._sleep_until = -math.inf
         """When the dispatcher wakes by itself; earlier due uploads wake it (monotonic s)."""
+        self.recovery_dir = cache.root / "recovery"
+        """Where the bytes of an upload that can never succeed go when the store refuses
+        even a conflict copy (``<cache dir>/recovery/<UTC time>/<path>``)."""
         self.exit_timeout = 30.0
         """Seconds the daemon uploads dirty files for when it stops (``-o umount_timeout``;
         0 after ``assetfs umount --no-flush``: they stay in the journal for the next mount)."""
@@ -136,10 +151,17 @@ class WriteBack:
             self._held = +self._held
             self._wake.set()
 
+    def hurry(self) -> list[CacheItem]:
+        """Start the uploads of everything dirty now (without waiting for the write-back
+        delay, or the backoff of a failed attempt); return the dirty items."""
+        pending = self.pending()
+        for item in pending:
+            self.schedule(item, 0)
+        return pending
+
     async def drain(self) -> None:
         """Upload everything dirty now and return when nothing is dirty."""
-        for item in self.pending():
-            self.schedule(item, 0)
+        self.hurry()
         while self.pending():
             await trio.sleep(0.1)
 
@@ -189,21 +211,31 @@ class WriteBack:
             async with limiter:
                 await self._upload_once(item)
             self._attempts.pop(item, None)
+            self.stats.failing.pop(item.path, None)
             self._errors.pop(item, None)  # an earlier failure is not this fsync's answer
         except Exception as exc:
+            if item.unlinked:  # deleted or replaced here meanwhile: nothing to upload
+                return
             if not isinstance(exc, errors.AssetFSError):
                 log.exception("upload of %s failed unexpectedly", item.path)
                 exc = errors.AssetFSError(str(exc))
+            self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
+            self._errors[item] = exc
+            if exc.permanent:
+                # no retry; while a writer has it open it waits for the last close
+                if not item.writers:
+                    await self._give_up(item, exc)
+                return
             attempt = self._attempts.get(item, 0)
             self._attempts[item] = attempt + 1
             self.stats.retries += 1
-            self.stats.last_error = (time.time(), f"upload of {item.path}: {exc}")
-            self._errors[item] = exc
+            self.stats.failing[item.path] = (time.time(), str(exc), attempt + 1)
             log.warning("upload of %s failed (%s); retrying", self.remote.describe(item.path), exc)
             self.schedule(item, self.backoff.delay(attempt))
         finally:
             self._busy.discard(item)
             self.stats.in_progress.pop(item.path, None)
+            self.stats.started.pop(item.path, None)
             finished = self._finished.pop(item, None)
             if finished is not None:
                 finished.set()
@@ -230,6 +262,7 @@ class WriteBack:
                     return
                 target = conflict_name(path)
         self.stats.in_progress[path] = size
+        self.stats.started[path] = time.time()
         source = self.cache.cache_file(item)
         entry = await self.remote.write(target, source, size)
         self.stats.files += 1
@@ -240,6 +273,44 @@ class WriteBack:
         self.cache.mark_uploaded(item, generation, entry)
         if item.path == path:
             self.on_uploaded(path, entry, mtime_ns)
+
+    async def _give_up(self, item: CacheItem, reason: errors.AssetFSError) -> None:
+        """The upload of ``item`` can never succeed (``reason.permanent``: the name is a
+        folder on the store, its folder is gone or is a file, the store rejects the name).
+        Its bytes go to a conflict copy beside the name, or, when the store refuses that
+        too, to the local recovery folder (:attr:`recovery_dir`); the item then stops
+        shadowing the name, and ``assetfs status`` names the file, the reason and where its
+        bytes are."""
+        path, size, source = item.path, item.size, self.cache.cache_file(item)
+        target = conflict_name(path)
+        try:
+            entry: Entry | None = await self.remote.write(target, source, size)
+            saved = target
+        except errors.AssetFSError:
+            entry = None
+            try:
+                saved = str(await trio.to_thread.run_sync(self._recover, path, source))
+            except OSError as exc:  # the cache disk is full: keep it, and try again later
+                log.warning("upload of %s cannot succeed (%s), and its content could not be "
+                            "saved in %s (%s); keeping it", path, reason, self.recovery_dir, exc)
+                self.schedule(item, self.backoff.cap)
+                return
+        self.stats.given_up.append({"path": path, "reason": str(reason), "saved_as": saved})
+        log.warning("upload of %s cannot succeed (%s): not retried; its content was saved as "
+                    "%s", self.remote.describe(path), reason, saved)
+        self.cache.abandon(item)
+        if self.events is not None:
+            await self.events.send(ChangeEvent(ChangeKind.UPDATED, path))
+            if entry is not None:
+                await self.events.send(ChangeEvent(ChangeKind.CREATED, target, entry))
+
+    def _recover(self, path: str, source: str) -> Path:
+        """Copy cache file ``source`` of ``path`` to the recovery folder; the copy's path."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        copy = self.recovery_dir / stamp / path.lstrip("/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+        return copy
 
     async def _same_content(self, path: str, item: CacheItem, size: int) -> bool:
         """Whether the store's ``path`` holds exactly the ``size`` bytes of our cache file.

@@ -230,6 +230,12 @@ class Driver(ABC):
         """A local file holding the current content of ``path``. Needs ``ReadMode.LOCAL``."""
         raise errors.NotSupported("local copy", url=self.describe(path))
 
+    def known_local_path(self, path: str) -> str | None:
+        """The local file holding ``path``'s current content when it is known without any
+        I/O (a store that is a local tree), else None, and :meth:`local_path` is asked. Lets
+        a small file's open skip the deadline and retry machinery (ReadMode.LOCAL)."""
+        return None
+
     async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The whole content of ``path`` as chunks, from offset 0 (stores with no range)."""
         raise errors.NotSupported("streamed read", url=self.describe(path))

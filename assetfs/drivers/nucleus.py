@@ -59,9 +59,13 @@ _ERRORS: dict[Any, type[errors.AssetFSError]] = {
     oc.Result.ERROR_SOURCE_IS_DEST: errors.InvalidName,
     oc.Result.ERROR_BAD_VERSION: errors.AssetFSError,
 }
+_PERMANENT = {oc.Result.ERROR_NOT_FOUND, oc.Result.ERROR_BAD_REQUEST,
+              oc.Result.ERROR_SOURCE_IS_DEST}
+"""Results retrying cannot change (see :func:`check`)."""
 _WRONG_TYPE = getattr(oc.Result, "ERROR_WRONG_TYPE", None)
 if _WRONG_TYPE is not None:  # 2.75 returns it for list() of a file; not in the API doc
     _ERRORS[_WRONG_TYPE] = errors.NotADirectory
+    _PERMANENT.add(_WRONG_TYPE)
 
 _EVENTS = {
     oc.ListEvent.CREATED: ChangeKind.CREATED,
@@ -80,12 +84,16 @@ _initialized = False
 def check(result: Any, url: str, what: str) -> None:
     """Raise the project's exception for an ``omni.client.Result`` that is not OK.
 
-    The one place where this driver translates wire-level errors (docs/drivers.md, Errors).
+    The one place where this driver translates wire-level errors (docs/drivers.md, Errors),
+    and decides which are permanent (an upload failing so is not retried): ERROR_WRONG_TYPE
+    (the target is a folder, or a folder on the way is a file: measured on ``file:``),
+    ERROR_BAD_REQUEST and ERROR_SOURCE_IS_DEST (the name), ERROR_NOT_FOUND; the plain
+    ERROR (a full disk on ``file:``), connection and lock errors are retried.
     """
     if result in (oc.Result.OK, oc.Result.OK_LATEST, oc.Result.OK_NOT_YET_FOUND):
         return
     cls = _ERRORS.get(result, errors.AssetFSError)
-    raise cls(f"{what}: {result.name}", url=url)
+    raise cls(f"{what}: {result.name}", url=url, permanent=result in _PERMANENT)
 
 
 def _ns(when: dt.datetime) -> int:
@@ -214,11 +222,19 @@ class NucleusDriver(Driver):
         check(result, url, "list")
         return listed(items)
 
+    def known_local_path(self, path: str) -> str | None:
+        """On ``file:`` the file itself (docs/backends/nucleus.md); None on Nucleus, whose local
+        copy is the library's to fetch."""
+        if self._local_root is None:
+            return None
+        return self._local_root + path if path != "/" else self._local_root or "/"
+
     async def local_path(self, path: str) -> str:
         """The library's local copy of ``path``; on ``file:`` that is the file itself
-        (docs/backends/nucleus.md), so no library round trip is made for it."""
-        if self._local_root is not None:
-            return self._local_root + path if path != "/" else self._local_root or "/"
+        (:meth:`known_local_path`), so no library round trip is made for it."""
+        known = self.known_local_path(path)
+        if known is not None:
+            return known
         url = self.url_of(path)
         result, local = await self._call(oc.get_local_file_with_callback, url, True)
         check(result, url, "get_local_file")

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -21,9 +22,11 @@ import trio
 
 from ..cache.blocks import BlockCache
 from ..drivers.base import ChangeEvent, ChangeKind, Entry, join, split
+from ..errors import AssetFSError
 from ..vfs.inodes import InodeTable
 from ..vfs.metadata import MISSING, MetadataCache
 from ..vfs.passthrough import Passthrough
+from .echoes import OwnChanges
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,12 @@ class Invalidator:
 
     def __init__(
         self, metadata: MetadataCache, cache: BlockCache, inodes: InodeTable,
-        kernel_version: dict[int, str], passthrough: Passthrough,
+        kernel_version: dict[int, str], passthrough: Passthrough, own: OwnChanges,
+        store_entry: Callable[[str], Awaitable[Entry | None]],
     ) -> None:
+        self.own = own
+        self.store_entry = store_entry
+        """What the store holds at a path now (Namespace.store_entry)."""
         self.passthrough = passthrough
         self.metadata = metadata
         self.cache = cache
@@ -71,6 +78,9 @@ class Invalidator:
         self.received = 0
         self.last_event: float | None = None
         """Unix time of the last event received."""
+        self.lag = 0.0
+        """Seconds from the arrival of the last batch's first event until the kernel had
+        been told (the gathering pause included)."""
 
     async def run(self, receive: trio.MemoryReceiveChannel[ChangeEvent]) -> None:
         """Apply events until the channel closes or the task is cancelled.
@@ -92,12 +102,16 @@ class Invalidator:
                     batch[_key(event)] = event
             notes: list[KernelNote] = []
             for done, event in enumerate(batch.values(), 1):
-                notes.extend(self.apply(event))
+                if self._maybe_echo(event):
+                    notes.extend(await self._verified(event))
+                else:
+                    notes.extend(self.apply(event))
                 if done % SLICE == 0:
                     await trio.sleep(0)
             self.applied += len(batch)
             if notes:
                 await trio.to_thread.run_sync(notify_kernel, list(dict.fromkeys(notes)))
+            self.lag = time.time() - self.last_event
             await trio.sleep(0)
 
     def apply(self, event: ChangeEvent) -> list[KernelNote]:
@@ -125,8 +139,13 @@ class Invalidator:
             event.entry is None or event.entry.version != item.base_version
         ):
             # A reader holding the file open must see the new content to its new end, not
-            # the size it had at open: rebase the item when it holds no copy.
-            keep = not gone and item.handles
+            # the size it had at open: rebase the item when it holds no copy, unless the
+            # kernel reads it from a backing file (passthrough) that a rebase cannot change
+            # (one that is not the store's file changed in place).
+            keep = not gone and item.handles and (
+                inode is None or self.passthrough.bound_item(inode) is not item
+                or (event.entry is not None
+                    and self.passthrough.reads_current_copy(inode, event.entry)))
             if not (keep and event.entry is not None and self.cache.rebase(item, event.entry)):
                 self.cache.drop(path)
         bound = inode is not None and self.passthrough.bound_item(inode)
@@ -161,6 +180,55 @@ class Invalidator:
                 notes.append(KernelNote(parent_inode, name, inode if gone and inode else 0))
             notes.append(KernelNote(parent_inode))
         if not gone and inode is not None:
+            notes.append(KernelNote(inode))
+        return notes
+
+    def _maybe_echo(self, event: ChangeEvent) -> bool:
+        """Whether ``event`` is about a path this mount changed lately (events/echoes.py)."""
+        return event.kind not in (ChangeKind.RESYNC, ChangeKind.LISTED) and self.own.recent(
+            event.path)
+
+    async def _verified(self, event: ChangeEvent) -> list[KernelNote]:
+        """Apply what the store holds at ``event.path`` now instead of what the event says:
+        the event may be the late echo of one of our changes since undone (a deleted file's
+        creation). For a file that local unsaved content stands in for, only the store's
+        entry is recorded (the echo of an earlier name's deletion must not detach it).
+        Nothing is applied when a change of ours to the folder lands while the
+        store is asked (it is newer), or when the cache already holds what the store has;
+        when the store cannot be asked, the path is only forgotten (:meth:`_recheck`)."""
+        path = event.path
+        folder = split(path)[0]
+        stamp = self.metadata.stamp(folder)
+        try:
+            now = await self.store_entry(path)
+        except AssetFSError:
+            return self._recheck(path)
+        if self.metadata.stamp(folder) != stamp:
+            return []
+        if self.metadata.entry(path) == now:
+            return []
+        if self.cache.shadowing(path) is not None and (now is None or not now.is_dir):
+            # a file written here and not uploaded yet (or not again): the store's answer
+            # is only its base; the name, its inode and what the kernel caches stay
+            self.metadata.fill(path, now)
+            return []
+        kind = ChangeKind.DELETED if now is None else ChangeKind.UPDATED
+        return self.apply(ChangeEvent(kind, path, now))
+
+    def _recheck(self, path: str) -> list[KernelNote]:
+        """Forget what is cached about ``path`` so the next lookup asks the store, and let
+        the kernel ask again, without detaching the inode the kernel knows for it."""
+        parent, name = split(path)
+        self.metadata.forget(path)
+        self.metadata.forget_listing(parent)
+        parent_inode, inode = self.inodes.get(parent), self.inodes.get(path)
+        notes = []
+        if parent_inode is not None:
+            if inode is None:  # a negative dentry may hide what the store now has
+                notes.append(KernelNote(parent_inode, name))
+            notes.append(KernelNote(parent_inode))
+        if inode is not None:
+            self.kernel_version.pop(inode, None)
             notes.append(KernelNote(inode))
         return notes
 

@@ -10,6 +10,13 @@ or a change of ours says it changed: while the store cannot be reached, folders 
 listed stay listable and files already seen keep their attributes (stale-if-error, as
 HTTP caches do, and as docs/architecture.md asks of a mount whose backend is down).
 
+File managers look for the same few names in every folder they show (:data:`PROBE_NAMES`:
+GIO's ``.hidden``, KDE's ``.directory``, Windows' ``desktop.ini`` and ``Thumbs.db``, macOS's
+``.DS_Store``...). Their absence is kept as long as the stale layer keeps it, not only for
+the TTL: once a folder was listed or a probe name looked up in it, a revisit asks the store
+nothing more about them; an event or a change of ours (or a poll that finds one) drops the
+answer like any other (tests/test_desktop.py).
+
 A remote lookup can race with an event: a listing fetched before a deletion, stored after
 the invalidator applied it, would bring the deleted name back until the TTL ends. Every
 change bumps a counter of the folder it happened in (:meth:`stamp`); a fill that saw the
@@ -24,6 +31,14 @@ import cachetools
 from ..drivers.base import Entry, join, split
 
 _MISSING = object()
+
+PROBE_NAMES = frozenset({
+    ".hidden", ".directory", "desktop.ini", "Desktop.ini", "Thumbs.db", "thumbs.db",
+    "ehthumbs.db", ".DS_Store", "._.DS_Store", "autorun.inf", "AutoRun.inf", "AUTORUN.INF",
+    ".xdg-volume-info", ".localized", ".Trash", ".comments", ".thumbnails",
+})
+"""Names file managers and desktop libraries look up in folders they show, which asset
+stores almost never hold."""
 
 
 class _Counters(cachetools.LRUCache[str, int]):
@@ -116,6 +131,8 @@ class MetadataCache:
         listing = self._listings.get(parent)
         if listing is not None and path != "/":
             return listing.get(name)
+        if name in PROBE_NAMES and self.stale_entry(path) is None:
+            return None
         return _MISSING
 
     def listing(self, folder: str) -> dict[str, Entry] | None:

@@ -12,6 +12,7 @@ from ..drivers.base import Entry, join, split
 from ..remote import Remote
 from .metadata import MISSING, MetadataCache
 from .mtimes import MtimeOverlay
+from .trash import TrashPolicy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,8 +31,11 @@ class Namespace:
         metadata: MetadataCache,
         cache: BlockCache,
         mtimes: MtimeOverlay,
+        trash: TrashPolicy | None = None,
     ) -> None:
         self.mtimes = mtimes
+        self.trash = trash or TrashPolicy("server")
+        """Which trash folders the view hides (vfs/trash.py)."""
         self.store = remote
         self.metadata = metadata
         self.cache = cache
@@ -47,7 +51,7 @@ class Namespace:
 
             try:
                 cached = await self._filled(
-                    split(path)[0], lambda: self._stat(path), fill,
+                    split(path)[0], lambda: self.store_entry(path), fill,
                     lambda: self.metadata.entry(path), lambda found: found,
                 )
             except errors.Unavailable:
@@ -58,7 +62,9 @@ class Namespace:
         assert cached is None or isinstance(cached, Entry)
         return cached
 
-    async def _stat(self, path: str) -> Entry | None:
+    async def store_entry(self, path: str) -> Entry | None:
+        """What the store has at ``path`` now (None: nothing), asked under the retry
+        policy, bypassing the cache. Raises Unavailable and the driver's other errors."""
         try:
             return await self.store.stat(path)
         except errors.NotFound:
@@ -88,6 +94,8 @@ class Namespace:
     async def find(self, path: str) -> Entry | None:
         """The entry the kernel sees at ``path`` (local size/mtime for files being written),
         or None."""
+        if self.trash.hides(path):
+            return None
         remote = await self.remote(path)
         item = self.cache.shadowing(path)
         if item is not None:
@@ -125,7 +133,8 @@ class Namespace:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()}
+        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()
+                  if not self.trash.hides(join(folder, name))}
         for name, item in self.cache.shadowing_children(folder):
             merged[name] = item.entry(listing.get(name), name)
         return merged

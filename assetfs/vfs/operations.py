@@ -8,13 +8,13 @@ the mount, docs/architecture.md); the invalidator task does.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -27,7 +27,9 @@ from ..cache.blocks import BlockCache
 from ..cache.item import CacheItem
 from ..cache.writeback import WriteBack
 from ..drivers.base import Entry, Kind, join, split
+from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
+from ..observe.requests import RequestStats
 from ..remote import Remote
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
@@ -40,6 +42,13 @@ T = TypeVar("T")
 XATTR_PREFIX = "user.assetfs."
 BLKSIZE = 1 << 20
 """st_blksize: cp and friends size their buffers from it; 1 MiB requests suit FUSE."""
+_FILE_INFO = set(dir(pyfuse3.FileInfo))
+NOFLUSH = "noflush" in _FILE_INFO
+"""pyfuse3 can answer an open with FOPEN_NOFLUSH: close() of a read-only open then waits for
+no FLUSH request (scripts/patches/pyfuse3-3.5.0-noflush.patch)."""
+CACHE_DIR = "cache_readdir" in _FILE_INFO
+"""pyfuse3 can answer an opendir with FOPEN_CACHE_DIR: the kernel lists a folder again from
+its own cache (scripts/patches/pyfuse3-3.5.0-cache-readdir.patch)."""
 
 
 def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -49,10 +58,11 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        requests = getattr(args[0], "requests", None)
-        if requests is not None:
-            requests[name] += 1
+        stats: RequestStats | None = getattr(args[0], "requests", None)
+        if stats is not None:
+            stats.started(name)
         OPERATION.set(name)
+        started, failure = time.perf_counter(), 0
         try:
             try:
                 return await handler(*args, **kwargs)
@@ -61,15 +71,25 @@ def _errno(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutin
         except errors.AssetFSError as exc:
             if exc.errno in (errno.EIO, errno.ETIMEDOUT) and not exc.logged:
                 log.warning("%s: %s", handler.__name__, exc)
+            failure = exc.errno
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             log.warning("%s: local error %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except (pyfuse3.FUSEError, trio.Cancelled):
+            failure = exc.errno or errno.EIO
+            raise pyfuse3.FUSEError(failure) from None
+        except pyfuse3.FUSEError as exc:
+            failure = exc.errno
+            raise
+        except trio.Cancelled:
+            failure = errno.EINTR
             raise
         except Exception:
             log.exception("%s failed", handler.__name__)
+            failure = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if stats is not None:
+                stats.finished(name, time.perf_counter() - started, failure)
 
     return wrapper
 
@@ -138,6 +158,7 @@ class Operations(pyfuse3.Operations):
         inodes: InodeTable,
         timeouts: Timeouts,
         status: Callable[[], dict[str, Any]],
+        own: OwnChanges,
         read_only: bool = False,
         passthrough: bool = True,
     ) -> None:
@@ -150,17 +171,24 @@ class Operations(pyfuse3.Operations):
         self.inodes = inodes
         self.timeouts = timeouts
         self.status = status
+        self.own = own
+        """Paths changed on the store by this mount (their late events are re-checked)."""
         self.read_only = read_only or not remote.capabilities.writable
         self.passthrough = Passthrough(passthrough)
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[str, list[tuple[str, Entry]]]] = {}
+        self._dirs: dict[int, tuple[int, str, list[tuple[str, Entry]]]] = {}
+        """Folder handle -> (inode, path, the listing it reads)."""
         self._listed: set[int] = set()
-        """Folder handles already read from: a new read at offset 0 is a rewinddir."""
+        """Folder handles already read from, or served from the kernel's cache (opened with
+        ``keep_cache``): a read at offset 0 is then a rewinddir."""
+        self.kernel_listings: dict[int, tuple[tuple[str, Kind, int | None], ...]] = {}
+        """Folder inode -> the listing the kernel caches for it (FOPEN_CACHE_DIR), as
+        :meth:`_listing_key` s: an opendir keeps that cache only while it is still true."""
         self._next_fh = 1
-        self.requests: collections.Counter[str] = collections.Counter()
-        """FUSE requests received, by operation (``assetfs status``, benchmarks)."""
+        self.requests = RequestStats()
+        """FUSE requests by operation: counts, latencies, errors (observe/requests.py)."""
         self.uid, self.gid = os.getuid(), os.getgid()
 
     @property
@@ -207,6 +235,24 @@ class Operations(pyfuse3.Operations):
         if entry.is_dir:
             self.remote.watch(path)
         return self.attributes(inode, entry)
+
+    def _listing_key(
+        self, folder: str, entries: list[tuple[str, Entry]]
+    ) -> tuple[tuple[str, Kind, int | None], ...]:
+        """What the kernel's cache of a folder listing holds: names, kinds, inode numbers."""
+        return tuple((name, e.kind, self.inodes.get(join(folder, name))) for name, e in entries)
+
+    async def _on_store(self, path: str, entry: Entry) -> bool:
+        """Whether the store may hold ``path`` (shown as ``entry``), so that deleting or
+        renaming it must reach the store: a folder always does (folders are made on the
+        store at once), a file the store has or that was uploaded from here. Only a file
+        made here and never uploaded is not asked for: a stale cached "absent" would
+        otherwise skip the store and leave the old name there, or move a folder only in
+        the cache, so that the files under it upload into a folder the store lacks."""
+        if entry.is_dir or await self.ns.remote(path) is not None:
+            return True
+        item = self.cache.item(path)
+        return item is None or bool(item.base_version)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -280,10 +326,12 @@ class Operations(pyfuse3.Operations):
     # pyfuse3 calls forget from its C callback without awaiting (handlers.pxi), so a plain
     # function runs at once, before the next request; its stub declares a coroutine.
     def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
+        self.requests.started("forget")
         for inode, count in inode_list:
             path = self.inodes.forget(inode, count)
             if path is not None:
                 self.kernel_version.pop(inode, None)
+                self.kernel_listings.pop(inode, None)
                 self.remote.unwatch(path)
 
     @_errno
@@ -300,22 +348,37 @@ class Operations(pyfuse3.Operations):
 
     # --- folders --------------------------------------------------------------------
     @_errno
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
+        """A folder handle; with FOPEN_CACHE_DIR, the kernel keeps what readdir returns and
+        keeps it across opens (``keep_cache``) while the listing is unchanged: a second
+        ``ls`` of the folder sends no readdir. Remote changes drop that cache
+        (the invalidator's ``invalidate_inode`` of the folder), local ones too (the kernel)."""
         path = self._path(inode)
         await self.ns.folder(path)
         self.remote.watch(path)
         fh = self._new_fh()
-        self._dirs[fh] = (path, sorted((await self.ns.listing(path)).items()))
-        return fh
+        entries = sorted((await self.ns.listing(path)).items())
+        self._dirs[fh] = (inode, path, entries)
+        if not CACHE_DIR or not entries:
+            # An empty listing is cached without a page, and no opendir without keep_cache
+            # nor invalidate_inode then resets it (only a change of the folder's mtime
+            # does, fs/fuse/readdir.c): the kernel would list the folder as empty for good.
+            return fh
+        keep = self.kernel_listings.get(inode) == self._listing_key(path, entries)
+        if keep:
+            self._listed.add(fh)  # listed from the kernel's cache; the snapshot may age
+        else:
+            self.kernel_listings.pop(inode, None)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=True)
 
     @_errno
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        folder, entries = self._dirs[fh]
+        folder_inode, folder, entries = self._dirs[fh]
         if start_id == 0 and fh in self._listed:
             # rewinddir() on a handle held open (a file manager, os.listdir(fd)): POSIX
             # wants the folder as it is now, not the snapshot taken at opendir.
             entries = sorted((await self.ns.listing(folder)).items())
-            self._dirs[fh] = (folder, entries)
+            self._dirs[fh] = (folder_inode, folder, entries)
         self._listed.add(fh)
         for index in range(start_id, len(entries)):
             name, entry = entries[index]
@@ -325,11 +388,13 @@ class Operations(pyfuse3.Operations):
                 token, os.fsencode(name), self.attributes(inode, entry), index + 1
             ):
                 self.inodes.forget(inode, 1)
-                break
+                return
             if entry.is_dir:
                 self.remote.watch(path)
+        self.kernel_listings[folder_inode] = self._listing_key(folder, entries)
 
     async def releasedir(self, fh: int) -> None:
+        self.requests.started("releasedir")
         self._dirs.pop(fh, None)
         self._listed.discard(fh)
 
@@ -342,7 +407,9 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(self._path(parent_inode))
         if await self.ns.find(path) is not None:
             raise errors.AlreadyExists()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.DIR)
+        self.own.changed(path)
         entry = await self.remote.mkdir(path)
         self.metadata.put(path, entry)
         self.metadata.put_listing(path, [])
@@ -355,6 +422,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
+        self.own.changed(path)
         await self.remote.remove(path, Kind.DIR)
         self.metadata.forget_tree(path)
         self.metadata.put(path, None)
@@ -370,7 +438,8 @@ class Operations(pyfuse3.Operations):
             raise errors.IsADirectory()
         item = self.cache.item(path)
         async with self.writeback.held([item] if item is not None else []):
-            if await self.ns.remote(path) is not None:
+            if await self._on_store(path, entry):
+                self.own.changed(path)
                 with contextlib.suppress(errors.NotFound):
                     await self.remote.remove(path, Kind.FILE)
             self.cache.unlinked(path)
@@ -399,7 +468,9 @@ class Operations(pyfuse3.Operations):
             return
         if source.is_dir and (new + "/").startswith(old + "/"):
             raise errors.InvalidName("cannot move a folder into itself")
+        self.ns.trash.check_create(new)
         self.remote.check_create(new, source.kind)
+        self.own.changed(old, new)
         target = await self.ns.find(new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -414,7 +485,7 @@ class Operations(pyfuse3.Operations):
                 await self.remote.remove(new, Kind.DIR)
         moving = self.cache.under(old, new)
         async with self.writeback.held(moving):  # no upload to either name meanwhile
-            on_store = await self.ns.remote(old) is not None
+            on_store = await self._on_store(old, source)
             if on_store:
                 if not self.remote.capabilities.rename:
                     raise errors.NotSupported("the store cannot rename")
@@ -440,10 +511,15 @@ class Operations(pyfuse3.Operations):
         the cache file when it holds the whole content (and, for a writer, the cache bound
         leaves room, and the inode is not open in cached mode), else through the daemon
         (vfs/passthrough.py)."""
+        if writable and self.passthrough.bound_to_local_copy(inode):
+            raise errors.FileBusy(f"{item.path} is open for reading from the store's copy")
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
-        mode, backing_id = self.passthrough.open(inode, item, fd)
+        local_copy = fd is None and not writable and self.passthrough.idle(inode)
+        if local_copy:
+            fd = await self.cache.local_copy_fd(item)
+        mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
         item.handles += 1  # from now on: the item stays while the journal is written
         if writable:
             item.writers += 1
@@ -457,11 +533,14 @@ class Operations(pyfuse3.Operations):
                 raise
         fh = self._new_fh()
         self._handles[fh] = Handle(inode, item, writable, mode)
+        info = pyfuse3.FileInfo(fh=fh)
+        if NOFLUSH and not writable:  # flush() has nothing to do for a reader
+            info.noflush = True
         if mode is IOMode.PASSTHROUGH:
             if writable:  # the page cache of earlier cached opens is stale from now on
                 self.kernel_version.pop(inode, None)
-            return pyfuse3.FileInfo(fh=fh, backing_id=backing_id)
-        info = pyfuse3.FileInfo(fh=fh)
+            info.backing_id = backing_id
+            return info
         version = item.base_version if not item.dirty else f"local:{item.key}"
         info.keep_cache = self.kernel_version.get(inode) == version
         self.kernel_version[inode] = version
@@ -493,6 +572,7 @@ class Operations(pyfuse3.Operations):
         existing = await self.ns.find(path)
         if existing is not None and existing.is_dir:
             raise errors.IsADirectory()
+        self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.FILE)
         self.remote.check_write(path)
         item = await self.cache.new_file(path)
@@ -604,10 +684,10 @@ class Operations(pyfuse3.Operations):
             raise errors.NotSupported("only user.assetfs.* attributes can be set")
         action = key[len(XATTR_PREFIX):]
         if inode == ROOT_INODE and action == "flush":
-            with trio.move_on_after(float(value or b"3600")):
-                await self.writeback.drain()
-                return
-            raise errors.TimedOut(f"{len(self.writeback.pending())} files still to upload")
+            # starts the uploads and returns at once: a setxattr holds the kernel's lock of
+            # the root inode while it waits, and a signal cannot end that wait (control.py)
+            self.writeback.hurry()
+            return
         if inode == ROOT_INODE and action == "umount_timeout":  # umount --no-flush sets 0
             try:
                 self.writeback.exit_timeout = float(value)

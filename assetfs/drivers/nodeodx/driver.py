@@ -3,12 +3,13 @@ docstring for the tree, options and quirks)."""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -324,11 +325,11 @@ class NodeODXDriver(Driver):
             if len(parts) > 1:
                 raise errors.NotADirectory(url=self.describe(path))
             return {n: r.entry(n) for n, r in self._node_files.items()}
-        staged = self._staged.get(parts[0])
-        if staged is not None:
+        found = self._staged.get(parts[0])
+        if found is not None:
             if len(parts) > 1:
                 raise errors.NotADirectory(url=self.describe(path))
-            return dict(staged.files)
+            return dict(found.files)
         task = await self._task(parts[0], path)
         if len(parts) == 1:
             return await self._task_children(task)
@@ -385,7 +386,7 @@ class NodeODXDriver(Driver):
         """The children of folder ``path``. Raises NotFound, NotADirectory."""
         return list((await self._children(path)).values())
 
-    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The content of ``path`` from offset 0: synthesized text at once; ``all.zip``
         as it downloads; a member of ``results/`` once the archive is complete. Raises
         NotFound, IsADirectory, NotSupported (a staged image: not kept here)."""
@@ -636,7 +637,7 @@ class NodeODXDriver(Driver):
                                   url=self.describe(old))
 
     async def _action(self, task: TaskState, action: str, path: str,
-                      options: list[dict[str, Any]] | None = None) -> None:
+                      options: builtins.list[dict[str, Any]] | None = None) -> None:
         body: dict[str, Any] = {"uuid": task.uuid}
         if options is not None:
             body["options"] = json.dumps(options)

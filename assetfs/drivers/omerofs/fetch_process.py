@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import errors
+from ...localio import pwrite_all
 from .fetch import MESSAGE_MAX
 from .ice import monitors, new_communicator, translate
 
@@ -104,7 +105,7 @@ class _Fetcher:
             if isinstance(call, Exception):
                 raise call
             data = self._proxy.end_readBlock(call)
-            os.pwrite(job.fd, data, start)
+            pwrite_all(job.fd, data, start)
             size = len(data)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)

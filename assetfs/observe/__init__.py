@@ -1,0 +1,1 @@
+"""What a mount tells about itself: request statistics, Prometheus metrics, the status text."""

@@ -1,0 +1,268 @@
+"""POSIX behaviour under fast mutation: a hypothesis rule-based state machine drives a real
+mount and a plain local folder (the model) with the same operations over a handful of names
+(tests/modelfs.py) and compares every result or errno, the final tree of each example, and,
+after unmount, the store with the model.
+
+One mount per test (mounting is slow); each example starts from an empty tree. The size is
+``ASSETFS_MODEL_OPS`` operations per test (default 1000; ``make test-model`` runs a soak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+from modelfs import LIST_PATHS, PATHS, Op, clear, tree
+from mounting import Mount, mounted
+
+STEPS = 40
+"""Operations per example."""
+OPS = int(os.environ.get("ASSETFS_MODEL_OPS", "1000"))
+
+paths = st.sampled_from(PATHS)
+
+
+class Model(RuleBasedStateMachine):
+    """Applies each rule's operation to ``mount_root`` and ``model_root`` (set by
+    :func:`run_model`) and asserts the results are equal."""
+
+    mount_root: Path
+    model_root: Path
+    divergences: list[str]
+    """Every disagreement seen, first first (set by :func:`run_model`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        clear(self.mount_root)
+        clear(self.model_root)
+        self.done: list[str] = []
+
+    def check(self, op: Op) -> None:
+        self.done.append(str(op))
+        ours, model = op.apply(self.mount_root), op.apply(self.model_root)
+        if ours != model:
+            self.divergences.append(f"{op}: mount {ours}, local folder {model}; "
+                                    f"after {self.done[:-1]}")
+        assert ours == model, self.divergences[-1]
+
+    @rule(path=paths, trunc=st.booleans())
+    def create(self, path: str, trunc: bool) -> None:
+        self.check(Op("create", path, flag=trunc))
+
+    @rule(path=paths, offset=st.integers(0, 16), data=st.binary(min_size=1, max_size=8),
+          create=st.booleans())
+    def write(self, path: str, offset: int, data: bytes, create: bool) -> None:
+        self.check(Op("write", path, offset=offset, data=data, flag=create))
+
+    @rule(path=paths, size=st.integers(0, 24))
+    def truncate(self, path: str, size: int) -> None:
+        self.check(Op("truncate", path, size=size))
+
+    @rule(path=paths, other=paths)
+    def rename(self, path: str, other: str) -> None:
+        self.check(Op("rename", path, other=other))
+
+    @rule(path=paths)
+    def unlink(self, path: str) -> None:
+        self.check(Op("unlink", path))
+
+    @rule(path=paths)
+    def mkdir(self, path: str) -> None:
+        self.check(Op("mkdir", path))
+
+    @rule(path=paths)
+    def rmdir(self, path: str) -> None:
+        self.check(Op("rmdir", path))
+
+    @rule(path=paths)
+    def read(self, path: str) -> None:
+        self.check(Op("read", path))
+
+    @rule(path=st.sampled_from(LIST_PATHS))
+    def listing(self, path: str) -> None:
+        self.check(Op("list", path))
+
+    @rule(path=paths)
+    def stat(self, path: str) -> None:
+        self.check(Op("stat", path))
+
+    @rule()
+    def pause(self) -> None:
+        """Let the store's events of what came before arrive and be applied."""
+        time.sleep(0.05)
+
+    def teardown(self) -> None:
+        ours, model = tree(self.mount_root), tree(self.model_root)
+        if ours != model:
+            self.divergences.append(f"final tree: mount {ours}, local folder {model}; "
+                                    f"after {self.done}")
+        assert ours == model, self.divergences[-1]
+
+
+def run_model(mount: Mount, model: Path) -> None:
+    """Run :data:`OPS` operations of the state machine on ``mount`` against ``model``."""
+    machine = type("BoundModel", (Model,), {"mount_root": mount.path, "model_root": model,
+                                            "divergences": []})
+    try:
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=max(1, OPS // STEPS), stateful_step_count=STEPS, deadline=None,
+            database=None, suppress_health_check=list(HealthCheck), print_blob=True,
+        ))
+    except Exception as exc:
+        # A divergence that depends on timing does not replay, and hypothesis then reports
+        # "flaky" data generation instead of it: name the first one seen.
+        if machine.divergences:
+            raise AssertionError(f"first divergence: {machine.divergences[0]}") from exc
+        raise
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    root = tmp_path / "model"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    root.mkdir()
+    return root
+
+
+@contextlib.contextmanager
+def file_mount(store: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
+    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": delay, "timeout": "10"}
+    with mounted(f"file://{store}", tmp_path / "mnt", options) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def memory_mount(dump: Path, tmp_path: Path, delay: str) -> Iterator[Mount]:
+    """memory:// with latency on every call and every event delivered late (the store is
+    written to ``dump`` when the daemon exits)."""
+    options = {"cache_dir": str(tmp_path / "cache"), "write_back_delay": delay, "timeout": "10",
+               "latency": "0.002", "event_delay": "0.05", "dump": str(dump)}
+    with mounted(f"memory://{tmp_path.name}/", tmp_path / "mnt", options) as running:
+        yield running
+
+
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("delay", ["0", "0.3"])
+def test_memory_mount_with_latency_and_late_events_behaves_as_a_local_folder(
+    delay: str, model: Path, tmp_path: Path
+) -> None:
+    """memory:// (the reference driver) with latency and delayed events, write-back at once
+    and delayed; the store (dumped at exit) equals the model."""
+    with memory_mount(tmp_path / "dump", tmp_path, delay) as mount:
+        run_model(mount, model)
+    assert tree(tmp_path / "dump") == tree(model)
+
+
+@pytest.mark.timeout(0)
+@pytest.mark.parametrize("delay", ["0", "0.3"])
+def test_file_mount_behaves_as_a_local_folder(
+    delay: str, store: Path, model: Path, tmp_path: Path
+) -> None:
+    """omni.client's file: provider (events on), write-back at once and delayed; the store
+    equals the model once unmounted."""
+    with file_mount(store, tmp_path, delay) as mount:
+        run_model(mount, model)
+    assert tree(store) == tree(model)
+
+
+# --- regressions: sequences the state machine found, as plain tests ------------------------
+EVENTS_ARRIVE = 0.5
+"""Seconds after which the store's events of our own changes have been applied (omni.client
+file: delivers them within milliseconds; generous for a loaded machine)."""
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """One file: mount (write-back at once) for the regression tests; each starts empty."""
+    work = tmp_path_factory.mktemp("regressions")
+    (work / "store").mkdir()
+    with file_mount(work / "store", work, "0") as mount:
+        yield mount
+
+
+@pytest.fixture
+def root(shared: Mount) -> Path:
+    clear(shared.path)
+    return shared.path
+
+
+def never_there(path: Path, seconds: float) -> bool:
+    """True if ``path`` does not appear at any of many looks over ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.lexists(path):
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_deleted_file_stays_deleted_when_its_creation_event_comes_late(root: Path) -> None:
+    """The upload's event arrived after the unlink and brought the name back for a while."""
+    for _ in range(10):
+        (root / "a").write_bytes(b"x")
+        time.sleep(0.02)  # uploaded (write_back_delay 0), its events on their way
+        (root / "a").unlink()
+        assert never_there(root / "a", 0.1)
+        assert os.listdir(root) == []
+
+
+def test_a_file_made_where_a_folder_was_deleted_stays_a_file(root: Path) -> None:
+    for _ in range(30):
+        (root / "b").mkdir()
+        (root / "b").rmdir()
+    (root / "b").write_bytes(b"file")
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "b").is_file()
+    assert (root / "b").read_bytes() == b"file"
+    assert os.listdir(root) == ["b"]
+
+
+def test_a_folder_renamed_onto_an_empty_folder_leaves_no_old_name(root: Path) -> None:
+    (root / "a").mkdir()
+    (root / "a" / "c").write_bytes(b"child")
+    (root / "b").mkdir()
+    os.rename(root / "a", root / "b")
+    time.sleep(EVENTS_ARRIVE)
+    for check in (os.stat, os.unlink, os.rmdir):
+        with pytest.raises(FileNotFoundError):
+            check(root / "a")
+    assert sorted(os.listdir(root)) == ["b"]
+    assert (root / "b" / "c").read_bytes() == b"child"
+
+
+def test_a_name_replaced_by_a_rename_can_be_opened_for_writing(root: Path) -> None:
+    (root / "a").write_bytes(b"old")
+    time.sleep(EVENTS_ARRIVE)
+    (root / "b").write_bytes(b"not uploaded yet")
+    os.rename(root / "b", root / "a")
+    fd = os.open(root / "a", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"N", 0)
+    finally:
+        os.close(fd)
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "a").read_bytes() == b"Not uploaded yet"
+    assert not (root / "b").exists()
+
+
+def test_stat_after_a_truncate_shows_the_new_size(root: Path) -> None:
+    (root / "a").write_bytes(b"0123456789")
+    time.sleep(EVENTS_ARRIVE)
+    os.truncate(root / "a", 3)
+    assert (root / "a").stat().st_size == 3
+    time.sleep(EVENTS_ARRIVE)
+    assert (root / "a").stat().st_size == 3
+    assert (root / "a").read_bytes() == b"012"
