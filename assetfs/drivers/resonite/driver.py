@@ -145,6 +145,9 @@ class ResoniteDriver(Driver):
         self._sink: EventSink | None = None
         self._stale_logged = False
         self._flushing = False
+        self._changes = 0
+        """Bumped by every change this driver makes, so a listing under way meanwhile is
+        not kept."""
 
     async def _call(self, service: str, rpc: str, request: Any, server_path: str) -> Any:
         return await self.session.call(service, rpc, request, f"{rpc} {server_path}",
@@ -204,7 +207,9 @@ class ResoniteDriver(Driver):
     # --- listings ---------------------------------------------------------------------
     async def _folder(self, path: str, max_age: float) -> Folder:
         """The listing of driver folder ``path``, listed at most ``max_age`` seconds ago;
-        one List at a time per folder (callers arriving meanwhile share it)."""
+        one List at a time per folder (callers arriving meanwhile share it). A listing
+        that was under way while this driver changed the store (``_forget``) answers its
+        own caller but is not kept: it may predate the change."""
         cached = self._folders.get(path)
         if cached is not None and trio.current_time() - cached.listed_at <= max_age:
             return cached
@@ -215,9 +220,11 @@ class ResoniteDriver(Driver):
             if shared is not None and shared is not cached:
                 return shared
         done = self._pending[path] = trio.Event()
+        changes = self._changes
         try:
             folder = await self._fetch(path)
-            self._folders[path] = folder
+            if self._changes == changes:
+                self._folders[path] = folder
             self._stale_logged = False
             return folder
         except errors.Unavailable:
@@ -416,6 +423,7 @@ class ResoniteDriver(Driver):
                 url=self.describe(path))
 
     def _forget(self, *folders: str) -> None:
+        self._changes += 1
         for folder in folders:
             for known in list(self._folders):
                 if known == folder or known.startswith(folder.rstrip("/") + "/"):
