@@ -45,7 +45,13 @@ Choices made where upstream is silent (docs/backends/nodeodx.md, "The test peer"
 
 Peer-only routes (never used by the driver): ``POST /_peer/timings`` (JSON ``start``,
 ``queued``, ``running`` seconds, ``fail`` message or null), ``GET /_peer/task/{uuid}``,
-``GET /_peer/sessions``, ``GET /_peer/stats`` (info requests per task).
+``GET /_peer/sessions``, ``GET /_peer/stats`` (info requests per task), and the results a
+finished task leaves, as a restarted task's new run would: ``PUT
+/_peer/task/{uuid}/results/{member}`` (body: the member's bytes) adds or replaces one
+member of the task's own all.zip, ``DELETE`` of it drops the member, ``DELETE
+/_peer/task/{uuid}/results`` leaves an archive with no members; each writes a new archive
+in place of the old one (a new file, so the canned one it may be linked to is untouched)
+and answers ``{"members": [names]}``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 QUEUED, RUNNING, FAILED, COMPLETED, CANCELED = 10, 20, 30, 40, 50
 BAD_TOKEN = "Invalid authentication token: token does not match."
@@ -147,6 +154,26 @@ def build_archive(target: Path, layout: dict[str, int], pad: int = 0) -> None:
                     out.write(rng.randbytes(piece))
                     left -= piece
     tmp.replace(target)
+
+
+def write_results(target: Path, members: dict[str, bytes]) -> None:
+    """Write a task's own all.zip holding ``members`` (name -> bytes), deflated at level 1,
+    as a new file that replaces ``target``."""
+    tmp = target.with_suffix(".tmp")
+    stamp = time.gmtime()[:6]
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=stamp), data,
+                             compress_type=zipfile.ZIP_DEFLATED)
+    tmp.replace(target)
+
+
+def read_results(source: Path) -> dict[str, bytes]:
+    """The members of the archive at ``source`` (name -> bytes); none if it is missing."""
+    if not source.exists():
+        return {}
+    with zipfile.ZipFile(source) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
 
 
 # --- the server -------------------------------------------------------------------------
@@ -588,6 +615,21 @@ def make_app(node: Node) -> Any:
             return error("not found")
         return JSONResponse(asdict(task))
 
+    async def peer_results(request: Request) -> Response:
+        task = task_of(request)
+        if task is None:
+            return error("not found")
+        path = node.results(task)
+        member = request.path_params.get("member")
+        members = read_results(path) if member is not None else {}
+        if request.method == "PUT" and member is not None:
+            members[member] = await request.body()
+        elif member is not None and members.pop(member, None) is None:
+            return error(f"no {member} in the results")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_results(path, members)
+        return JSONResponse({"members": sorted(members)})
+
     async def peer_sessions(request: Request) -> Response:
         return JSONResponse([asdict(t) for t in node.sessions.values()])
 
@@ -616,6 +658,9 @@ def make_app(node: Node) -> Any:
         Route("/task/{action}", action, methods=["POST"]),
         Route("/_peer/timings", peer_timings, methods=["POST"]),
         Route("/_peer/task/{uuid}", peer_task),
+        Route("/_peer/task/{uuid}/results", peer_results, methods=["DELETE"]),
+        Route("/_peer/task/{uuid}/results/{member:path}", peer_results,
+              methods=["PUT", "DELETE"]),
         Route("/_peer/sessions", peer_sessions),
         Route("/_peer/stats", peer_stats),
     ]
@@ -761,6 +806,20 @@ class Peer:
         assert self.call("POST", f"/task/new/upload/{uuid}", files=files) == {"success": True}
         assert self.call("POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
         return str(uuid)
+
+    def set_result(self, uuid: str, member: str, data: bytes | None) -> list[str]:
+        """Add or replace (``data``) or drop (None) one member of a finished task's
+        all.zip, as a new run of the task would leave it; the members after."""
+        path = f"/_peer/task/{uuid}/results/{quote(member)}"
+        reply = self.call("PUT" if data is not None else "DELETE", path,
+                          **({"content": data} if data is not None else {}))
+        if "members" not in reply:
+            raise RuntimeError(f"{member}: {reply}")
+        return list(reply["members"])
+
+    def clear_results(self, uuid: str) -> None:
+        """Give a finished task an all.zip with no members."""
+        self.call("DELETE", f"/_peer/task/{uuid}/results")
 
     def task(self, uuid: str) -> dict[str, Any]:
         """What the node holds for ``uuid``: images (names, sizes, sha256), options..."""

@@ -37,6 +37,14 @@ peer (a new pid, a new socket) carries on with the same records, as the game doe
 cloud inventory. Switches change at run time through one JSON object per line on stdin
 (``{"set": {"signed_in": false}}``; ``{"get": "spawned"}``), each answered by one JSON line
 on stdout.
+
+No rpc makes an item (docs/backends/resonite.md), so the game's own side of that, a user
+saving an object or taking a new thumbnail, is the control command ``{"put": {"path":
+"/Inventory/F/NAME", "thumbnail": BASE64, "content_type": "image/png"}}``: it makes an
+object record ``NAME`` with that thumbnail (and the missing folders above it), or, when
+the folder already holds a record of that name, gives the first of them the new thumbnail
+and a later modification time, as the game does with a changed record; the reply is the
+record id. Deleting goes through the ordinary Remove rpc.
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from resonite_seed import DIRECTORY, LINK, OWNER, Node, record_id, seed
+from resonite_seed import DIRECTORY, LINK, OBJECT, OWNER, Node, record_id, seed
 
 from assetfs.drivers.resonite import protocol
 
@@ -298,6 +306,36 @@ class Inventory:
             resonite_pid=os.getpid(), renderer_pid=0,
         )
 
+    # --- the game's side: changes no rpc can make ---------------------------------------
+    def put_item(self, path: str, thumbnail: bytes, content_type: str) -> Node:
+        """Make the object record at ``path`` (and the missing folders above it) with this
+        thumbnail, or give the first record of that name the thumbnail and a later
+        modification time. Raises Fail (the path checks of the rpcs)."""
+        parts = _segments(path)
+        if not parts:
+            raise Fail(grpc.StatusCode.INVALID_ARGUMENT, "cannot put the root /Inventory.")
+        folder = self.root
+        for name in parts[:-1]:
+            found = next((c for c in folder.children if c.name == name), None)
+            if found is None:
+                found = Node(name, DIRECTORY, record_id(), mtime_ns=time.time_ns())
+                folder.children.append(found)
+            if not found.is_folder:
+                raise _missing(path)
+            folder = self._folder_of(found)
+        node = next((c for c in folder.children if c.name == parts[-1]), None)
+        now = time.time_ns()
+        if node is None:
+            node = Node(parts[-1], OBJECT, record_id(),
+                        asset_uri=f"resdb:///{uuid.uuid4().hex}.brson", mtime_ns=now)
+            folder.children.append(node)
+        elif node.is_folder:
+            raise Fail(grpc.StatusCode.ALREADY_EXISTS, f"{path} is a directory.")
+        node.thumbnail, node.content_type = thumbnail, content_type
+        node.mtime_ns = max(now, node.mtime_ns + 1)
+        self._save()
+        return node
+
     def served(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
         """The grpc handler of rpc ``name``: runs it under the lock, :class:`Fail` ->
         status."""
@@ -397,7 +435,14 @@ def _control(inventory: Inventory, stopping: threading.Event) -> None:
                 else:
                     setattr(inventory.switches, key, value)
             wanted = command.get("get")
-            reply = getattr(inventory.switches, wanted) if wanted else "ok"
+            reply: Any = getattr(inventory.switches, wanted) if wanted else "ok"
+            put = command.get("put")
+            if put is not None:
+                try:
+                    reply = inventory.put_item(put["path"], base64.b64decode(put["thumbnail"]),
+                                               put.get("content_type", "")).record_id
+                except Fail as fail:
+                    reply = {"error": fail.code.name, "message": fail.message}
         print(json.dumps(reply), flush=True)
     stopping.set()
 
@@ -426,6 +471,15 @@ class Direct:
         """The names under ``path`` in listing order, repeats included."""
         listing = self.inventory["List"](pb.InventoryListRequest(path=path), timeout=30)
         return [e.name for e in listing.entries]
+
+    def make_dir(self, path: str) -> None:
+        """MakeDir ``path``."""
+        self.inventory["MakeDir"](pb.InventoryMakeDirRequest(path=path), timeout=30)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove the record at ``path``."""
+        self.inventory["Remove"](pb.InventoryRemoveRequest(path=path, recursive=recursive),
+                                 timeout=30)
 
     def thumbnail(self, path: str) -> tuple[bytes, str]:
         """(data, content_type) of the item at ``path``."""
@@ -494,6 +548,16 @@ class Peer:
         """Change switches: ``signed_in``, ``focused_world``, ``bridge``, ``ready_in``
         (seconds of Ping failing from now), ``fault_prefix``, ``fault_code``."""
         self.control(set=switches)
+
+    def put_item(self, path: str, thumbnail: bytes, content_type: str = "image/png") -> str:
+        """Make or replace the item at server path ``path`` as the game would (the peer's
+        ``put`` command); return its record id. Raises RuntimeError with the status the
+        peer refused with."""
+        reply = self.control(put={"path": path, "thumbnail": base64.b64encode(thumbnail)
+                                  .decode(), "content_type": content_type})
+        if isinstance(reply, dict):
+            raise RuntimeError(f"put {path}: {reply['error']} {reply['message']}")
+        return str(reply)
 
     def calls(self, rpc: str) -> int:
         """How many times ``rpc`` was called on this process."""

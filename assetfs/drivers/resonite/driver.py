@@ -86,6 +86,12 @@ class Child:
         """The ``InventoryEntry`` message."""
         return self.named.record
 
+    def same_record(self, other: Child) -> bool:
+        """True when ``other`` is this record, also from another listing of the folder
+        (same server path and record id)."""
+        return (self.server_path, self.record.record_id) == (
+            other.server_path, other.record.record_id)
+
 
 @dataclass(frozen=True)
 class Folder:
@@ -139,6 +145,9 @@ class ResoniteDriver(Driver):
         self._sink: EventSink | None = None
         self._stale_logged = False
         self._flushing = False
+        self._changes = 0
+        """Bumped by every change this driver makes, so a listing under way meanwhile is
+        not kept."""
 
     async def _call(self, service: str, rpc: str, request: Any, server_path: str) -> Any:
         return await self.session.call(service, rpc, request, f"{rpc} {server_path}",
@@ -198,7 +207,9 @@ class ResoniteDriver(Driver):
     # --- listings ---------------------------------------------------------------------
     async def _folder(self, path: str, max_age: float) -> Folder:
         """The listing of driver folder ``path``, listed at most ``max_age`` seconds ago;
-        one List at a time per folder (callers arriving meanwhile share it)."""
+        one List at a time per folder (callers arriving meanwhile share it). A listing
+        that was under way while this driver changed the store (``_forget``) answers its
+        own caller but is not kept: it may predate the change."""
         cached = self._folders.get(path)
         if cached is not None and trio.current_time() - cached.listed_at <= max_age:
             return cached
@@ -209,9 +220,11 @@ class ResoniteDriver(Driver):
             if shared is not None and shared is not cached:
                 return shared
         done = self._pending[path] = trio.Event()
+        changes = self._changes
         try:
             folder = await self._fetch(path)
-            self._folders[path] = folder
+            if self._changes == changes:
+                self._folders[path] = folder
             self._stale_logged = False
             return folder
         except errors.Unavailable:
@@ -227,9 +240,13 @@ class ResoniteDriver(Driver):
             done.set()
 
     async def _child(self, path: str) -> Child:
-        """The record at driver path ``path`` (not the root). Raises NotFound."""
+        """The record at driver path ``path`` (not the root), from the last listing of its
+        folder; a name missing there is looked up in a listing at most ``listing_ttl``
+        seconds old (another client may have made it since). Raises NotFound."""
         parent, name = split(path)
         child = (await self._folder(parent, math.inf)).children.get(name)
+        if child is None:
+            child = (await self._folder(parent, self.listing_ttl)).children.get(name)
         if child is None:
             raise errors.NotFound(url=self.describe(path))
         return child
@@ -383,12 +400,20 @@ class ResoniteDriver(Driver):
                 raise errors.NoSpace(f"thumbnail store {self.store.root}: {exc}") from exc
         return child.stored.path
 
-    def check_write(self, path: str) -> None:
-        """Always refuses: no rpc creates or changes an item from bytes
-        (docs/backends/resonite.md); copies go through ``user.assetfs.copy``."""
-        raise errors.NotSupported(
+    def _no_upload(self, path: str) -> errors.NotSupported:
+        return errors.NotSupported(
             "Resonite IO cannot store file contents; copy an item with "
             "setfattr -n user.assetfs.copy -v DESTINATION", url=self.describe(path))
+
+    def check_write(self, path: str) -> None:
+        """Always refuses with NotSupported: no rpc creates or changes an item from bytes
+        (docs/backends/resonite.md); copies go through ``user.assetfs.copy``."""
+        raise self._no_upload(path)
+
+    async def write(self, path: str, source: str, size: int) -> Entry:
+        """Always refuses with NotSupported, as :meth:`check_write` does (the base class's
+        ReadOnly would say the whole mount is read-only, which it is not)."""
+        raise self._no_upload(path)
 
     def _reachable(self, child: Child, path: str) -> None:
         if not child.named.reachable:
@@ -398,6 +423,7 @@ class ResoniteDriver(Driver):
                 url=self.describe(path))
 
     def _forget(self, *folders: str) -> None:
+        self._changes += 1
         for folder in folders:
             for known in list(self._folders):
                 if known == folder or known.startswith(folder.rstrip("/") + "/"):
@@ -417,7 +443,7 @@ class ResoniteDriver(Driver):
         server_folder = await self._folder_server_path(parent)
         folder = await self._folder(parent, self.listing_ttl)
         taken = [c for c in folder.children.values()
-                 if c.record.name == shown and all(c is not r for r in replacing)]
+                 if c.record.name == shown and not any(c.same_record(r) for r in replacing)]
         if taken:
             raise errors.AlreadyExists(f"the folder holds a record named {shown!r} "
                                        f"(shown as {taken[0].named.shown})",
@@ -435,9 +461,20 @@ class ResoniteDriver(Driver):
                      metadata={"kind": "directory", "name": name, "record_id": result.record_id})
 
     async def remove(self, path: str, kind: Kind) -> None:
-        """Remove (``recursive`` for a folder, which the VFS has checked is empty)."""
+        """Remove. A folder is listed first and refused with DirectoryNotEmpty when it has
+        children (another client may have filled it since the VFS looked; a link to a
+        folder that is gone counts as empty), then removed with ``recursive``, which the
+        server wants for any folder (docs/backends/resonite.md). Raises NotFound,
+        DirectoryNotEmpty, Unaddressable."""
         child = await self._child(path)
         self._reachable(child, path)
+        if child.entry.is_dir:
+            try:
+                below = (await self._folder(path, 0.0)).children
+            except errors.NotFound:
+                below = {}
+            if below:
+                raise errors.DirectoryNotEmpty(url=self.describe(path))
         await self._call("Inventory", "Remove", pb.InventoryRemoveRequest(
             path=child.server_path, recursive=child.entry.is_dir), child.server_path)
         self._forget(split(path)[0], path)
