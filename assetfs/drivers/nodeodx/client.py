@@ -25,7 +25,7 @@ import httpx
 import trio
 
 from ... import errors
-from ..vsphere.rest import LargeReadBackend
+from ..http import LargeReadBackend, tls_error
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ def node_error(problem: Any, what: str, url: str) -> errors.AssetFSError:
     if isinstance(problem, httpx.TimeoutException):
         return errors.TimedOut(f"{what}: no answer in time", url=url)
     if isinstance(problem, httpx.ConnectError):
-        cause: BaseException | None = problem
-        while cause is not None and not isinstance(cause, ssl.SSLError):
-            cause = cause.__cause__ or cause.__context__
+        cause = tls_error(problem)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return errors.AssetFSError(
                 f"{what}: TLS certificate not trusted ({cause.verify_message}); pass "

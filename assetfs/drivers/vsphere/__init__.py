@@ -27,8 +27,8 @@ Options (``-o``):
 
 Transport: every REST call, upload and download goes through one ``httpx.AsyncClient``,
 whose connections receive up to 1 MiB per socket read instead of httpcore's 64 KiB
-(:class:`~.rest.LargeReadBackend`, an httpcore network backend): the download's cost in
-the daemon is mostly per read.
+(:class:`~assetfs.drivers.http.LargeReadBackend`, an httpcore network backend): the
+download's cost in the daemon is mostly per read.
 
 Units: sizes in bytes, times in seconds unless a name says ``_ns``.
 
