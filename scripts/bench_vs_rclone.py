@@ -55,6 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_read import drop_caches  # noqa: E402 - scripts/ is this script's folder
 from mounting import is_mounted, mounted, stop_process  # noqa: E402
 
 MiB = 1 << 20
@@ -79,16 +80,6 @@ def make_store(root: Path, files: int, size_mib: int) -> None:
     with open(root / "big.bin", "wb") as f:
         for _ in range(size_mib):
             f.write(os.urandom(MiB))
-
-
-def drop_caches() -> bool:
-    """Drop the kernel page cache (root only); whether it worked."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3")
-    except OSError:
-        return False
-    return True
 
 
 def read_all(path: Path) -> float:

@@ -149,3 +149,18 @@ def test_a_hung_store_costs_each_request_its_deadline_and_nothing_else(memory: M
         assert time.monotonic() < deadline, "the mount did not recover"
         time.sleep(0.2)
     assert (mnt / "other" / "recovered").is_dir()
+
+
+def test_a_name_the_store_rejects_is_refused_at_once(tmp_path: Path) -> None:
+    """A store that forbids some characters (memory's ``reject``): create and mkdir of such
+    a name fail with EINVAL before anything is written, and nothing reaches the store."""
+    options = {"reject": "[?*]", "dump": str(tmp_path / "dump"),
+               "cache_dir": str(tmp_path / "cache"), "write_back_delay": "0"}
+    with mounted(f"memory://{tmp_path.name}/", tmp_path / "mnt", options) as m:
+        for attempt in (lambda: open(m.path / "what?.txt", "w").close(),
+                        lambda: os.mkdir(m.path / "star*")):
+            assert timed(attempt)[1] == errno.EINVAL
+        (m.path / "fine.txt").write_bytes(b"ok")
+        subprocess.run(assetfs_command("umount", str(m.path)), check=True, timeout=60)
+        m.proc.wait(timeout=30)
+    assert tree(tmp_path / "dump") == {"fine.txt": b"ok"}

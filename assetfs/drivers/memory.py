@@ -172,12 +172,17 @@ class Store:
             raise errors.IsADirectory(url=path)
         return node
 
-    def new_name(self, path: str) -> None:
-        """Check that ``path`` can be made: the parent is a folder and the store accepts
-        the name (InvalidName for a name ``reject`` matches)."""
+    def check_name(self, path: str, url: str) -> None:
+        """Raise InvalidName when ``reject`` matches the name of ``path`` (``url`` names
+        it in the error)."""
         name = split(path)[1]
         if self.faults.reject is not None and self.faults.reject.search(name):
-            raise errors.InvalidName(f"the store rejects the name {name!r}", url=path)
+            raise errors.InvalidName(f"the store rejects the name {name!r}", url=url)
+
+    def new_name(self, path: str) -> None:
+        """Check that ``path`` can be made: the parent is a folder and the store accepts
+        the name (:meth:`check_name`)."""
+        self.check_name(path, path)
         self.node(split(path)[0], Kind.DIR)
 
     def put(self, path: str, data: bytes) -> None:
@@ -357,11 +362,7 @@ class MemoryDriver(Driver):
         return self.store.entry(self._abs(path))
 
     def check_create(self, path: str, kind: Kind) -> None:
-        name = split(path)[1]
-        reject = self.store.faults.reject
-        if reject is not None and reject.search(name):
-            raise errors.InvalidName(f"the store rejects the name {name!r}",
-                                     url=self.describe(path))
+        self.store.check_name(path, self.describe(path))
 
     async def mkdir(self, path: str) -> Entry:
         await self._enter("mkdir")
