@@ -6,6 +6,7 @@ and a SIGKILL of its process (docs/backends/nucleus.md)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -70,10 +71,13 @@ def mount(peer: NucleusPeer, tmp_path: Path) -> Iterator[Mount]:
 
 def settle(mount: Mount) -> None:
     """Wait until every write through the mount is uploaded."""
-    import json
-
     eventually(lambda: not json.loads(os.getxattr(mount.path, "user.assetfs.status"))
                ["dirty_files"])
+
+
+def store_requests(mount: Mount) -> dict[str, int]:
+    """The driver calls the daemon made so far, by kind (``assetfs status``)."""
+    return dict(json.loads(os.getxattr(mount.path, "user.assetfs.status"))["store_requests"])
 
 
 # --- end to end ------------------------------------------------------------------------
@@ -313,13 +317,6 @@ def test_omniverse_uploads_go_eight_at_once_and_their_echoes_cost_no_call(
             assert (store / "Scenes/batch" / p.name).read_bytes() == p.read_bytes()
         assert os.stat(copied / "f00.bin").st_mtime == 1_000_000_000
         assert os.getxattr(copied / "f01.bin", "user.assetfs.version")
-
-
-def store_requests(mount: Mount) -> dict[str, int]:
-    """The driver calls the daemon made so far, by kind (``assetfs status``)."""
-    import json
-
-    return dict(json.loads(os.getxattr(mount.path, "user.assetfs.status"))["store_requests"])
 
 
 def test_upload_content_lent_to_the_library_is_bounded(tmp_path: Path) -> None:
