@@ -126,7 +126,8 @@ class Journal:
         returns once committed. Raises AssetFSError (NoSpace on a full disk)."""
         await self._commit(
             "INSERT INTO dirty (key, path, base_version, since) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
+            " ON CONFLICT(key) DO UPDATE SET path=excluded.path,"
+            " base_version=excluded.base_version",
             [(key, path, base_version, time.time())])
 
     async def moved(self, key: str, path: str) -> None:
