@@ -97,9 +97,11 @@ class Mount:
         self.metadata = MetadataCache(ttl=max(ttl, 1.0))
         self.journal = Journal(cache_dir / "journal.sqlite")
         self.trash = TrashPolicy(config.trash, os.getuid())
-        self.routes = driver if config.trash != "local" else Routed(
-            driver, LocalFolder(cache_dir / "trash", cache_dir / "trash.partial"),
-            self.trash.local)
+        self.local_trash = LocalFolder(cache_dir / "trash", cache_dir / "trash.partial") \
+            if config.trash == "local" else None
+        """The folder of ``-o trash=local`` (connected by :meth:`serve`)."""
+        self.routes = driver if self.local_trash is None else Routed(
+            driver, self.local_trash, self.trash.local)
         """The driver the VFS sees: the store, and with ``-o trash=local`` the local trash
         folder beside it (routing.py)."""
         self.remote = Remote(self.routes, self.policy)
@@ -238,6 +240,8 @@ class Mount:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
+        if self.local_trash is not None:
+            await self.local_trash.connect()
         address = self.config.metrics
         if address is not None:
             self.metrics = MetricsServer(*address, lambda: take_sample(self.status,

@@ -21,7 +21,16 @@ from collections.abc import AsyncGenerator, Callable
 import trio
 
 from . import errors
-from .drivers.base import Capabilities, ChangeEvent, Driver, Entry, EventSink, Kind, join
+from .drivers.base import (
+    Capabilities,
+    ChangeEvent,
+    ChangeKind,
+    Driver,
+    Entry,
+    EventSink,
+    Kind,
+    join,
+)
 
 
 class CrossDevice(errors.AssetFSError):
@@ -73,6 +82,7 @@ class Routed(Driver):
         return self.store.status()
 
     async def connect(self) -> None:
+        await self.local.connect()
         await self.store.connect()
 
     async def close(self) -> None:
@@ -84,12 +94,13 @@ class Routed(Driver):
 
     async def list(self, path: str) -> list[Entry]:
         entries = await self._to(path).list(path)
-        if path != "/":
-            return entries
+        return entries if path != "/" else await self.list_root(entries)
+
+    async def list_root(self, store_entries: builtins.list[Entry]) -> builtins.list[Entry]:
+        """The top of the mount from the store's listing of ``/``: its local names are the
+        local folder's (present or not there), never the store's."""
         mine = [e for e in await self.local.list("/") if self.is_local(join("/", e.name))]
-        names = {e.name for e in mine}
-        return [e for e in entries if e.name not in names
-                and not self.is_local(join("/", e.name))] + mine
+        return [e for e in store_entries if not self.is_local(join("/", e.name))] + mine
 
     async def read(self, path: str, offset: int, size: int) -> bytes:
         return await self._to(path).read(path, offset, size)
@@ -156,7 +167,7 @@ class Routed(Driver):
 
     async def run_events(self, sink: EventSink) -> None:
         """The store's events, less those about local paths (a ``LISTED`` listing of ``/``
-        without local names), until cancelled."""
+        has the local names of :meth:`list_root`), until cancelled."""
         send, receive = trio.open_memory_channel[ChangeEvent](0)
 
         async def source() -> None:
@@ -168,7 +179,7 @@ class Routed(Driver):
             async for event in receive:
                 if self.is_local(event.path):
                     continue
-                if event.listing:
-                    event = ChangeEvent(event.kind, event.path, event.entry, tuple(
-                        e for e in event.listing if not self.is_local(join(event.path, e.name))))
+                if event.kind is ChangeKind.LISTED and event.path == "/":
+                    event = ChangeEvent(event.kind, "/", event.entry,
+                                        tuple(await self.list_root([*event.listing])))
                 await sink.send(event)

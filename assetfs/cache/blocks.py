@@ -548,7 +548,7 @@ class BlockCache:
         async with item.dirtying:
             item.base_version = ""
             if item.dirty:
-                await self.journal.mark_dirty(item.key, item.path, "")
+                await self.journal.rebased(item.key, "")
             else:
                 await self._journal_dirty(item)
         item.generation += 1

@@ -3,8 +3,8 @@
 Paths map to ``root/<path>``. It answers every read mode (ranged reads, a stream, the
 file itself as the local copy), so it can stand beside any store whose read mode the block
 cache uses (assetfs/routing.py). Versions are ``<size>:<mtime_ns>``. An upload is copied
-into ``partial/`` first and renamed into place, so a crash leaves the old content or the
-new, never a part. It has no URL scheme and no entry point: the daemon makes one.
+into ``partial/`` first, flushed to disk and renamed into place, so a crash leaves the old
+content or the new, never a part. It has no URL scheme and no entry point: the daemon makes one.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ _ERRORS: dict[int, type[errors.AssetFSError]] = {
 
 
 class LocalFolder(Driver):
-    """The driver of local folder ``root``; uploads pass through ``partial`` (a folder on
-    the same filesystem). Both are made (mode 0700) if missing. Raises OSError when they
-    cannot be."""
+    """The driver of local folder ``root`` (an absolute path); uploads pass through
+    ``partial``, a folder on the same filesystem."""
 
     capabilities = Capabilities(writable=True, read_mode=ReadMode.RANGED, rename=True)
 
@@ -50,10 +49,17 @@ class LocalFolder(Driver):
         super().__init__(root.as_uri(), {})
         self.root = root
         self.partial = partial
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in partial.iterdir():  # uploads a crash interrupted: their source stays
-            stale.unlink(missing_ok=True)
+
+    async def connect(self) -> None:
+        """Make both folders (mode 0700) if missing and clear ``partial`` of uploads a
+        crash interrupted (their source is still in the cache). Raises NotADirectory,
+        PermissionDenied... when ``root`` cannot be a folder."""
+        with self._translated("/"):
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.partial.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for stale in self.partial.iterdir():
+                stale.unlink(missing_ok=True)
+        await super().connect()
 
     def describe(self, path: str) -> str:
         """The local file of ``path``."""
@@ -116,7 +122,7 @@ class LocalFolder(Driver):
         part = self.partial / uuid.uuid4().hex
         with self._translated(path):
             try:
-                await trio.to_thread.run_sync(shutil.copyfile, source, part)
+                await trio.to_thread.run_sync(_copy_durably, source, part)
                 os.replace(part, target)
             finally:
                 part.unlink(missing_ok=True)
@@ -137,3 +143,14 @@ class LocalFolder(Driver):
     async def rename(self, old: str, new: str) -> None:
         with self._translated(old):
             os.rename(self._local(old), self._local(new))
+
+
+def _copy_durably(source: str, target: Path) -> None:
+    """Copy file ``source`` to ``target`` and flush it to disk: once the upload returns,
+    the cache forgets its own copy. Raises OSError."""
+    shutil.copyfile(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
