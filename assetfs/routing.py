@@ -2,7 +2,7 @@
 ``-o trash=local``.
 
 :class:`Routed` takes the driver contract and sends each call to the local folder
-(drivers/localdir.py) when its path is local (``local(path)``: the mount's ``.Trash-$uid``
+(drivers/localdir.py) when its path is local (``is_local(path)``: the mount's ``.Trash-$uid``
 and what is under it, vfs/trash.py), else to the store; a listing of ``/`` is the store's
 with the local names put in (a store entry of such a name stays unseen). So the metadata
 cache, the block cache and the write-back serve the local trash like any other folder,
@@ -15,7 +15,6 @@ call of either: the VFS moves the content itself (vfs/crossing.py); here it is r
 from __future__ import annotations
 
 import builtins
-import errno
 from collections.abc import AsyncGenerator, Callable
 
 import trio
@@ -31,12 +30,6 @@ from .drivers.base import (
     Kind,
     join,
 )
-
-
-class CrossDevice(errors.AssetFSError):
-    """A rename between the store and the local folder (EXDEV)."""
-
-    errno = errno.EXDEV
 
 
 class Routed(Driver):
@@ -141,7 +134,7 @@ class Routed(Driver):
 
     async def rename(self, old: str, new: str) -> None:
         if self.is_local(old) != self.is_local(new):
-            raise CrossDevice("a rename between the store and the local trash",
+            raise errors.CrossDevice("a rename between the store and the local trash",
                               url=self.describe(old))
         await self._to(old).rename(old, new)
 

@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from mounting import mounted, stop_process
+
+from assetfs import errors
+from assetfs.drivers.base import ChangeEvent
 
 UID = os.getuid()
 TRASH = f".Trash-{UID}"
@@ -246,3 +250,43 @@ def test_folders_changed_through_the_mount_show_a_newer_mtime(store: Path,
             change()
             times.append(folder.stat().st_mtime_ns)
         assert times == sorted(set(times)), times
+
+
+async def test_the_routed_driver_keeps_local_paths_off_the_store(tmp_path: Path) -> None:
+    """Below the VFS (assetfs/routing.py): calls for the local trash go to the local folder,
+    the top listing shows the local trash and not a store folder of that name, and the
+    store's change events about that name never come out."""
+    from assetfs.drivers.localdir import LocalFolder
+    from assetfs.drivers.memory import STORES, MemoryDriver, free_name
+    from assetfs.routing import Routed
+    from assetfs.vfs.trash import TrashPolicy
+
+    name = free_name()
+    store, other = MemoryDriver(f"memory://{name}/", {}), MemoryDriver(f"memory://{name}/", {})
+    routed = Routed(store, LocalFolder(tmp_path / "t", tmp_path / "p"),
+                    TrashPolicy("local", UID).local)
+    send, receive = trio.open_memory_channel[ChangeEvent](100)
+    try:
+        await routed.connect()
+        await routed.mkdir(f"/{TRASH}")
+        assert (tmp_path / "t" / TRASH).is_dir() and await other.list("/") == []
+        async with trio.open_nursery() as nursery:
+            routed.watch("/")
+            nursery.start_soon(routed.run_events, send)
+            with trio.fail_after(30):
+                await routed.events_ready.wait()
+                await other.mkdir(f"/{TRASH}")  # another client makes one on the store
+                await other.mkdir("/real")
+                events = []
+                while not any(e.path == "/real" for e in events):
+                    events.append(await receive.receive())
+            nursery.cancel_scope.cancel()
+        assert not [e for e in events if e.path.startswith(f"/{TRASH}")
+                    or any(x.name == TRASH for x in e.listing)], events
+        top = {e.name: e for e in await routed.list("/")}
+        assert sorted(top) == sorted(["real", TRASH]) and top[TRASH].mode == 0o700
+        with pytest.raises(errors.CrossDevice):
+            await routed.rename("/real", f"/{TRASH}/real")
+    finally:
+        await routed.close()
+        STORES.pop(name, None)
