@@ -290,3 +290,21 @@ async def test_the_routed_driver_keeps_local_paths_off_the_store(tmp_path: Path)
     finally:
         await routed.close()
         STORES.pop(name, None)
+
+
+def test_a_file_too_big_for_the_cache_is_not_half_trashed(store: Path, tmp_path: Path,
+                                                          desktop: dict[str, str]) -> None:
+    """A file larger than the cache may hold dirty (``cache_max``) cannot be moved into the
+    local trash: ``gio trash`` fails with ENOSPC, and the file stays on the store and in
+    the mount, with no trash entry left for it."""
+    opts = {"cache_dir": str(tmp_path / "cache"), "trash": "local", "cache_max": "1M",
+            "timeout": "10"}
+    with mounted(f"file://{store}", tmp_path / "mnt", opts) as m:
+        done = subprocess.run(["gio", "trash", str(m.path / "big.bin")], env=desktop,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "space" in done.stderr.lower(), done
+        assert (m.path / "big.bin").stat().st_size == 3 << 20
+        assert (store / "big.bin").stat().st_size == 3 << 20
+        assert os.listdir(m.path / TRASH / "files") == []
+        assert os.listdir(m.path / TRASH / "info") == []
+        assert trash_list(desktop) == {}

@@ -19,7 +19,7 @@ until it works like any upload; a crash meanwhile loses nothing (the journal). A
 steps 3-4 schedules those uploads at the old names, which puts back what was deleted. The
 move takes as long as the fetch: trashing a large file that is not cached downloads it,
 and one whose content does not fit in the cache's dirty bound (``cache_max``) gets ENOSPC
-(the file manager then offers to delete it).
+before anything changed.
 """
 
 from __future__ import annotations
