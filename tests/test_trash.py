@@ -8,6 +8,7 @@ mode is the library's local copy) and memory:// (ranged reads), the latter refus
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 import trio
-from mounting import mounted, stop_process
+from mounting import fsync, mounted, stop_process
+from peers.vcsim_peer import PASSWORD, USER, running
 
 from assetfs import errors
 from assetfs.drivers.base import ChangeEvent
@@ -308,3 +310,35 @@ def test_a_file_too_big_for_the_cache_is_not_half_trashed(store: Path, tmp_path:
         assert os.listdir(m.path / TRASH / "files") == []
         assert os.listdir(m.path / TRASH / "info") == []
         assert trash_list(desktop) == {}
+
+
+@pytest.mark.vsphere
+def test_local_trash_on_a_store_without_ranged_reads(tmp_path: Path,
+                                                     desktop: dict[str, str]) -> None:
+    """vcsim (a vSphere content library: whole-file downloads only): a file of an item goes
+    to the local trash (downloaded by the move, then deleted from the item) and comes back
+    with its bytes, uploaded again."""
+    data = os.urandom(1_500_000)
+    with running() as sim:
+        lid = sim.create_library("lib")
+        sim.upload(sim.create_item(lid, "iso"), "disk.iso", data)
+
+        def item() -> str:  # vcsim rebuilds an item that loses a file: a new id
+            found = sim.find_item(lid, "iso")
+            assert found is not None
+            return found
+
+        opts = {"http": None, "cache_dir": str(tmp_path / "cache"), "trash": "local",
+                "write_back_delay": "0", "timeout": "20"}
+        with mounted(f"vsphere://{USER}@{sim.host}/", tmp_path / "mnt", opts,
+                     {"ASSETFS_VSPHERE_PASSWORD": PASSWORD}) as m:
+            gio(desktop, "trash", str(m.path / "lib" / "iso" / "disk.iso"))
+            assert os.listdir(m.path / "lib" / "iso") == [] and sim.files(item()) == []
+            assert (m.path / TRASH / "files" / "disk.iso").read_bytes() == data
+            [uri] = trash_list(desktop).values()
+            gio(desktop, "trash", "--restore", uri)
+            assert (m.path / "lib" / "iso" / "disk.iso").read_bytes() == data
+            fsync(m.path / "lib" / "iso" / "disk.iso")
+            assert sim.download_sha256(item(), "disk.iso") == \
+                (len(data), hashlib.sha256(data).hexdigest())
+            assert sorted(os.listdir(m.path)) == sorted([TRASH, "lib"])
