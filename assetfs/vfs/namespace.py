@@ -120,8 +120,8 @@ class Namespace:
     def touched(self, *folders: str) -> None:
         """Names in ``folders`` changed through the mount: from now on each shows a
         modification time of at least now, as a folder on a local disk would (POSIX), also
-        before the store's answer says so. GIO's trash (freedesktop.org implementations
-        such as gvfs) looks again at a trash's ``files/`` only when that time moved."""
+        before the store's answer says so. gvfs, GIO's trash, looks again at a trash's
+        ``files/`` only when that time moved (docs/desktop.md, Trash)."""
         now = time.time_ns()
         for folder in folders:
             self._touched[folder] = now
