@@ -181,7 +181,10 @@ class _Lent:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Re-entrant: a buffer the garbage collector frees (one held by a traceback's
+        frame) runs :meth:`_returned` on whatever thread allocates then, maybe inside
+        :meth:`read` on this one."""
 
     def read(self, source: str, size: int) -> _Content | None:
         """The content of local file ``source`` (about ``size`` bytes), counted until it is
