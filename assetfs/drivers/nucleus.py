@@ -290,8 +290,8 @@ def written_entry(name: str, size: int, info: Any) -> Entry:
     ``WriteFileExInfo`` (its version and hash). The answer holds no times: the mtime is
     this machine's clock at the answer (the mount shows the file's own mtime while the
     store keeps this version, vfs/mtimes.py), and fields only a stat gives (``modified_by``)
-    come with the next listing or stat, e.g. the re-check of the write's own event
-    (events/echoes.py)."""
+    come with the write's own event, which carries the library's stat of the new file
+    (events/invalidator.py), or the next listing."""
     metadata = {f: str(getattr(info, f)) for f in ("version", "hash") if getattr(info, f)}
     return Entry(name=name, kind=Kind.FILE, size=size, mtime_ns=time.time_ns(),
                  version=info.version, mode=0o644, metadata=metadata)
