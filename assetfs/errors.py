@@ -147,7 +147,7 @@ class BadURL(AssetFSError):
     errno = errno.EINVAL
 
 
-def pwrite_local(fd: int, data: bytes, offset: int) -> None:
+def pwrite_local(fd: int, data: bytes | memoryview, offset: int) -> None:
     """``os.pwrite`` of ``data`` at ``offset`` (bytes) into a local file, the cache's: a full
     disk or quota becomes :class:`NoSpace` (the writer gets ENOSPC, not EIO); other
     ``OSError`` s propagate. Short writes are looped (localio.py)."""

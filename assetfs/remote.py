@@ -161,7 +161,7 @@ class Remote:
         (no deadline needed: nothing is waited for), else None."""
         return self._driver.known_local_path(path)
 
-    async def open_stream(self, path: str) -> AsyncIterator[bytes]:
+    async def open_stream(self, path: str) -> AsyncIterator[bytes | memoryview]:
         """The whole content of ``path`` from offset 0 (ReadMode.STREAM). The deadline is a
         stall timeout: each chunk must come within the policy's attempt timeout, however
         long the whole file takes; past it, TimedOut."""

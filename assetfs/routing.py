@@ -107,7 +107,7 @@ class Routed(Driver):
     def known_local_path(self, path: str) -> str | None:
         return self._to(path).known_local_path(path)
 
-    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes | memoryview, None]:
         async for chunk in self._to(path).open_stream(path):
             yield chunk
 

@@ -336,3 +336,56 @@ def test_upload_content_lent_to_the_library_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         lent.read(str(tmp_path / "gone"), 10)
     assert lent.held == 60
+
+
+# --- reads -----------------------------------------------------------------------------
+def server_reads(peer: NucleusPeer) -> int:
+    """Content downloads the peer served so far (its two read calls)."""
+    calls = peer.calls()
+    return calls.get("Read", 0) + calls.get("ReadFromAddress", 0)
+
+
+def test_omniverse_cold_read_is_one_download_then_the_cache(mount: Mount, peer: NucleusPeer,
+                                                            store: Path) -> None:
+    """A file of several stream chunks read out of order while it is being written to the
+    cache: right bytes everywhere, one download, and a later open reads the cache."""
+    content = os.urandom(9 << 20)
+    (store / "Textures" / "nine.bin").write_bytes(content)
+    before = server_reads(peer)
+    path = mount.path / "Textures" / "nine.bin"
+    with open(path, "rb", buffering=0) as f:
+        assert os.pread(f.fileno(), 4096, 8 << 20) == content[8 << 20:(8 << 20) + 4096]
+        assert os.pread(f.fileno(), 100, 0) == content[:100]
+        assert f.read() == content
+    assert path.read_bytes() == content
+    assert server_reads(peer) - before == 1
+
+
+async def test_omniverse_file_past_the_memory_bound_comes_through_the_local_copy(
+        peer: NucleusPeer, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that would take the content held in memory past the bound comes from the
+    library's local copy instead, with the same bytes, and the bound is given back."""
+    from assetfs.drivers import nucleus
+
+    content = os.urandom(5 << 20)
+    (store / "Textures" / "five.bin").write_bytes(content)
+    monkeypatch.setattr(nucleus._reading, "limit", 4 << 20)
+    driver = nucleus.NucleusDriver(peer.url, {"discovery": peer.discovery})
+    copies: list[str] = []
+    local_path = driver.local_path
+
+    async def recorded(path: str) -> str:
+        copies.append(path)
+        return await local_path(path)
+
+    monkeypatch.setattr(driver, "local_path", recorded)
+    await driver.connect()
+    try:
+        big = b"".join([bytes(c) async for c in driver.open_stream("/Textures/five.bin")])
+        small = b"".join([bytes(c) async for c in driver.open_stream("/Scenes/plain.txt")])
+    finally:
+        await driver.close()
+    assert big == content
+    assert small == b"plain\n"
+    assert copies == ["/Textures/five.bin"]
+    assert nucleus._reading.held == 0

@@ -2,15 +2,17 @@
 :class:`~assetfs.drivers.base.ReadMode`, all calling the store through the driver call layer
 (assetfs/remote.py).
 
-- :class:`LocalFetcher` (``LOCAL``, omni.client): the library keeps a local copy (on
-  ``file:`` the file itself); reads are served from it by range, with no second copy.
+- :class:`LocalFetcher` (``LOCAL``, omni.client's ``file:``): the library keeps a local
+  copy (the file itself); reads are served from it by range, with no second copy.
 - :class:`RangedFetcher` (``RANGED``, OMERO.fs, memory://): blocks of ``block_size`` bytes
   are fetched on demand into the cache file; a sequential reader starts read-ahead of the
   next ``readahead`` blocks in the background.
-- :class:`StreamFetcher` (``STREAM``, stores that ignore Range: vcsim, NodeODX): one
-  background stream fills the cache file from offset 0, and a reader waits only until the
-  bytes it asked for have arrived. A stream the network cut off is opened again until the
-  mount's deadline (``-o timeout``) has passed without a byte from the store.
+- :class:`StreamFetcher` (``STREAM``, stores that ignore Range: vcsim, NodeODX, and
+  omni.client's servers, which have no ranged read): one background stream fills the cache
+  file from offset 0, written behind it in a worker thread, and a reader waits only until
+  the bytes it asked for have arrived (served from memory until they are written). A
+  stream the network cut off is opened again until the mount's deadline (``-o timeout``)
+  has passed without a byte from the store.
 """
 
 from __future__ import annotations
@@ -40,10 +42,6 @@ class CacheFiles(Protocol):
 
     def open_file(self, item: CacheItem, create: bool) -> int:
         """The item's cache file descriptor."""
-        ...
-
-    def put_bytes(self, item: CacheItem, data: bytes, offset: int) -> None:
-        """Write into the item's cache file (NoSpace when the disk is full)."""
         ...
 
     def make_room(self, incoming: int, for_dirty: bool) -> None:
@@ -238,29 +236,54 @@ class RangedFetcher(Fetcher):
             await self._fetch_block(item, block)
 
 
+STREAM_BACKLOG = 256 << 20
+"""Bytes of a stream that may have arrived but not be written to the cache file yet; past
+that the stream waits for the cache disk."""
+
+
 class StreamFetcher(Fetcher):
     """One stream from offset 0 per item, readers waiting for their bytes
-    (``ReadMode.STREAM``)."""
+    (``ReadMode.STREAM``). Chunks are written to the cache file behind the stream, in a
+    worker thread, and a reader is served from the chunks in memory until they are: a
+    store whose whole file arrives at once (omni.client's ``read_file``) would otherwise
+    make the first reader wait for the cache disk to take all of it (0.3-0.8 s for 256 MiB
+    here, as long again as the download; docs/backends/nucleus.md, Reads)."""
 
     async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
         self.stats.count(item.watermark >= end)
         await self._wait_stream(item, end)
-        return self._cached(item, offset, end)
+        return self._arrived(item, offset, end)
 
     async def fill(self, item: CacheItem) -> None:
-        await self._wait_stream(item, item.size)
+        await self._wait_stream(item, item.size, written=True)
 
-    async def _wait_stream(self, item: CacheItem, end: int) -> None:
-        """Wait until the stream of ``item`` has passed offset ``end``; start (or restart,
-        after a failure) the stream if none is running. Every waiter of a failed stream
-        gets its error."""
+    def _arrived(self, item: CacheItem, offset: int, end: int) -> bytes:
+        """Bytes ``offset`` up to ``end`` that arrived: from the cache file below
+        ``item.written``, from the chunks not written yet above it."""
+        if end <= item.written:
+            return self._cached(item, offset, end)
+        parts = [self._cached(item, offset, item.written)] if offset < item.written else []
+        position = max(offset, item.written)
+        for start, chunk in item.unwritten:
+            stop = min(start + len(chunk), end)
+            if stop > position:
+                parts.append(bytes(chunk[position - start:stop - start]))
+                position = stop
+            if position >= end:
+                break
+        return b"".join(parts)
+
+    async def _wait_stream(self, item: CacheItem, end: int, written: bool = False) -> None:
+        """Wait until the stream of ``item`` has passed offset ``end`` (and, if
+        ``written``, written it to the cache file); start (or restart, after a failure)
+        the stream if none is running. Every waiter of a failed stream gets its error."""
         if not item.stream_running and not item.complete and item.watermark < end:
             item.stream_error = None
             item.stream_running = item.stream_started = True
             if not self.files.spawn(self._stream, item):
                 item.stream_running = False
                 raise errors.Unavailable("the cache is not serving")
-        while item.watermark < end and not item.complete:
+        while (item.written if written else item.watermark) < end and not item.complete:
             if not item.stream_running:
                 raise item.stream_error or errors.Unavailable(url=item.path)
             await item.arrived.wait()
@@ -275,11 +298,17 @@ class StreamFetcher(Fetcher):
         downloads from 0 again (there is no range) but rewrites nothing below the
         watermark. The call layer's deadline is a stall timeout (assetfs/remote.py);
         :meth:`stop` ends it early. A stream cut off for want of the store is restarted
-        by :meth:`_stream_until_deadline`; readers keep waiting meanwhile."""
+        by :meth:`_stream_until_deadline`; readers keep waiting meanwhile. What arrived
+        but was not written when the stream ends early is dropped (the watermark goes back
+        to what the cache file holds)."""
+        fd = None
         try:
             self.files.make_room(item.size, for_dirty=False)
+            # A descriptor of our own for the writing thread: the item's may be closed
+            # (last handle released) and its number reused meanwhile.
+            fd = os.dup(self.files.open_file(item, create=True))
             with trio.CancelScope() as item.stream_scope:
-                await self._stream_until_deadline(item)
+                await self._stream_and_write(item, fd)
             if item.stream_scope.cancelled_caught:
                 self.stats.streams_stopped += 1
             else:
@@ -290,15 +319,58 @@ class StreamFetcher(Fetcher):
             item.stream_error = errors.NoSpace(str(exc)) if exc.errno == errno.ENOSPC else \
                 errors.AssetFSError(str(exc))
         finally:
+            item.unwritten.clear()
+            item.watermark = item.written
+            if fd is not None:
+                os.close(fd)
             item.stream_running = False
             item.stream_scope = None
+            self._signal(item)
+
+    async def _stream_and_write(self, item: CacheItem, fd: int) -> None:
+        """The stream, and the task writing its chunks into ``fd`` behind it; returns when
+        both are done. Raises the first error of either."""
+        ended = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_behind, item, fd, ended)
+                try:
+                    await self._stream_until_deadline(item)
+                finally:
+                    ended.set()
+                    self._signal(item)
+        except BaseExceptionGroup as group:
+            failed = group.subgroup((errors.AssetFSError, OSError))
+            if failed is None:
+                raise
+            raise _leaf(failed) from None
+
+    async def _write_behind(self, item: CacheItem, fd: int, ended: trio.Event) -> None:
+        """Write ``item.unwritten`` into ``fd`` in order, in a worker thread, until the
+        stream has ``ended`` and nothing is left. Stops the stream (as :meth:`stop`) once
+        the item is dirty (a truncate needs no content first): the cache file then holds
+        local content, which the store's must not overwrite. A writer that opened waits for
+        the whole content before its first write (BlockCache.fill_all). Raises NoSpace,
+        OSError."""
+        while item.unwritten or not ended.is_set():
+            if item.dirty:
+                self.stop(item)
+                return
+            if not item.unwritten:
+                await item.arrived.wait()
+                continue
+            start, chunk = item.unwritten[0]
+            await trio.to_thread.run_sync(errors.pwrite_local, fd, chunk, start)
+            item.unwritten.popleft()
+            item.written = start + len(chunk)
             self._signal(item)
 
     async def _stream_until_deadline(self, item: CacheItem) -> None:
         """Stream ``item`` to its end. A stream that fails with Unavailable (connection
         reset or refused, body cut short) is opened again after the policy's backoff, as
         long as the store sent a byte, or the first attempt began, less than the policy's
-        ``deadline`` (``-o timeout``, seconds) ago; past it, the last error is raised."""
+        ``deadline`` (``-o timeout``, seconds) ago; past it, the last error is raised.
+        Waits while more than :data:`STREAM_BACKLOG` bytes are not written yet."""
         policy = self.remote.policy
         attempt, last_byte = 0, trio.current_time()
         while True:
@@ -310,10 +382,12 @@ class StreamFetcher(Fetcher):
                     self.stats.downloaded_bytes += len(chunk)
                     if end > item.watermark:
                         skip = max(0, item.watermark - position)
-                        self.files.put_bytes(item, chunk[skip:], position + skip)
+                        item.unwritten.append((position + skip, chunk[skip:]))
                         item.watermark = end
                         self._signal(item)
                     position = end
+                    while item.watermark - item.written > STREAM_BACKLOG:
+                        await item.arrived.wait()
                 return
             except errors.Unavailable as exc:
                 delay = policy.backoff(attempt)

@@ -3,6 +3,7 @@ keeps (blocks present, the stream's watermark, the library's local copy)."""
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ class CacheItem:
     complete: bool = False
     blocks: set[int] = field(default_factory=set)
     watermark: int = 0
+    """Bytes of the stream that have arrived (ReadMode.STREAM), written or not yet."""
+    written: int = 0
+    """Bytes of the stream already in the cache file; ``unwritten`` holds the rest up to
+    ``watermark``, in order, while a worker thread writes them (cache/fetchers.py)."""
+    unwritten: collections.deque[tuple[int, bytes | memoryview]] = field(
+        default_factory=collections.deque)
     local_source: str | None = None
     fd: int | None = None
     source_fd: int | None = None

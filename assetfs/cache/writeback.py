@@ -323,7 +323,7 @@ class WriteBack:
                 offset += len(theirs)
             return offset == size
 
-    async def _remote_chunks(self, path: str, size: int) -> AsyncIterator[bytes]:
+    async def _remote_chunks(self, path: str, size: int) -> AsyncIterator[bytes | memoryview]:
         mode = self.remote.read_mode
         if mode is ReadMode.LOCAL:
             local = await self.remote.local_path(path)

@@ -74,10 +74,10 @@ class ReadMode(enum.Enum):
     """:meth:`Driver.read_into` fetches any byte range cheaply (OMERO.fs, memory://)."""
     STREAM = "stream"
     """:meth:`Driver.open_stream` gives the whole content from offset 0 (stores that ignore
-    Range: vcsim, NodeODX)."""
+    Range: vcsim, NodeODX; omni.client's servers, whose library reads whole files)."""
     LOCAL = "local"
     """:meth:`Driver.local_path` gives a local file holding the current content
-    (omni.client's ``get_local_file``), read by range in place."""
+    (omni.client's ``file:``: the file itself), read by range in place."""
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,9 @@ class Driver(ABC):
         a small file's open skip the deadline and retry machinery (ReadMode.LOCAL)."""
         return None
 
-    async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
-        """The whole content of ``path`` as chunks, from offset 0 (stores with no range)."""
+    async def open_stream(self, path: str) -> AsyncGenerator[bytes | memoryview, None]:
+        """The whole content of ``path`` as chunks (bytes, or views of a buffer the driver
+        holds), from offset 0 (stores with no range)."""
         raise errors.NotSupported("streamed read", url=self.describe(path))
         yield b""  # pragma: no cover - makes this an async generator
 
