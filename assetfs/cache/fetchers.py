@@ -89,8 +89,9 @@ class Fetcher(ABC):
         (:class:`StreamFetcher`; other read modes run none). A file manager's thumbnailer
         or type sniffer reads a few KiB of each file and closes it, and each would
         otherwise download the whole file. What arrived stays cached; the next reader
-        restarts from 0 (no Range)."""
-        if item.stream_scope is not None:
+        restarts from 0 (no Range). A stream that has all its bytes already (only their
+        write into the cache file is left) goes on."""
+        if item.stream_scope is not None and item.watermark < item.size:
             item.stream_scope.cancel()
 
     @abstractmethod
@@ -276,17 +277,20 @@ class StreamFetcher(Fetcher):
     async def _wait_stream(self, item: CacheItem, end: int, written: bool = False) -> None:
         """Wait until the stream of ``item`` has passed offset ``end`` (and, if
         ``written``, written it to the cache file); start (or restart, after a failure)
-        the stream if none is running. Every waiter of a failed stream gets its error."""
-        if not item.stream_running and not item.complete and item.watermark < end:
-            item.stream_error = None
-            item.stream_running = item.stream_started = True
-            if not self.files.spawn(self._stream, item):
-                item.stream_running = False
-                raise errors.Unavailable("the cache is not serving")
+        the stream if none is running. Every waiter of a failed stream gets its error; a
+        stream stopped (:meth:`stop`) while someone still waits is started again."""
+        waited = False
         while (item.written if written else item.watermark) < end and not item.complete:
             if not item.stream_running:
-                raise item.stream_error or errors.Unavailable(url=item.path)
+                if waited and item.stream_error is not None:
+                    raise item.stream_error
+                item.stream_error = None
+                item.stream_running = item.stream_started = True
+                if not self.files.spawn(self._stream, item):
+                    item.stream_running = False
+                    raise errors.Unavailable("the cache is not serving")
             await item.arrived.wait()
+            waited = True
 
     @staticmethod
     def _signal(item: CacheItem) -> None:
