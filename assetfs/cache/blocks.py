@@ -517,8 +517,9 @@ class BlockCache:
         return freed
 
     # --- reads ---------------------------------------------------------------------------
-    async def read(self, item: CacheItem, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` of the local view of ``item``."""
+    async def read(self, item: CacheItem, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` bytes at ``offset`` of the local view of ``item`` (a view of
+        bytes a stream holds in memory: cache/fetchers.py)."""
         item.last_used = time.monotonic()
         item.observe()
         end = min(offset + size, item.size)

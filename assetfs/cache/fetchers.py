@@ -95,8 +95,9 @@ class Fetcher(ABC):
             item.stream_scope.cancel()
 
     @abstractmethod
-    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
-        """Bytes ``offset`` up to ``end`` of ``item`` (``end`` <= its size). Raises
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes | memoryview:
+        """Bytes ``offset`` up to ``end`` of ``item`` (``end`` <= its size), or a view of
+        them held in memory (:class:`StreamFetcher`). Raises
         AssetFSError (Unavailable, TimedOut, NotFound...)."""
 
     @abstractmethod
@@ -250,7 +251,7 @@ class StreamFetcher(Fetcher):
     make the first reader wait for the cache disk to take all of it (0.3-0.8 s for 256 MiB
     here, as long again as the download; docs/backends/nucleus.md, Reads)."""
 
-    async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
+    async def read(self, item: CacheItem, offset: int, end: int) -> bytes | memoryview:
         self.stats.count(item.watermark >= end)
         await self._wait_stream(item, end)
         return self._arrived(item, offset, end)
@@ -258,11 +259,17 @@ class StreamFetcher(Fetcher):
     async def fill(self, item: CacheItem) -> None:
         await self._wait_stream(item, item.size, written=True)
 
-    def _arrived(self, item: CacheItem, offset: int, end: int) -> bytes:
+    def _arrived(self, item: CacheItem, offset: int, end: int) -> bytes | memoryview:
         """Bytes ``offset`` up to ``end`` that arrived: from the cache file below
-        ``item.written``, from the chunks not written yet above it."""
+        ``item.written``, from the chunks not written yet above it (a view of the chunk,
+        not a copy, when one holds them all)."""
         if end <= item.written:
             return self._cached(item, offset, end)
+        for start, chunk in item.unwritten:
+            if start <= offset and end <= start + len(chunk):
+                return memoryview(chunk)[offset - start:end - start]
+            if start > offset:
+                break
         parts = [self._cached(item, offset, item.written)] if offset < item.written else []
         position = max(offset, item.written)
         for start, chunk in item.unwritten:

@@ -598,7 +598,7 @@ class Operations(pyfuse3.Operations):
         return await self._open_handle(attr.st_ino, item, True), attr
 
     @_errno
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         return await self.cache.read(self._handles[fh].item, off, size)
 
     @_errno
