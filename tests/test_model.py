@@ -300,3 +300,39 @@ def test_stat_after_a_truncate_shows_the_new_size(root: Path) -> None:
     time.sleep(EVENTS_ARRIVE)
     assert (root / "a").stat().st_size == 3
     assert (root / "a").read_bytes() == b"012"
+
+
+def test_a_name_renamed_while_the_echo_of_its_creation_is_checked_keeps_its_new_name(
+    root: Path,
+) -> None:
+    """The echo of the mkdir (or of the upload) was checked against the store while the
+    rename was under way: the store already said the old name was gone, and applying that
+    took the inode the rename was moving, so the new name answered ENOENT."""
+    for i in range(60):
+        pause = 0.0005 * i  # the echo arrives before, during or after the rename
+        (root / "a").mkdir()
+        time.sleep(pause)
+        os.rename(root / "a", root / "c")
+        assert (root / "c").is_dir()
+        assert os.listdir(root / "c") == []
+        os.rmdir(root / "c")
+        (root / "b").write_bytes(b"file")
+        time.sleep(pause)
+        os.rename(root / "b", root / "c")
+        assert (root / "c").read_bytes() == b"file"
+        os.unlink(root / "c")
+    assert os.listdir(root) == []
+
+
+def test_truncating_a_file_while_it_uploads_makes_no_conflict_copy(root: Path) -> None:
+    """omni.client's copy failed under a truncate of the cache file and left a file behind;
+    the next attempt took it for another writer's save and made a ``.conflict-`` copy."""
+    for i in range(200):
+        with open(root / "b", "wb") as f:
+            f.write(b"x" * (i % 17 + 1))
+        os.truncate(root / "b", i % 9)
+        os.truncate(root / "b", i % 5)
+    time.sleep(EVENTS_ARRIVE * 4)
+    assert os.listdir(root) == ["b"]
+    kept = min(199 % 17 + 1, 199 % 9, 199 % 5)  # of the last round's bytes
+    assert (root / "b").read_bytes() == (b"x" * kept).ljust(199 % 5, b"\0")

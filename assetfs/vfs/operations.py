@@ -412,11 +412,11 @@ class Operations(pyfuse3.Operations):
             raise errors.AlreadyExists()
         self.ns.trash.check_create(path)
         self.remote.check_create(path, Kind.DIR)
-        self.own.changed(path)
-        entry = await self.remote.mkdir(path)
-        self.metadata.put(path, entry)
-        self.metadata.put_listing(path, [])
-        return self._known(path, entry)
+        with self.own.changing(path):
+            entry = await self.remote.mkdir(path)
+            self.metadata.put(path, entry)
+            self.metadata.put_listing(path, [])
+            return self._known(path, entry)
 
     @_errno
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -425,12 +425,12 @@ class Operations(pyfuse3.Operations):
         await self.ns.folder(path)
         if await self.ns.listing(path):
             raise errors.DirectoryNotEmpty()
-        self.own.changed(path)
-        await self.remote.remove(path, Kind.DIR)
-        self.metadata.forget_tree(path)
-        self.metadata.put(path, None)
-        self.remote.unwatch(path)
-        self.inodes.detach(path)
+        with self.own.changing(path):
+            await self.remote.remove(path, Kind.DIR)
+            self.metadata.forget_tree(path)
+            self.metadata.put(path, None)
+            self.remote.unwatch(path)
+            self.inodes.detach(path)
 
     @_errno
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -440,15 +440,15 @@ class Operations(pyfuse3.Operations):
         if entry.is_dir:
             raise errors.IsADirectory()
         item = self.cache.item(path)
-        async with self.writeback.held([item] if item is not None else []):
-            if await self._on_store(path, entry):
-                self.own.changed(path)
-                with contextlib.suppress(errors.NotFound):
-                    await self.remote.remove(path, Kind.FILE)
-            self.cache.unlinked(path)
-        self.ns.mtimes.drop(path)
-        self.metadata.put(path, None)
-        self.inodes.detach(path)
+        with self.own.changing(path):
+            async with self.writeback.held([item] if item is not None else []):
+                if await self._on_store(path, entry):
+                    with contextlib.suppress(errors.NotFound):
+                        await self.remote.remove(path, Kind.FILE)
+                self.cache.unlinked(path)
+            self.ns.mtimes.drop(path)
+            self.metadata.put(path, None)
+            self.inodes.detach(path)
 
     @_errno
     async def rename(
@@ -473,38 +473,38 @@ class Operations(pyfuse3.Operations):
             raise errors.InvalidName("cannot move a folder into itself")
         self.ns.trash.check_create(new)
         self.remote.check_create(new, source.kind)
-        self.own.changed(old, new)
-        target = await self.ns.find(new)
-        if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise errors.AlreadyExists()
-            if source.is_dir and not target.is_dir:
-                raise errors.NotADirectory()
-            if target.is_dir and not source.is_dir:
-                raise errors.IsADirectory()
-            if target.is_dir:
-                if await self.ns.listing(new):
-                    raise errors.DirectoryNotEmpty()
-                await self.remote.remove(new, Kind.DIR)
-        moving = self.cache.under(old, new)
-        async with self.writeback.held(moving):  # no upload to either name meanwhile
-            on_store = await self._on_store(old, source)
-            if on_store:
-                if not self.remote.capabilities.rename:
-                    raise errors.NotSupported("the store cannot rename")
-                await self.remote.rename(old, new)
-            elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
-                await self.remote.remove(new, Kind.DIR)
-            await self.cache.moved(old, new)
-            self.ns.mtimes.moved(old, new)
-        for path in (old, new):
-            self.metadata.forget_tree(path)
-            self.metadata.forget_listing(split(path)[0])
-        self.metadata.put(old, None)
-        self.inodes.move(old, new)
-        for item in self.cache.under(new):
-            if item.dirty and not item.writers:
-                self.writeback.schedule(item)
+        with self.own.changing(old, new):
+            target = await self.ns.find(new)
+            if target is not None:
+                if flags & pyfuse3.RENAME_NOREPLACE:
+                    raise errors.AlreadyExists()
+                if source.is_dir and not target.is_dir:
+                    raise errors.NotADirectory()
+                if target.is_dir and not source.is_dir:
+                    raise errors.IsADirectory()
+                if target.is_dir:
+                    if await self.ns.listing(new):
+                        raise errors.DirectoryNotEmpty()
+                    await self.remote.remove(new, Kind.DIR)
+            moving = self.cache.under(old, new)
+            async with self.writeback.held(moving):  # no upload to either name meanwhile
+                on_store = await self._on_store(old, source)
+                if on_store:
+                    if not self.remote.capabilities.rename:
+                        raise errors.NotSupported("the store cannot rename")
+                    await self.remote.rename(old, new)
+                elif target is not None and await self.ns.remote(new) is not None and target.is_dir:
+                    await self.remote.remove(new, Kind.DIR)
+                await self.cache.moved(old, new)
+                self.ns.mtimes.moved(old, new)
+            for path in (old, new):
+                self.metadata.forget_tree(path)
+                self.metadata.forget_listing(split(path)[0])
+            self.metadata.put(old, None)
+            self.inodes.move(old, new)
+            for item in self.cache.under(new):
+                if item.dirty and not item.writers:
+                    self.writeback.schedule(item)
 
     # --- files ----------------------------------------------------------------------
     async def _open_handle(
