@@ -336,3 +336,19 @@ def test_truncating_a_file_while_it_uploads_makes_no_conflict_copy(root: Path) -
     assert os.listdir(root) == ["b"]
     kept = min(199 % 17 + 1, 199 % 9, 199 % 5)  # of the last round's bytes
     assert (root / "b").read_bytes() == (b"x" * kept).ljust(199 % 5, b"\0")
+
+
+def test_a_file_deleted_after_a_failed_upload_stays_deleted(shared: Mount, root: Path) -> None:
+    """A file never uploaded whole was deleted without asking the store, but its failed
+    upload (omni.client's copy, failing under a truncate) had left a partial copy there,
+    which came back as the file (``truncate`` of the name just unlinked succeeded)."""
+    for i in range(200):
+        with open(root / "b", "wb") as f:
+            f.write(b"x" * (i % 17 + 1))
+        os.truncate(root / "b", i % 9)
+        os.unlink(root / "b")
+        with pytest.raises(FileNotFoundError):
+            os.truncate(root / "b", 1)
+    time.sleep(EVENTS_ARRIVE * 4)
+    assert os.listdir(root) == []
+    assert os.listdir(shared.path.parent / "store") == []

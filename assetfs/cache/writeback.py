@@ -122,6 +122,12 @@ class WriteBack:
         if self._due[item] < self._sleep_until:  # else the dispatcher wakes in time anyway
             self._wake.set()
 
+    def may_have_written(self, item: CacheItem) -> bool:
+        """Whether the last upload of ``item`` failed inside the store's write, which may
+        have left part or all of it on the store (omni.client's ``file:`` copy did): a
+        file never uploaded whole may then be there all the same."""
+        return item in self._failed_writes
+
     def pending(self) -> list[CacheItem]:
         """Dirty items queued or being uploaded."""
         return self.cache.dirty_items()
