@@ -5,6 +5,7 @@ API (see the package docstring for options and server quirks), composed of a
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import tempfile
@@ -212,7 +213,7 @@ class VsphereDriver(Driver):
         NotADirectory (a file)."""
         return await self._steady(path, lambda: self._list(path))
 
-    async def _list(self, path: str) -> list[Entry]:
+    async def _list(self, path: str) -> builtins.list[Entry]:
         where = self._catalog.where(path)
         if where.depth == 3:
             await self._catalog.resolve(where)
