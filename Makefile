@@ -57,7 +57,7 @@ CORE_TESTS := tests/test_core.py tests/test_journal.py tests/test_namespace.py \
 	tests/test_writeback.py tests/test_coherence.py tests/test_passthrough.py \
 	tests/test_loopwatch.py tests/test_memory_mount.py tests/test_conformance.py \
 	tests/test_options.py tests/test_subscription.py tests/test_concurrency_helpers.py \
-	tests/test_desktop.py
+	tests/test_desktop.py tests/test_trash.py
 
 test-core: setup
 	$(VENV)/bin/ruff check assetfs tests scripts

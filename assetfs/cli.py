@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import faulthandler
 import json
 import logging
 import math
@@ -112,7 +113,9 @@ def shown_url(url: str) -> str:
 
 
 def run_foreground(config: MountConfig, ready_fd: int | None) -> int:
-    """Run the daemon in this process until unmounted."""
+    """Run the daemon in this process until unmounted. A fatal signal (a crash in a backend's
+    native library) prints every thread's Python stack to stderr, the daemon's log."""
+    faulthandler.enable()
     logging.basicConfig(
         level=logging.DEBUG if config["debug"] else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

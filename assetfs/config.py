@@ -12,6 +12,7 @@ from typing import Any
 
 from . import options as opt
 from .drivers.base import POLL_INTERVAL, Driver
+from .vfs.trash import MODES
 
 
 def address(text: str) -> tuple[str, int]:
@@ -51,9 +52,10 @@ CORE_OPTIONS: tuple[opt.Option, ...] = (
     opt.Option("metrics", address, None,
                "serve Prometheus metrics at http://HOST:PORT/metrics (host 127.0.0.1 unless "
                "given; port 0: a free one)"),
-    opt.Option("trash", opt.choice("off", "server"), "off",
-               "what a file manager's Move to Trash does: off (delete instead) or server "
-               "(a .Trash-UID folder on the store); docs/desktop.md"),
+    opt.Option("trash", opt.choice(*MODES), "off",
+               "what a file manager's Move to Trash does: off (delete instead), server "
+               "(a .Trash-UID folder on the store) or local (a trash on this machine, in "
+               "the cache directory); docs/desktop.md"),
 )
 
 
@@ -148,7 +150,7 @@ class MountConfig:
 
     @property
     def trash(self) -> str:
-        """``-o trash=off|server`` (default ``off``): see vfs/trash.py."""
+        """``-o trash=off|server|local`` (default ``off``): see vfs/trash.py."""
         return str(self.values["trash"])
 
     @property

@@ -22,6 +22,7 @@ from .cache.journal import SYNC_INTERVAL, Journal
 from .cache.writeback import WriteBack
 from .config import MountConfig
 from .drivers.base import ChangeEvent, Driver, Entry
+from .drivers.localdir import LocalFolder
 from .events.echoes import OwnChanges
 from .events.invalidator import Invalidator
 from .events.subscription import Subscription
@@ -29,6 +30,7 @@ from .loopwatch import LoopWatch
 from .observe.metrics import MetricsServer, take_sample
 from .observe.progress import read_position
 from .remote import Remote
+from .routing import Routed
 from .vfs.inodes import InodeTable
 from .vfs.metadata import MetadataCache
 from .vfs.mtimes import MtimeOverlay
@@ -94,14 +96,22 @@ class Mount:
         ttl = config.kernel_timeout("attr_timeout", caps.push_events, driver.poll_interval)
         self.metadata = MetadataCache(ttl=max(ttl, 1.0))
         self.journal = Journal(cache_dir / "journal.sqlite")
-        self.remote = Remote(driver, self.policy)
+        self.trash = TrashPolicy(config.trash, os.getuid())
+        self.local_trash = LocalFolder(cache_dir / "trash", cache_dir / "trash.partial") \
+            if config.trash == "local" else None
+        """The folder of ``-o trash=local`` (connected by :meth:`serve`)."""
+        self.routes = driver if self.local_trash is None else Routed(
+            driver, self.local_trash, self.trash.local)
+        """The driver the VFS sees: the store, and with ``-o trash=local`` the local trash
+        folder beside it (routing.py)."""
+        self.remote = Remote(self.routes, self.policy)
         self.cache = BlockCache(cache_dir, self.remote, self.journal, config.cache_max)
         self.events_send, self.events_receive = trio.open_memory_channel[ChangeEvent](10_000)
         self.inodes = InodeTable()
         self.own = OwnChanges()
         self.mtimes = MtimeOverlay(self.journal)
         self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
-                                   TrashPolicy(config.trash))
+                                   self.trash)
         self.writeback = WriteBack(
             self.cache, self.remote, config.write_back_delay, self._uploaded, self.own,
             self.events_send,
@@ -121,7 +131,7 @@ class Mount:
         self.invalidator = Invalidator(self.metadata, self.cache, self.inodes,
                                        self.ops.kernel_version, self.ops.passthrough, self.own,
                                        self.namespace.store_entry)
-        self.subscription = Subscription(driver, self.events_send)
+        self.subscription = Subscription(self.routes, self.events_send)
         self.started = time.time()
         self.control_path = control.socket_path(config.mountpoint)
         """The control socket (control.py); named before the mount exists, since naming it
@@ -229,6 +239,8 @@ class Mount:
             options.add("allow_other")
         if self.config.read_only:
             options.add("ro")
+        if self.local_trash is not None:
+            await self.local_trash.connect()
         address = self.config.metrics
         if address is not None:
             self.metrics = MetricsServer(*address, lambda: take_sample(self.status,

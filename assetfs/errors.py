@@ -90,6 +90,13 @@ class DirectoryNotEmpty(AssetFSError):
     errno = errno.ENOTEMPTY
 
 
+class CrossDevice(AssetFSError):
+    """A rename between two stores of one mount (the store and its local trash,
+    assetfs/routing.py)."""
+
+    errno = errno.EXDEV
+
+
 class InvalidName(AssetFSError):
     """The store rejects this name."""
 

@@ -95,6 +95,10 @@ def mounted(
             time.sleep(0.05)
         yield mount
     finally:
+        died = mount.proc.poll()
+        if died is not None:  # shown with the failure: what the daemon said before it died
+            print(f"the daemon exited ({died}) before the unmount; its log ends:\n"
+                  f"{mount.output()[-8000:]}", file=sys.stderr)
         unmount(mount)
     unexpected = unexpected_errors(log, logged_before)
     assert not unexpected, f"the daemon logged an unexpected error ({log}):\n{unexpected}"

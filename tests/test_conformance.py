@@ -124,6 +124,26 @@ async def memory_target(tmp_path: Path) -> AsyncIterator[Target]:
 
 
 @contextlib.asynccontextmanager
+async def localdir_target(tmp_path: Path) -> AsyncIterator[Target]:
+    """The local trash folder of ``-o trash=local`` (no URL scheme: the daemon makes it)."""
+    from assetfs.drivers.localdir import LocalFolder
+
+    root = tmp_path / "trash"
+    driver = LocalFolder(root, tmp_path / "trash.partial")
+    driver.poll_interval = 0.5
+    await driver.connect()
+    await driver.mkdir("/scratch")
+    put, delete = local_changes(root)
+    (tmp_path / "a file").write_text("not a folder")
+    try:
+        yield Target(driver, "/scratch", put, delete, writable=True, uploads=True,
+                     folders=True, rename_files=True, event_latency=5.0,
+                     broken=lambda: LocalFolder(tmp_path / "a file", tmp_path / "p"))
+    finally:
+        await driver.close()
+
+
+@contextlib.asynccontextmanager
 async def nucleus_target(tmp_path: Path) -> AsyncIterator[Target]:
     from assetfs.drivers.nucleus import NucleusDriver
 
@@ -296,7 +316,7 @@ async def nodeodx_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             await driver.close()
 
 
-@pytest.fixture(params=["memory", "nucleus", "omniverse",
+@pytest.fixture(params=["memory", "localdir", "nucleus", "omniverse",
                         pytest.param("omerofs", marks=pytest.mark.omero),
                         pytest.param("vsphere", marks=pytest.mark.vsphere), "resonite",
                         "nodeodx"])
@@ -304,6 +324,7 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Target]:
     make = {
         "memory": lambda: memory_target(tmp_path),
+        "localdir": lambda: localdir_target(tmp_path),
         "nucleus": lambda: nucleus_target(tmp_path),
         "omniverse": lambda: omniverse_target(tmp_path),
         "omerofs": lambda: omerofs_target(tmp_path),

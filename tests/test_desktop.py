@@ -250,7 +250,7 @@ def test_gio_trash_follows_the_trash_option(store: Path, tmp_path: Path) -> None
         wait_for(trashed.exists, 20, "the trashed file on the store")
         assert not (store / "Photos" / "shot0.jpg").exists()
     bad = cli("mount", f"file://{store}", str(tmp_path / "mnt"), "-o", "trash=bin")
-    assert bad.returncode == 1 and "one of off|server" in bad.stderr
+    assert bad.returncode == 1 and "one of off|server|local" in bad.stderr
 
 
 # --- probe names ----------------------------------------------------------------------

@@ -537,6 +537,22 @@ class BlockCache:
         await self.fetcher.fill(item)
         item.complete = True
 
+    async def take_over(self, item: CacheItem) -> None:
+        """Make ``item`` hold its whole content as a new file made here: complete, dirty,
+        with no base version (its upload replaces whatever is at its path), journaled
+        before this returns; its modification time stays. For a move whose source is about
+        to be deleted (vfs/crossing.py): from then on the cache file is the only copy.
+        Raises AssetFSError (NoSpace when the dirty data would pass the bound, and what
+        fetching the content raises)."""
+        await self.fill_all(item)
+        async with item.dirtying:
+            item.base_version = ""
+            if item.dirty:
+                await self.journal.rebased(item.key, "")
+            else:
+                await self._journal_dirty(item)
+        item.generation += 1
+
     # --- writes --------------------------------------------------------------------------
     async def write(self, item: CacheItem, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; the item becomes dirty (journaled first)."""

@@ -129,6 +129,12 @@ class Journal:
             " ON CONFLICT(key) DO UPDATE SET path=excluded.path",
             [(key, path, base_version, time.time())])
 
+    async def rebased(self, key: str, base_version: str) -> None:
+        """The dirty file ``key`` now replaces ``base_version`` at its path ("": whatever is
+        there, a file moved in from the other side of the mount, vfs/crossing.py); returns
+        once committed. Raises AssetFSError."""
+        await self._commit("UPDATE dirty SET base_version=? WHERE key=?", [(base_version, key)])
+
     async def moved(self, key: str, path: str) -> None:
         """The dirty file ``key`` was renamed to ``path``; returns once committed. Raises
         AssetFSError."""

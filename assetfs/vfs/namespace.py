@@ -8,8 +8,12 @@ store's deadline."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import cachetools
 
 from .. import errors
 from ..cache.blocks import BlockCache
@@ -22,6 +26,8 @@ from .trash import TrashPolicy
 T = TypeVar("T")
 R = TypeVar("R")
 
+TOUCHED_FOLDERS = 10_000
+"""Folders whose last change through the mount is remembered (LRU)."""
 FILL_TRIES = 3
 """Remote lookups of one name or folder, when changes keep arriving while they wait: the
 last answer is used without being cached (metadata.py, stamps)."""
@@ -42,6 +48,8 @@ class Namespace:
         self.trash = trash or TrashPolicy("server")
         """Which trash folders the view hides (vfs/trash.py)."""
         self.store = remote
+        self._touched: cachetools.LRUCache[str, int] = cachetools.LRUCache(TOUCHED_FOLDERS)
+        """Folder -> when names in it last changed through the mount (ns)."""
         self.metadata = metadata
         self.cache = cache
 
@@ -107,7 +115,24 @@ class Namespace:
         item = self.cache.shadowing(path)
         if item is not None:
             return item.entry(remote, split(path)[1])
-        return None if remote is None else self.mtimes.apply(path, remote)
+        return None if remote is None else self._shown(path, remote)
+
+    def touched(self, *folders: str) -> None:
+        """Names in ``folders`` changed through the mount: from now on each shows a
+        modification time of at least now, as a folder on a local disk would (POSIX), also
+        before the store's answer says so. gvfs, GIO's trash, looks again at a trash's
+        ``files/`` only when that time moved (docs/desktop.md, Trash)."""
+        now = time.time_ns()
+        for folder in folders:
+            self._touched[folder] = now
+
+    def _shown(self, path: str, entry: Entry) -> Entry:
+        """``entry`` with the modification times set or caused through the mount."""
+        if entry.is_dir:
+            touched = self._touched.get(path, 0)
+            return dataclasses.replace(entry, mtime_ns=touched) \
+                if touched > entry.mtime_ns else entry
+        return self.mtimes.apply(path, entry)
 
     async def entry(self, path: str) -> Entry:
         """Like :meth:`find`, raising NotFound."""
@@ -141,7 +166,7 @@ class Namespace:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-        merged = {name: self.mtimes.apply(join(folder, name), e) for name, e in listing.items()
+        merged = {name: self._shown(join(folder, name), e) for name, e in listing.items()
                   if not self.trash.hides(join(folder, name))}
         for name, item in self.cache.shadowing_children(folder):
             merged[name] = item.entry(listing.get(name), name)

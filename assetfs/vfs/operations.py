@@ -31,6 +31,7 @@ from ..events.echoes import OwnChanges
 from ..loopwatch import OPERATION
 from ..observe.requests import RequestStats
 from ..remote import Remote
+from .crossing import Crossing
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
 from .namespace import Namespace
@@ -166,6 +167,8 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.remote = remote
         self.ns = namespace
+        self.crossing = Crossing(remote, namespace, cache, writeback, namespace.trash.local)
+        """Renames between the store and the local trash (vfs/crossing.py)."""
         self.metadata = metadata
         self.cache = cache
         self.writeback = writeback
@@ -418,6 +421,7 @@ class Operations(pyfuse3.Operations):
             entry = await self.remote.mkdir(path)
             self.metadata.put(path, entry)
             self.metadata.put_listing(path, [])
+            self.ns.touched(split(path)[0])
             return self._known(path, entry)
 
     @_errno
@@ -433,6 +437,7 @@ class Operations(pyfuse3.Operations):
             self.metadata.put(path, None)
             self.remote.unwatch(path)
             self.inodes.detach(path)
+            self.ns.touched(split(path)[0])
 
     @_errno
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -451,6 +456,7 @@ class Operations(pyfuse3.Operations):
             self.ns.mtimes.drop(path)
             self.metadata.put(path, None)
             self.inodes.detach(path)
+            self.ns.touched(split(path)[0])
 
     @_errno
     async def rename(
@@ -490,8 +496,9 @@ class Operations(pyfuse3.Operations):
                     await self.remote.remove(new, Kind.DIR)
             moving = self.cache.under(old, new)
             async with self.writeback.held(moving):  # no upload to either name meanwhile
-                on_store = await self._on_store(old, source)
-                if on_store:
+                if self.crossing.crosses(old, new):  # into or out of the local trash
+                    await self.crossing.move(old, new, source)
+                elif await self._on_store(old, source):
                     if not self.remote.capabilities.rename:
                         raise errors.NotSupported("the store cannot rename")
                     await self.remote.rename(old, new)
@@ -504,6 +511,7 @@ class Operations(pyfuse3.Operations):
                 self.metadata.forget_listing(split(path)[0])
             self.metadata.put(old, None)
             self.inodes.move(old, new)
+            self.ns.touched(split(old)[0], split(new)[0])
             for item in self.cache.under(new):
                 if item.dirty and not item.writers:
                     self.writeback.schedule(item)
@@ -587,6 +595,7 @@ class Operations(pyfuse3.Operations):
         if existing is not None:
             item.base_version = existing.version
         entry = item.entry(existing, split(path)[1])
+        self.ns.touched(split(path)[0])
         attr = self._known(path, entry)
         return await self._open_handle(attr.st_ino, item, True), attr
 

@@ -314,8 +314,11 @@ class FileObjects(Service, fos_grpc.FileObjectServiceServicer):
         path = self.tree.path(first.params.destination_resource_address)
         if path.is_dir():
             raise IsADirectoryError(str(path))
-        yield fos.WriteResponse(write_chunks_accepted=fos.WriteChunksAccepted())
+        # The destination is checked (and its folders made) before the chunks are accepted:
+        # an answer that ends the call while the library is still sending chunks sometimes
+        # aborts the client process (docs/backends/nucleus.md, Writes).
         path.parent.mkdir(parents=True, exist_ok=True)
+        yield fos.WriteResponse(write_chunks_accepted=fos.WriteChunksAccepted())
         partial = path.with_name(f".{path.name}.upload-{threading.get_ident()}")
         try:
             with open(partial, "wb") as f:
