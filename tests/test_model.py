@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 from modelfs import LIST_PATHS, PATHS, Op, Shape, clear, tree
 from modeltargets import TARGETS
-from mounting import Mount
+from mounting import Mount, fsync
 
 STEPS = 40
 """Operations per example."""
@@ -331,3 +331,23 @@ def test_a_file_deleted_after_a_failed_upload_stays_deleted(shared: Mount, root:
     time.sleep(EVENTS_ARRIVE * 4)
     assert os.listdir(root) == []
     assert os.listdir(shared.path.parent / "store") == []
+
+
+def test_a_file_changed_then_renamed_on_omniverse_makes_no_conflict_copy(
+    tmp_path: Path,
+) -> None:
+    """The Storage API gives a moved file a new version (its identity holds the path); the
+    upload of a file changed before its rename took that for another writer's save."""
+    omniverse = TARGETS["omniverse"].start(tmp_path)
+    with omniverse as store, store.mount("mnt", write_back_delay="0.5") as mount:
+        root = mount.path
+        for i in range(10):
+            (root / "a").write_bytes(b"first")
+            fsync(root / "a")
+            with open(root / "a", "r+b") as f:
+                f.write(b"F")  # dirty again, its upload not started yet
+            os.rename(root / "a", root / "c")
+            fsync(root / "c")
+            assert (root / "c").read_bytes() == b"First"
+            assert sorted(os.listdir(root)) == ["c"], i
+            os.unlink(root / "c")
