@@ -4,7 +4,9 @@ options, what it can hold and do (:class:`modelfs.Shape`), and how to read what 
 once the mount is gone.
 
 Read-only drivers have no target: OMERO.fs (``omerofs://``, docs/omerofs.md) cannot be
-written through a mount, so a model of changes has nothing to drive there.
+written through a mount, so a model of changes has nothing to drive there. Nor has NodeODX
+(docs/nodeodx.md), whose writes submit processing tasks rather than change a tree
+(tests/test_model.py, ``test_every_writable_driver_has_a_model_target``).
 """
 
 from __future__ import annotations

@@ -166,17 +166,18 @@ class VsphereDriver(Driver):
         if not names:
             return await read()
         lock = self._rebuild_locks.setdefault(names[0], trio.Lock())
-        for last in (False, True):
-            if lock.locked():
-                async with lock:
-                    pass
-            before = self._rebuilds.get(names[0], 0)
-            try:
-                return await read()
-            except errors.NotFound:
-                if last or (self._rebuilds.get(names[0], 0) == before and not lock.locked()):
-                    raise
-        raise AssertionError("unreachable")
+        if lock.locked():
+            async with lock:
+                pass
+        before = self._rebuilds.get(names[0], 0)
+        try:
+            return await read()
+        except errors.NotFound:
+            if self._rebuilds.get(names[0], 0) == before and not lock.locked():
+                raise
+        async with lock:
+            pass
+        return await read()
 
     async def stat(self, path: str) -> Entry:
         """The entry at ``path``. Raises NotFound."""
