@@ -296,7 +296,8 @@ class VsphereDriver(Driver):
             raise errors.NotSupported(
                 "files live inside items: /LIBRARY/ITEM/FILE", url=self.describe(path)
             )
-        library, item, _ = await self._catalog.resolve(Where(path, where.names[:2]))
+        library, item, _ = await self._steady(
+            path, lambda: self._catalog.resolve(Where(path, where.names[:2])))
         assert library is not None and item is not None
         name = where.names[2]
         transfers = self._transfers
@@ -393,7 +394,7 @@ class VsphereDriver(Driver):
             raise errors.PermissionDenied(
                 "the mounted root cannot be removed", url=self.describe(path)
             )
-        library, item, _ = await self._catalog.resolve(where)
+        library, item, _ = await self._steady(path, lambda: self._catalog.resolve(where))
         is_file = where.depth == 3
         if kind is Kind.FILE and not is_file:
             raise errors.IsADirectory(url=self.describe(path))
@@ -447,7 +448,7 @@ class VsphereDriver(Driver):
             raise errors.NotSupported(
                 "only items and libraries can be renamed", url=self.describe(old)
             )
-        library, item, _ = await self._catalog.resolve(src)
+        library, item, _ = await self._steady(old, lambda: self._catalog.resolve(src))
         assert library is not None
         if src.depth == 3:
             raise errors.NotSupported(
