@@ -114,7 +114,7 @@ class Mount:
                                    self.trash)
         self.writeback = WriteBack(
             self.cache, self.remote, config.write_back_delay, self._uploaded, self.own,
-            self.events_send,
+            self.events_send, workers=caps.uploads,
         )
         self.writeback.exit_timeout = config["umount_timeout"]
         timeouts = Timeouts(

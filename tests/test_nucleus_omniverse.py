@@ -6,6 +6,7 @@ and a SIGKILL of its process (docs/backends/nucleus.md)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import time
@@ -70,10 +71,13 @@ def mount(peer: NucleusPeer, tmp_path: Path) -> Iterator[Mount]:
 
 def settle(mount: Mount) -> None:
     """Wait until every write through the mount is uploaded."""
-    import json
-
     eventually(lambda: not json.loads(os.getxattr(mount.path, "user.assetfs.status"))
                ["dirty_files"])
+
+
+def store_requests(mount: Mount) -> dict[str, int]:
+    """The driver calls the daemon made so far, by kind (``assetfs status``)."""
+    return dict(json.loads(os.getxattr(mount.path, "user.assetfs.status"))["store_requests"])
 
 
 # --- end to end ------------------------------------------------------------------------
@@ -279,3 +283,56 @@ def test_omniverse_injected_status_is_retried_within_the_timeout(mount: Mount,
     peer.control(fail=None)
     assert os.listdir(mount.path / "Textures") == ["big.bin"]
 
+
+
+# --- uploads ---------------------------------------------------------------------------------
+def test_omniverse_uploads_go_eight_at_once_and_their_echoes_cost_no_call(
+        peer: NucleusPeer, store: Path, tmp_path: Path) -> None:
+    """Files closed together are uploaded 8 at once (the driver's declaration), the
+    write's answer stands for the stat after it, and the upload's own event is recorded
+    without asking the server again (docs/architecture.md, Echoes)."""
+    files = 16
+    source = tmp_path / "batch"
+    source.mkdir()
+    for i in range(files):
+        (source / f"f{i:02d}.bin").write_bytes(os.urandom(20_000 + i))
+    os.utime(source / "f00.bin", (1_000_000_000, 1_000_000_000))
+    with mount_peer(peer, tmp_path, write_back_delay="2") as mount:
+        os.listdir(mount.path / "Scenes")
+        peer.control(latency=0.3)
+        before = store_requests(mount)
+        subprocess.run(["cp", "-rp", str(source), str(mount.path / "Scenes")], check=True)
+        settle(mount)
+        eventually(lambda: all((store / "Scenes/batch" / p.name).exists() for p in
+                               source.iterdir()))
+        time.sleep(2.0)  # the uploads' events arrive and are applied
+        spent = {k: v - before.get(k, 0) for k, v in store_requests(mount).items()}
+        assert peer.peak().get("Write") == 8
+        assert spent.get("upload") == files
+        assert spent.get("stat", 0) < files // 2, spent
+        peer.control(latency=None)
+        copied = mount.path / "Scenes/batch"
+        for p in source.iterdir():
+            assert (copied / p.name).read_bytes() == p.read_bytes()
+            assert (store / "Scenes/batch" / p.name).read_bytes() == p.read_bytes()
+        assert os.stat(copied / "f00.bin").st_mtime == 1_000_000_000
+        assert os.getxattr(copied / "f01.bin", "user.assetfs.version")
+
+
+def test_upload_content_lent_to_the_library_is_bounded(tmp_path: Path) -> None:
+    """The library holds a small upload's buffer until its request is released: past the
+    bound, the driver streams from the cache file instead (assetfs/drivers/nucleus.py)."""
+    from assetfs.drivers.nucleus import _Lent
+
+    source = tmp_path / "cached"
+    source.write_bytes(b"x" * 60)
+    lent = _Lent(limit=100)
+    first = lent.read(str(source), 60)
+    assert first == b"x" * 60 and lent.held == 60
+    assert lent.read(str(source), 60) is None
+    del first
+    second = lent.read(str(source), 60)
+    assert second is not None and lent.held == 60
+    with pytest.raises(FileNotFoundError):
+        lent.read(str(tmp_path / "gone"), 10)
+    assert lent.held == 60

@@ -505,6 +505,8 @@ class BlockCache:
         """Evict clean, unopened items, least recently used first, until ``enough(freed)``
         holds (``freed``: bytes evicted so far); return the bytes evicted."""
         freed = 0
+        if enough(freed):  # the usual case: no need to sort every clean item
+            return freed
         for item in sorted((i for i in self.items.values() if not i.dirty and not i.handles),
                            key=lambda i: i.last_used):
             if enough(freed):

@@ -89,6 +89,7 @@ class Capabilities:
     - ``push_events``: the store pushes change events; otherwise the base class polls.
     - ``rename``: the store renames in place (server side).
     - ``checkpoints``, ``locks``: the store has those Nucleus-style features.
+    - ``uploads``: how many uploads the write-back runs at once (cache/writeback.py).
     """
 
     writable: bool = True
@@ -97,6 +98,7 @@ class Capabilities:
     rename: bool = True
     checkpoints: bool = False
     locks: bool = False
+    uploads: int = 4
 
 
 class ChangeKind(enum.Enum):

@@ -10,7 +10,9 @@ over a handful of names saw 52 such divergences in 10,000 operations, tests/test
 An event about a path this mount changed on the store within :data:`ECHO_WINDOW` seconds
 (the path itself, or a folder above it: a folder rename moves its children) is therefore
 only a hint: the invalidator asks the store what the path holds now, which already
-reflects our change, and applies that instead (events/invalidator.py).
+reflects our change, and applies that instead (events/invalidator.py). An event that
+reports the file version the mount already holds at the path (the echo of its own upload)
+is not re-checked: it cannot undo anything the mount did since.
 
 While one of our changes is under way (:meth:`OwnChanges.changing`: from before its store
 call until the mount's caches and inode table record its outcome), even the store's

@@ -102,7 +102,9 @@ class Invalidator:
                     batch[_key(event)] = event
             notes: list[KernelNote] = []
             for done, event in enumerate(batch.values(), 1):
-                if self._maybe_echo(event):
+                if (known := self._known_version(event)) is not None:
+                    notes.extend(self._refreshed(event.path, known))
+                elif self._maybe_echo(event):
                     notes.extend(await self._verified(event))
                 else:
                     notes.extend(self.apply(event))
@@ -182,6 +184,30 @@ class Invalidator:
         if not gone and inode is not None:
             notes.append(KernelNote(inode))
         return notes
+
+    def _known_version(self, event: ChangeEvent) -> Entry | None:
+        """The entry ``event`` brings if it reports the file version the mount already
+        holds at its path (the echo of our own upload, whose entry came with the write's
+        answer), else None. Such an event can bring back nothing deleted and hide nothing
+        made, so it needs no store re-check (events/echoes.py)."""
+        cached = self.metadata.entry(event.path)
+        new = event.entry
+        if (event.kind is not ChangeKind.DELETED and new is not None and not new.is_dir
+                and isinstance(cached, Entry) and not cached.is_dir
+                and new.version == cached.version and new.size == cached.size):
+            return new
+        return None
+
+    def _refreshed(self, path: str, entry: Entry) -> list[KernelNote]:
+        """Record the store's own ``entry`` of a version the mount holds at ``path`` (its
+        mtime and the fields only the store knows); the kernel re-reads the file's
+        attributes only when its mode or mtime changed. The folder's listing stays."""
+        cached = self.metadata.entry(path)
+        self.metadata.put(path, entry)  # a change: fills in flight try again
+        inode = self.inodes.get(path)
+        same = isinstance(cached, Entry) and (cached.mode, cached.mtime_ns) == (
+            entry.mode, entry.mtime_ns)
+        return [] if same or inode is None else [KernelNote(inode)]
 
     def _maybe_echo(self, event: ChangeEvent) -> bool:
         """Whether ``event`` is about a path this mount changed lately (events/echoes.py)."""

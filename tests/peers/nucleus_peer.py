@@ -22,7 +22,8 @@ true makes every call wait until it is turned off or the client gives up; ``toke
 bearer every call must carry (UNAUTHENTICATED otherwise); ``event_delay`` seconds before an
 event is sent; ``drop_events`` true drops them; ``quiet`` true makes changes on disk produce
 no event; ``reset_stats`` true zeroes the call counts. ``GET /stats`` answers
-``{"calls": {method: count}, "peak": {method: most calls in progress at once}}``.
+``{"calls": {method: count}, "peak": {method: most calls in progress at once}}`` (a call is
+in progress from its arrival, injected latency and hang included, to its answer).
 """
 
 from __future__ import annotations
@@ -204,10 +205,10 @@ def gated(method: Callable[..., Any]) -> Callable[..., Any]:
     name = method.__name__
 
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        self.switches.gate(name, context)
-        trace(name, str(request).replace("\n", " ")[:300])
         try:
             with self.switches.running(name):
+                self.switches.gate(name, context)
+                trace(name, str(request).replace("\n", " ")[:300])
                 return method(self, request, context)
         except (FileNotFoundError, ValueError) as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
@@ -219,11 +220,11 @@ def gated(method: Callable[..., Any]) -> Callable[..., Any]:
             context.abort(grpc.StatusCode.INTERNAL, str(exc))
 
     def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        self.switches.gate(name, context)
-        trace(name, "(stream)" if hasattr(request, "__next__")
-              else str(request).replace("\n", " ")[:300])
         try:
             with self.switches.running(name):
+                self.switches.gate(name, context)
+                trace(name, "(stream)" if hasattr(request, "__next__")
+                      else str(request).replace("\n", " ")[:300])
                 yield from method(self, request, context)
         except (FileNotFoundError, ValueError) as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
