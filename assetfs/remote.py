@@ -133,7 +133,12 @@ class Remote:
 
     async def stat(self, path: str, once: bool = False) -> Entry:
         """The store's entry at ``path``. Raises NotFound, Unavailable, TimedOut.
-        ``once``: a single attempt, no retries (the caller has a stale answer to give)."""
+        ``once``: a single attempt, no retries (the caller has a stale answer to give).
+        An entry the driver knows without I/O (``Driver.known_entry``) is taken without the
+        deadline and retry of a remote call."""
+        known = self._driver.known_entry(path)
+        if known is not None:
+            return known
         return await self._call("stat", path, lambda: self._driver.stat(path),
                                 self._policy(once))
 

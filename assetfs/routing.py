@@ -86,6 +86,9 @@ class Routed(Driver):
     async def stat(self, path: str) -> Entry:
         return await self._to(path).stat(path)
 
+    def known_entry(self, path: str) -> Entry | None:
+        return self._to(path).known_entry(path)
+
     async def list(self, path: str) -> list[Entry]:
         entries = await self._to(path).list(path)
         return entries if path != "/" else await self.list_root(entries)

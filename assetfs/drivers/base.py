@@ -146,8 +146,12 @@ EventSink = trio.MemorySendChannel[ChangeEvent]
 
 
 def join(folder: str, name: str) -> str:
-    """Join a driver path and a child name: ``join("/", "a") == "/a"``."""
-    return posixpath.join(folder, name)
+    """Join a driver path and a child name: ``join("/", "a") == "/a"``; the same result as
+    ``posixpath.join`` (an absolute ``name`` replaces ``folder``), at a third of its cost:
+    a listing joins every child's name several times."""
+    if name.startswith("/"):
+        return name
+    return folder + name if not folder or folder.endswith("/") else f"{folder}/{name}"
 
 
 def split(path: str) -> tuple[str, str]:
@@ -217,6 +221,14 @@ class Driver(ABC):
     @abstractmethod
     async def stat(self, path: str) -> Entry:
         """The entry at ``path``. Raises NotFound."""
+
+    def known_entry(self, path: str) -> Entry | None:
+        """The entry :meth:`stat` would give for ``path``, when the driver knows it without
+        any I/O (a listing of its folder it holds, as fresh as :meth:`stat` wants), else
+        None, and :meth:`stat` is asked. Lets a lookup skip the deadline and retry
+        machinery of a remote call (~0.1 ms: a quarter of the daemon's work for a small
+        file, docs/resonite.md). The default is None."""
+        return None
 
     @abstractmethod
     async def list(self, path: str) -> list[Entry]:

@@ -366,6 +366,18 @@ class ResoniteDriver(Driver):
             raise errors.NotFound(url=self.describe(path))
         return child.entry
 
+    def known_entry(self, path: str) -> Entry | None:
+        """The entry at ``path`` from a listing of its folder at most ``listing_ttl``
+        seconds old that holds it; else None (no I/O)."""
+        if path == "/":
+            return None
+        parent, name = split(path)
+        folder = self._folders.get(parent)
+        if folder is None or trio.current_time() - folder.listed_at > self.listing_ttl:
+            return None
+        child = folder.children.get(name)
+        return None if child is None else child.entry
+
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``: one List, then FetchThumbnail (``concurrency``
         at a time) for items whose thumbnail is not stored yet."""
