@@ -163,7 +163,10 @@ class ThumbnailStore:
         return self._index.get(key)
 
     def place(self, key: str) -> Place | None:
-        """Where the bytes of ``key`` lie on disk; None for a key not stored."""
+        """Where the bytes of ``key`` lie on disk; None for a key not stored (the first call
+        may scan, as :meth:`get`)."""
+        if self._index is None:
+            self.get(key)
         return self._places.get(key)
 
     def put(self, key: str, data: bytes, ext: str) -> Stored:
