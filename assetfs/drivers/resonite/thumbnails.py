@@ -25,6 +25,7 @@ while no mount runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -199,14 +200,12 @@ class ThumbnailStore:
         return stored
 
     def _close(self) -> None:
-        if self._pack is not None:
-            os.close(self._pack[0])
-            self._pack = None
+        pack, self._pack = self._pack, None
+        if pack is not None:
+            with contextlib.suppress(OSError):
+                os.close(pack[0])
 
     def close(self) -> None:
         """Close this store's pack (a later :meth:`put` starts another); never raises."""
         with self._lock:
-            try:
-                self._close()
-            except OSError:
-                self._pack = None
+            self._close()
