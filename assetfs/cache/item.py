@@ -35,6 +35,11 @@ class CacheItem:
     blocks: set[int] = field(default_factory=set)
     watermark: int = 0
     local_source: str | None = None
+    source_offset: int = 0
+    """Where the content starts in ``local_source`` (bytes; a driver may keep many files'
+    content in one local file, drivers/base.py ``LocalRange``)."""
+    source_whole: bool = True
+    """``local_source`` holds this content and nothing else (it may back a passthrough)."""
     fd: int | None = None
     source_fd: int | None = None
     handles: int = 0

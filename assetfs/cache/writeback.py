@@ -356,9 +356,12 @@ class WriteBack:
     async def _remote_chunks(self, path: str, size: int) -> AsyncIterator[bytes]:
         mode = self.remote.read_mode
         if mode is ReadMode.LOCAL:
-            local = await self.remote.local_path(path)
-            with open(local, "rb") as f:
-                while chunk := f.read(COMPARE_CHUNK):
+            local = await self.remote.local_range(path)
+            left = size + 1 if local.size is None else local.size  # one more: a longer file
+            with open(local.path, "rb") as f:
+                f.seek(local.offset)
+                while left > 0 and (chunk := f.read(min(COMPARE_CHUNK, left))):
+                    left -= len(chunk)
                     yield chunk
         elif mode is ReadMode.RANGED:
             for offset in range(0, size, COMPARE_CHUNK):

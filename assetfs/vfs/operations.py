@@ -386,7 +386,8 @@ class Operations(pyfuse3.Operations):
             # nor invalidate_inode then resets it (only a change of the folder's mtime
             # does, fs/fuse/readdir.c): the kernel would list the folder as empty for good.
             return fh
-        keep = self.kernel_listings.get(inode) == self._listing_key(path, entries)
+        held = self.kernel_listings.get(inode)
+        keep = held is not None and held == self._listing_key(path, entries)
         if keep:
             self._listed.add(fh)  # listed from the kernel's cache; the snapshot may age
         else:
