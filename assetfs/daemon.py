@@ -113,7 +113,7 @@ class Mount:
         self.namespace = Namespace(self.remote, self.metadata, self.cache, self.mtimes,
                                    self.trash)
         self.writeback = WriteBack(
-            self.cache, self.remote, config.write_back_delay, self._uploaded,
+            self.cache, self.remote, config.write_back_delay, self._uploaded, self.own,
             self.events_send, workers=caps.uploads,
         )
         self.writeback.exit_timeout = config["umount_timeout"]
@@ -151,7 +151,6 @@ class Mount:
     def _uploaded(self, path: str, entry: Entry, mtime_ns: int) -> None:
         """The file written at ``path`` is on the store as ``entry``; it keeps showing the
         local modification time ``mtime_ns`` (see vfs/mtimes.py)."""
-        self.own.changed(path)
         self.mtimes.keep(path, entry.version, mtime_ns)
         self.metadata.put(path, entry)
         inode = self.inodes.get(path)

@@ -24,7 +24,7 @@ from typing import TypeVar
 import trio
 
 from . import errors, retry
-from .drivers.base import Capabilities, Driver, Entry, Kind, ReadMode
+from .drivers.base import Capabilities, Driver, Entry, Kind, LocalRange, ReadMode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +133,12 @@ class Remote:
 
     async def stat(self, path: str, once: bool = False) -> Entry:
         """The store's entry at ``path``. Raises NotFound, Unavailable, TimedOut.
-        ``once``: a single attempt, no retries (the caller has a stale answer to give)."""
+        ``once``: a single attempt, no retries (the caller has a stale answer to give).
+        An entry the driver knows without I/O (``Driver.known_entry``) is taken without the
+        deadline and retry of a remote call."""
+        known = self._driver.known_entry(path)
+        if known is not None:
+            return known
         return await self._call("stat", path, lambda: self._driver.stat(path),
                                 self._policy(once))
 
@@ -160,6 +165,15 @@ class Remote:
         """The local file holding ``path``'s content when the driver knows it without I/O
         (no deadline needed: nothing is waited for), else None."""
         return self._driver.known_local_path(path)
+
+    async def local_range(self, path: str) -> LocalRange:
+        """Where ``path``'s content lies on local disk (ReadMode.LOCAL)."""
+        return await self._call("local copy", path, lambda: self._driver.local_range(path))
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        """:meth:`local_range` when the driver knows it without I/O (no deadline needed),
+        else None."""
+        return self._driver.known_local_range(path)
 
     async def open_stream(self, path: str) -> AsyncIterator[bytes | memoryview]:
         """The whole content of ``path`` from offset 0 (ReadMode.STREAM). The deadline is a

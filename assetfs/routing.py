@@ -28,6 +28,7 @@ from .drivers.base import (
     Entry,
     EventSink,
     Kind,
+    LocalRange,
     join,
 )
 
@@ -85,6 +86,9 @@ class Routed(Driver):
     async def stat(self, path: str) -> Entry:
         return await self._to(path).stat(path)
 
+    def known_entry(self, path: str) -> Entry | None:
+        return self._to(path).known_entry(path)
+
     async def list(self, path: str) -> list[Entry]:
         entries = await self._to(path).list(path)
         return entries if path != "/" else await self.list_root(entries)
@@ -106,6 +110,12 @@ class Routed(Driver):
 
     def known_local_path(self, path: str) -> str | None:
         return self._to(path).known_local_path(path)
+
+    async def local_range(self, path: str) -> LocalRange:
+        return await self._to(path).local_range(path)
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        return self._to(path).known_local_range(path)
 
     async def open_stream(self, path: str) -> AsyncGenerator[bytes | memoryview, None]:
         async for chunk in self._to(path).open_stream(path):

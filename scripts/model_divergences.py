@@ -8,7 +8,10 @@ of independent disagreements. At the end the trees are compared once more and, a
 unmount, the store with the local folder. Prints divergences per 10,000 operations.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/model_divergences.py --ops 10000 --seed 1 \
-        --write-back-delay 0 [--url memory -o latency=0.002 -o event_delay=0.05]
+        --write-back-delay 0 [--driver file|memory|omniverse|vsphere|resonite] [-o KEY=VALUE]
+
+Each driver's store is started as tests/modeltargets.py says (a folder, an in-memory store
+with latency and late events, or its test peer), and only the operations it has are drawn.
 
 The daemon imports assetfs from the current folder first, then from PYTHONPATH: to measure
 another checkout, run from a folder that holds none (cd /tmp; PYTHONPATH=CHECKOUT ...).
@@ -25,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from modelfs import clear, random_op, tree
-from mounting import mounted
+from modelfs import Shape, clear, random_op, tree
+from modeltargets import TARGETS, Store
 
 
 def main() -> int:
@@ -35,11 +38,10 @@ def main() -> int:
     args.add_argument("--ops", type=int, default=10_000, help="operations to run")
     args.add_argument("--seed", type=int, default=1)
     args.add_argument("--write-back-delay", default="0", help="seconds (mount option)")
-    args.add_argument("--url", default="file", help="'file' (a temporary file: store), "
-                      "'memory' (a memory:// store, dumped at exit), or a URL of an empty "
-                      "writable store")
+    args.add_argument("--driver", default="file", choices=sorted(TARGETS),
+                      help="whose store (tests/modeltargets.py)")
     args.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                      help="a further mount option (memory://: latency=0.002, event_delay=0.05)")
+                      help="a further mount option")
     args.add_argument("--reset-every", type=int, default=200,
                       help="empty both trees after this many operations")
     opts = args.parse_args()
@@ -53,22 +55,25 @@ def main() -> int:
 
 def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
     """The sequence on a fresh mount whose cache, store and model live in ``work``."""
-    store, model = work / "store", work / "model"
-    store.mkdir()
+    target = TARGETS[opts.driver]
+    model = work / "model"
     model.mkdir()
-    url = {"file": f"file://{store}", "memory": "memory://model/"}.get(opts.url, opts.url)
-    if opts.url == "memory":
-        store.rmdir()
-        opts.options.append(f"dump={store}")
-    options = {"cache_dir": str(work / "cache"), "write_back_delay": opts.write_back_delay,
-               "timeout": "10", **dict(o.split("=", 1) for o in opts.options)}
+    options = {"write_back_delay": opts.write_back_delay,
+               **dict(o.split("=", 1) for o in opts.options)}
+    with target.start(work) as store:
+        return sequence(opts, rng, store, target.shape, model, options)
+
+
+def sequence(opts: argparse.Namespace, rng: random.Random, store: Store, shape: Shape,
+             model: Path, options: dict[str, str]) -> int:
+    """Run the operations on a mount of ``store`` and on ``model``; print the count."""
     divergences = 0
     started = time.monotonic()
-    log = work / "mnt.log"
-    with mounted(url, work / "mnt", options) as mount:
+    log = store.work / "mnt.log"
+    with store.mount("mnt", **options) as mount:
         done: list[str] = []
         for n in range(1, opts.ops + 1):
-            op = random_op(rng)
+            op = random_op(rng, shape)
             done.append(str(op))
             ours, theirs = op.apply(mount.path), op.apply(model)
             if ours != theirs:
@@ -83,12 +88,14 @@ def run(opts: argparse.Namespace, rng: random.Random, work: Path) -> int:
         if not final:
             print(f"mount at the end: {tree(mount.path)}\nlocal folder: {tree(model)}")
             print(f"last operations: {done}")
-    stored = opts.url not in ("file", "memory") or tree(store) == tree(model)
+    after = store.stored()
+    stored = after == tree(model)
     if not stored:
-        print(f"store after unmount: {tree(store)}\nlocal folder: {tree(model)}")
+        print(f"store after unmount: {after}\nlocal folder: {tree(model)}")
         print("".join(line for line in log.open() if "WARNING" in line or "ERROR" in line))
     seconds = time.monotonic() - started
-    print(f"{opts.ops} operations, seed {opts.seed}, write_back_delay {opts.write_back_delay}: "
+    print(f"{opts.driver}: {opts.ops} operations, seed {opts.seed}, "
+          f"write_back_delay {opts.write_back_delay}: "
           f"{divergences} divergences ({divergences * 10_000 / opts.ops:.1f} per 10,000), "
           f"final tree {'equal' if final else 'DIFFERENT'}, store after unmount "
           f"{'equal' if stored else 'DIFFERENT'}, {seconds:.0f} s")

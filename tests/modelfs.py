@@ -143,14 +143,51 @@ def clear(root: Path, tries: int = 20) -> None:
 
 KINDS = ("create", "write", "truncate", "rename", "unlink", "mkdir", "rmdir", "read", "list",
          "stat")
+FILE_KINDS = ("create", "write", "truncate", "unlink")
+"""Operations that make, change or delete files."""
+FOLDER_KINDS = ("mkdir", "rmdir")
 
 
-def random_op(rng: random.Random) -> Op:
-    """One operation drawn from ``rng``, with the arguments the model test draws."""
-    kind = rng.choice(KINDS)
-    path = rng.choice(LIST_PATHS if kind == "list" else PATHS)
+@dataclass(frozen=True)
+class Shape:
+    """What a store can hold and do, as the operations drawn for it: file operations name
+    only ``files``, mkdir and rmdir only ``folders``, rename only ``renames`` (both ends);
+    read, stat and list name every path. Operations outside ``kinds`` are not drawn."""
+
+    kinds: tuple[str, ...] = KINDS
+    files: tuple[str, ...] = PATHS
+    folders: tuple[str, ...] = PATHS
+    renames: tuple[str, ...] = PATHS
+
+    def paths(self, kind: str) -> tuple[str, ...]:
+        """The paths an operation of ``kind`` may name."""
+        if kind in FILE_KINDS:
+            return self.files
+        if kind in FOLDER_KINDS:
+            return self.folders
+        if kind == "rename":
+            return self.renames
+        return LIST_PATHS if kind == "list" else PATHS
+
+
+EVERYTHING = Shape()
+"""A POSIX folder tree: every operation on every path."""
+ITEMS = Shape(kinds=KINDS, files=tuple(p for p in PATHS if "/" in p), folders=NAMES,
+              renames=NAMES)
+"""A vSphere content library mounted at a library (docs/vsphere.md): its folders are
+items, which hold files and no folders; items can be renamed, files cannot."""
+FOLDERS_ONLY = Shape(kinds=("mkdir", "rmdir", "rename", "read", "list", "stat"))
+"""A store whose files only its own application makes (the Resonite inventory,
+docs/resonite.md): folders are made, renamed and deleted."""
+
+
+def random_op(rng: random.Random, shape: Shape = EVERYTHING) -> Op:
+    """One operation drawn from ``rng`` among those ``shape`` has, with the arguments the
+    model test draws."""
+    kind = rng.choice(shape.kinds)
+    path = rng.choice(shape.paths(kind))
     if kind == "rename":
-        return Op(kind, path, other=rng.choice(PATHS))
+        return Op(kind, path, other=rng.choice(shape.renames))
     if kind == "write":
         return Op(kind, path, offset=rng.randrange(17),
                   data=rng.randbytes(rng.randrange(1, 9)), flag=rng.random() < 0.5)

@@ -340,7 +340,10 @@ async def content(driver: Driver, path: str, size: int) -> bytes:
     """The whole content of ``path`` through the driver's read mode."""
     mode = driver.capabilities.read_mode
     if mode is ReadMode.LOCAL:
-        return Path(await driver.local_path(path)).read_bytes()
+        where = await driver.local_range(path)
+        with open(where.path, "rb") as f:
+            f.seek(where.offset)
+            return f.read(-1 if where.size is None else where.size)
     if mode is ReadMode.RANGED:
         return await driver.read(path, 0, size + 1)
     chunks = [chunk async for chunk in driver.open_stream(path)]

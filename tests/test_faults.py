@@ -9,6 +9,7 @@ through the mount.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import os
 import time
@@ -141,6 +142,42 @@ def test_read_survives_a_reset_shorter_than_the_timeout(
             os.close(fd)
         assert digest(got) == digest(data)
         assert proxy.accepted > 1  # the stream was opened again after the reset
+        # vcsim ignores Range (docs/backends/vsphere-content-library.md): the new stream
+        # starts at offset 0 and sends the bytes before the cut once more
+        assert proxy.forwarded["down"] >= len(data) + 6 * MiB
+
+
+def test_read_of_a_stream_reset_for_longer_than_the_timeout_fails_at_the_deadline(
+    sim: Vcsim, proxy: FaultProxy, item: str, tmp_path: Path
+) -> None:
+    """The stream is opened again (from offset 0: vcsim ignores Range) as long as the store
+    sent a byte less than ``-o timeout`` ago: an outage longer than that gives EIO, not at
+    once and not after the outage."""
+    data = os.urandom(24 * MiB)
+    sim.upload(item, "big.bin", data)
+    with mount_through(proxy, tmp_path) as m:
+        path = m.path / "lib" / "iso" / "big.bin"
+        proxy.limit(RATE)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            within(m, 30, lambda: os.pread(fd, MiB, 0))
+            wait_for(forwarded_past(proxy, "down", proxy.forwarded["down"] + 6 * MiB), 20,
+                     "a quarter of the file sent")
+            outage = 4 * TIMEOUT
+            proxy.cut()
+            proxy.refuse(outage)
+            accepted = proxy.accepted
+
+            def rest() -> int | None:
+                return errno_of(lambda: [os.pread(fd, MiB, o) for o in range(0, len(data), MiB)])
+
+            failed, seconds = within(m, 60, rest)
+        finally:
+            os.close(fd)
+        print(f"read failed {seconds:.2f}s after the cut")
+        assert failed in (errno.EIO, errno.ETIMEDOUT)
+        assert TIMEOUT / 2 <= seconds < outage, seconds
+        assert proxy.accepted > accepted + 1  # tried again and again meanwhile (refused)
 
 
 def test_uploads_cut_or_stalled_mid_way_reach_the_store(

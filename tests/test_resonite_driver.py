@@ -20,13 +20,46 @@ from assetfs.drivers.resonite.discovery import AmbiguousSocket, SocketNotFound, 
 from assetfs.drivers.resonite.driver import server_root
 from assetfs.drivers.resonite.naming import shown_names
 from assetfs.drivers.resonite.session import translate
-from assetfs.drivers.resonite.thumbnails import extension
+from assetfs.drivers.resonite.thumbnails import ThumbnailStore, extension
 
 
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[Peer]:
     with running(tmp_path / "game") as game:
         yield game
+
+
+# --- the thumbnail store ---------------------------------------------------------------------
+def stored_bytes(store: ThumbnailStore, key: str) -> bytes | None:
+    """The bytes ``store`` holds for ``key`` (None: not stored)."""
+    place = store.place(key)
+    if place is None:
+        return None
+    with open(place.path, "rb") as f:
+        f.seek(place.offset)
+        return f.read(place.size)
+
+
+def test_the_thumbnail_store_keeps_every_whole_record_after_a_crash(tmp_path: Path) -> None:
+    files = {f"{i:032x}": os.urandom(100 * i) for i in range(1, 6)}
+    one, two = ThumbnailStore(tmp_path), ThumbnailStore(tmp_path)  # two mounts at once
+    for i, (key, data) in enumerate(files.items()):
+        (one if i % 2 else two).put(key, data, "webp")
+    one.put("f" * 32, b"", "none")
+    two.put("e" * 32, b"cut short", "png")
+    packs = sorted(tmp_path.glob("*.pack"))
+    assert len(packs) == 2  # one pack per mount, not one file per thumbnail
+    cut = next(p for p in packs if p.read_bytes().endswith(b"cut short"))
+    os.truncate(cut, cut.stat().st_size - 3)  # the crash: the last record's write cut short
+    whole = next(p for p in packs if p != cut)
+    with open(whole, "ab") as f:  # a header cut short
+        f.write(f"{'d' * 32} 12".encode())
+    again = ThumbnailStore(tmp_path)
+    assert {key: stored_bytes(again, key) for key in files} == files
+    assert again.get("f" * 32) is not None and stored_bytes(again, "f" * 32) == b""
+    assert again.get("e" * 32) is None
+    one.close()
+    two.close()
 
 
 # --- socket discovery ----------------------------------------------------------------------
@@ -166,7 +199,10 @@ async def test_the_driver_lists_moves_and_finds_a_restarted_game(
         robot = await driver.stat("/Avatars/Robot Avatar.png")
         with peer.direct() as game:
             data, _ = game.thumbnail("/Inventory/Avatars/Robot Avatar")
-        assert Path(await driver.local_path("/Avatars/Robot Avatar.png")).read_bytes() == data
+        where = await driver.local_range("/Avatars/Robot Avatar.png")
+        with open(where.path, "rb") as f:
+            f.seek(where.offset)
+            assert f.read(where.size) == data
         assert robot.size == len(data)
         await driver.rename("/Avatars/Robot Avatar.png", "/Worlds/Robot.png")
         with peer.direct() as game:

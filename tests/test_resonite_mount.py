@@ -259,6 +259,20 @@ def test_thumbnails_are_fetched_once_across_mounts(peer: Peer, tmp_path: Path) -
     assert peer.calls("FetchThumbnail") == fetched
 
 
+def test_an_item_moved_to_the_local_trash_keeps_its_thumbnail(peer: Peer,
+                                                              tmp_path: Path) -> None:
+    with peer.direct() as game:
+        data, _ = game.thumbnail("/Inventory/Avatars/Kitsune ☆ Fox")
+    with mount_game(peer, tmp_path, trash="local") as m:
+        trash = m.path / f".Trash-{os.getuid()}" / "files"
+        trash.mkdir(parents=True)
+        subprocess.run(["mv", str(m.path / "Avatars" / "Kitsune ☆ Fox.webp"), str(trash)],
+                       check=True)
+        assert (trash / "Kitsune ☆ Fox.webp").read_bytes() == data
+    with peer.direct() as game:
+        assert "Kitsune ☆ Fox" not in game.list("/Inventory/Avatars")
+
+
 def test_a_game_restart_on_a_new_socket_is_survived(peer: Peer, tmp_path: Path) -> None:
     with mount_game(peer, tmp_path) as m:
         before = {p.name: p.read_bytes() for p in (m.path / "Avatars").iterdir()}

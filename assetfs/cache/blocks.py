@@ -540,6 +540,15 @@ class BlockCache:
         await self.fetcher.fill(item)
         item.complete = True
 
+    async def moved_version(self, item: CacheItem, base_version: str) -> None:
+        """``item`` now holds or starts from ``base_version`` of the store (its file was
+        moved and given a new version there); journaled before this returns when it is
+        dirty. Raises AssetFSError."""
+        async with item.dirtying:
+            item.base_version = base_version
+            if item.dirty:
+                await self.journal.rebased(item.key, base_version)
+
     async def take_over(self, item: CacheItem) -> None:
         """Make ``item`` hold its whole content as a new file made here: complete, dirty,
         with no base version (its upload replaces whatever is at its path), journaled

@@ -2,8 +2,9 @@
 :class:`~assetfs.drivers.base.ReadMode`, all calling the store through the driver call layer
 (assetfs/remote.py).
 
-- :class:`LocalFetcher` (``LOCAL``, omni.client's ``file:``): the library keeps a local
-  copy (the file itself); reads are served from it by range, with no second copy.
+- :class:`LocalFetcher` (``LOCAL``, omni.client's ``file:``, Resonite): the library keeps
+  a local copy (on ``file:`` the file itself; for Resonite a range of a pack of thumbnails);
+  reads are served from it by range, with no second copy.
 - :class:`RangedFetcher` (``RANGED``, OMERO.fs, memory://): blocks of ``block_size`` bytes
   are fetched on demand into the cache file; a sequential reader starts read-ahead of the
   next ``readahead`` blocks in the background.
@@ -21,7 +22,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,10 +115,12 @@ class Fetcher(ABC):
 
 
 class LocalFetcher(Fetcher):
-    """Reads the library's local copy in place (``ReadMode.LOCAL``)."""
+    """Reads the library's local copy in place (``ReadMode.LOCAL``): the whole local file,
+    or the range of one that the driver names (drivers/base.py ``LocalRange``)."""
 
     async def local_copy(self, item: CacheItem) -> int | None:
-        return await self._source_fd(item)
+        fd = await self._source_fd(item)
+        return fd if item.source_whole else None
 
     async def _source_fd(self, item: CacheItem) -> int:
         """The local copy of ``item``, opened by the first caller while later ones wait. The
@@ -131,25 +133,30 @@ class LocalFetcher(Fetcher):
                     continue
             item.fill_lock.acquire_nowait()
             try:
-                local = (self.remote.known_local_path(item.path)
-                         or await self.remote.local_path(item.path))
-                item.local_source = local
-                item.source_fd = os.open(local, os.O_RDONLY)
-                # readers through FUSE come in 1 MiB requests, one at a time: let the
-                # kernel read ahead on the local copy in big steps meanwhile
-                os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                local = (self.remote.known_local_range(item.path)
+                         or await self.remote.local_range(item.path))
+                item.local_source = local.path
+                item.source_offset = local.offset
+                item.source_whole = local.whole
+                item.source_fd = os.open(local.path, os.O_RDONLY)
+                if local.whole:
+                    # readers through FUSE come in 1 MiB requests, one at a time: let the
+                    # kernel read ahead on the local copy in big steps meanwhile
+                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             finally:
                 item.fill_lock.release()
         return item.source_fd
 
     async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
         self.stats.count(item.source_fd is not None)
-        return os.pread(await self._source_fd(item), end - offset, offset)
+        fd = await self._source_fd(item)
+        return os.pread(fd, end - offset, item.source_offset + offset)
 
     async def fill(self, item: CacheItem) -> None:
         source = await self._source_fd(item)
         target = self.files.open_file(item, create=True)
-        await trio.to_thread.run_sync(_copy_fd, source, target, item.size)
+        await trio.to_thread.run_sync(_copy_fd, source, target, item.size,
+                                      item.source_offset)
 
 
 class RangedFetcher(Fetcher):
@@ -426,19 +433,22 @@ def _leaf(group: BaseExceptionGroup) -> BaseException:
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _copy_fd(source: int, target: int, size: int) -> None:
-    """Copy ``size`` bytes from fd ``source`` to fd ``target`` (copy_file_range where the
-    kernel can, a buffered copy otherwise)."""
+def _copy_fd(source: int, target: int, size: int, start: int = 0) -> None:
+    """Copy ``size`` bytes from fd ``source`` at byte ``start`` to fd ``target`` at 0
+    (copy_file_range where the kernel can, a buffered copy otherwise)."""
     done = 0
     try:
         while done < size:
-            n = os.copy_file_range(source, target, size - done, done, done)
+            n = os.copy_file_range(source, target, size - done, start + done, done)
             if n == 0:
                 break
             done += n
     except OSError:
         with os.fdopen(os.dup(source), "rb") as src, os.fdopen(os.dup(target), "r+b") as dst:
-            src.seek(done)
+            src.seek(start + done)
             dst.seek(done)
-            shutil.copyfileobj(src, dst, 1 << 20)
+            left = size - done
+            while left > 0 and (chunk := src.read(min(left, 1 << 20))):
+                dst.write(chunk)
+                left -= len(chunk)
     os.ftruncate(target, size)

@@ -42,6 +42,11 @@ class CacheItem:
     unwritten: collections.deque[tuple[int, bytes | memoryview]] = field(
         default_factory=collections.deque)
     local_source: str | None = None
+    source_offset: int = 0
+    """Where the content starts in ``local_source`` (bytes; a driver may keep many files'
+    content in one local file, drivers/base.py ``LocalRange``)."""
+    source_whole: bool = True
+    """``local_source`` holds this content and nothing else (it may back a passthrough)."""
     fd: int | None = None
     source_fd: int | None = None
     handles: int = 0

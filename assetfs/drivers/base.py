@@ -76,8 +76,25 @@ class ReadMode(enum.Enum):
     """:meth:`Driver.open_stream` gives the whole content from offset 0 (stores that ignore
     Range: vcsim, NodeODX; omni.client's servers, whose library reads whole files)."""
     LOCAL = "local"
-    """:meth:`Driver.local_path` gives a local file holding the current content
-    (omni.client's ``file:``: the file itself), read by range in place."""
+    """:meth:`Driver.local_range` gives where on local disk the current content lies (a
+    whole file: omni.client's ``file:``, the file itself; or a range of one: the Resonite
+    driver's packs of thumbnails), read by range in place."""
+
+
+@dataclass(frozen=True)
+class LocalRange:
+    """Where one file's content lies on local disk (``ReadMode.LOCAL``): ``size`` bytes from
+    byte ``offset`` of the local file ``path``, or (``size`` None) the whole of that file.
+    Only a whole file can be handed to the kernel as a passthrough backing file."""
+
+    path: str
+    offset: int = 0
+    size: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        """True when the content is the whole local file."""
+        return self.offset == 0 and self.size is None
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,12 @@ EventSink = trio.MemorySendChannel[ChangeEvent]
 
 
 def join(folder: str, name: str) -> str:
-    """Join a driver path and a child name: ``join("/", "a") == "/a"``."""
-    return posixpath.join(folder, name)
+    """Join a driver path and a child name: ``join("/", "a") == "/a"``; the same result as
+    ``posixpath.join`` (an absolute ``name`` replaces ``folder``), at a third of its cost:
+    a listing joins every child's name several times."""
+    if name.startswith("/"):
+        return name
+    return folder + name if not folder or folder.endswith("/") else f"{folder}/{name}"
 
 
 def split(path: str) -> tuple[str, str]:
@@ -203,6 +224,14 @@ class Driver(ABC):
     async def stat(self, path: str) -> Entry:
         """The entry at ``path``. Raises NotFound."""
 
+    def known_entry(self, path: str) -> Entry | None:
+        """The entry :meth:`stat` would give for ``path``, when the driver knows it without
+        any I/O (a listing of its folder it holds, as fresh as :meth:`stat` wants), else
+        None, and :meth:`stat` is asked. Lets a lookup skip the deadline and retry
+        machinery of a remote call (~0.1 ms: a quarter of the daemon's work for a small
+        file, docs/resonite.md). The default is None."""
+        return None
+
     @abstractmethod
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``. Raises NotFound, NotADirectory."""
@@ -237,6 +266,20 @@ class Driver(ABC):
         I/O (a store that is a local tree), else None, and :meth:`local_path` is asked. Lets
         a small file's open skip the deadline and retry machinery (ReadMode.LOCAL)."""
         return None
+
+    async def local_range(self, path: str) -> LocalRange:
+        """Where the current content of ``path`` lies on local disk; what the block cache
+        reads (``ReadMode.LOCAL``). The default is the whole file :meth:`local_path` gives;
+        a driver that keeps many files' content in one local file returns a range of it.
+        Raises what :meth:`local_path` raises."""
+        return LocalRange(await self.local_path(path))
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        """:meth:`local_range` when it is known without any I/O, else None (then
+        :meth:`local_range` is asked, under the deadline and retry of a remote call). The
+        default is the whole file :meth:`known_local_path` gives."""
+        known = self.known_local_path(path)
+        return None if known is None else LocalRange(known)
 
     async def open_stream(self, path: str) -> AsyncGenerator[bytes | memoryview, None]:
         """The whole content of ``path`` as chunks (bytes, or views of a buffer the driver

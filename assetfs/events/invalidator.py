@@ -219,16 +219,21 @@ class Invalidator:
         the event may be the late echo of one of our changes since undone (a deleted file's
         creation). For a file that local unsaved content stands in for, only the store's
         entry is recorded (the echo of an earlier name's deletion must not detach it).
-        Nothing is applied when a change of ours to the folder lands while the
-        store is asked (it is newer), or when the cache already holds what the store has;
-        when the store cannot be asked, the path is only forgotten (:meth:`_recheck`)."""
+        Nothing is applied while a change of ours to the path is under way, or when one to
+        the folder lands while the store is asked (either records what is newer:
+        events/echoes.py), or when the cache already holds what the store has; when the
+        store cannot be asked, the path is only forgotten (:meth:`_recheck`)."""
         path = event.path
+        if self.own.under_way(path):
+            return []
         folder = split(path)[0]
         stamp = self.metadata.stamp(folder)
         try:
             now = await self.store_entry(path)
         except AssetFSError:
             return self._recheck(path)
+        if self.own.under_way(path):
+            return []
         if self.metadata.stamp(folder) != stamp:
             return []
         if self.metadata.entry(path) == now:

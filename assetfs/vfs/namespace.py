@@ -166,8 +166,8 @@ class Namespace:
                 listing = self.metadata.stale_listing(folder)
                 if listing is None:
                     raise
-        merged = {name: self._shown(join(folder, name), e) for name, e in listing.items()
-                  if not self.trash.hides(join(folder, name))}
+        merged = {name: self._shown(path, e) for name, e in listing.items()
+                  if not self.trash.hides(path := join(folder, name))}
         for name, item in self.cache.shadowing_children(folder):
             merged[name] = item.entry(listing.get(name), name)
         return merged

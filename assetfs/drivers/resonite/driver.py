@@ -27,6 +27,7 @@ from ..base import (
     Entry,
     EventSink,
     Kind,
+    LocalRange,
     ReadMode,
     split,
 )
@@ -144,7 +145,6 @@ class ResoniteDriver(Driver):
         self._pending: dict[str, trio.Event] = {}
         self._sink: EventSink | None = None
         self._stale_logged = False
-        self._flushing = False
         self._changes = 0
         """Bumped by every change this driver makes, so a listing under way meanwhile is
         not kept."""
@@ -196,13 +196,9 @@ class ResoniteDriver(Driver):
                 await trio.sleep(0.5)
 
     async def close(self) -> None:
-        """Write what the thumbnail store still holds in memory and close the channel;
-        never raises."""
+        """Close the channel and the thumbnail store's pack; never raises."""
         self.session.close()
-        try:
-            await trio.to_thread.run_sync(self.store.flush)
-        except OSError as exc:
-            log.warning("thumbnail store %s: %s", self.store.root, exc)
+        self.store.close()
 
     # --- listings ---------------------------------------------------------------------
     async def _folder(self, path: str, max_age: float) -> Folder:
@@ -266,9 +262,6 @@ class ResoniteDriver(Driver):
                                    server)
         records = list(listing.entries)
         stored = await self._stored(server, records)
-        if self.store.pending and not self._flushing:
-            self._flushing = True
-            trio.lowlevel.spawn_system_task(self._flush)
         exts = {id(records[i]): "." + found.ext for i, found in stored.items()}
         children = {}
         for i, item in enumerate(shown_names(records, lambda r: exts.get(id(r), ""))):
@@ -276,15 +269,6 @@ class ResoniteDriver(Driver):
             children[item.shown] = Child(item, f"{server}/{item.record.name}",
                                          self._entry(item, found), found)
         return Folder(server, children, listed_at)
-
-    async def _flush(self) -> None:
-        """Write the thumbnails a listing left in memory, in a worker thread."""
-        try:
-            await trio.to_thread.run_sync(self.store.flush)
-        except OSError as exc:
-            log.warning("thumbnail store %s: %s", self.store.root, exc)
-        finally:
-            self._flushing = False
 
     async def _stored(self, folder: str, records: list[Any]) -> dict[int, Stored]:
         """The local file of each item of ``records`` (by index): its thumbnail (fetched
@@ -363,7 +347,7 @@ class ResoniteDriver(Driver):
             return Entry(item.shown, Kind.DIR, 0, mtime, mode=0o755, metadata=metadata)
         metadata["thumbnail"] = "none" if stored.is_record else stored.ext
         return Entry(item.shown, Kind.FILE, stored.size, mtime,
-                     version=os.path.basename(stored.path), mode=0o644, metadata=metadata)
+                     version=stored.version, mode=0o644, metadata=metadata)
 
     # --- the driver contract ----------------------------------------------------------
     async def stat(self, path: str) -> Entry:
@@ -382,23 +366,45 @@ class ResoniteDriver(Driver):
             raise errors.NotFound(url=self.describe(path))
         return child.entry
 
+    def known_entry(self, path: str) -> Entry | None:
+        """The entry at ``path`` from a listing of its folder at most ``listing_ttl``
+        seconds old that holds it; else None (no I/O)."""
+        if path == "/":
+            return None
+        parent, name = split(path)
+        folder = self._folders.get(parent)
+        if folder is None or trio.current_time() - folder.listed_at > self.listing_ttl:
+            return None
+        child = folder.children.get(name)
+        return None if child is None else child.entry
+
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``: one List, then FetchThumbnail (``concurrency``
         at a time) for items whose thumbnail is not stored yet."""
         folder = await self._folder(path, 0.0)
         return [c.entry for c in folder.children.values()]
 
-    async def local_path(self, path: str) -> str:
-        """The stored file holding the bytes of item ``path`` (thumbnail or record JSON)."""
+    async def local_range(self, path: str) -> LocalRange:
+        """Where the bytes of item ``path`` (thumbnail or record JSON) lie in the thumbnail
+        store: a range of one of its packs. Raises NotFound, IsADirectory."""
         child = await self._child(path)
         if child.stored is None:
             raise errors.IsADirectory(url=self.describe(path))
-        if self.store.unwritten(child.stored.key):
-            try:
-                await trio.to_thread.run_sync(self.store.flush, child.stored.key)
-            except OSError as exc:
-                raise errors.NoSpace(f"thumbnail store {self.store.root}: {exc}") from exc
-        return child.stored.path
+        place = self.store.place(child.stored.key)
+        if place is None:
+            raise errors.NotFound(f"not in the thumbnail store {self.store.root}",
+                                  url=self.describe(path))
+        return LocalRange(place.path, place.offset, place.size)
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        """:meth:`local_range` without I/O, for an item of a folder listed already; else
+        None."""
+        parent, name = split(path)
+        folder = self._folders.get(parent)
+        child = None if folder is None else folder.children.get(name)
+        place = None if child is None or child.stored is None else self.store.place(
+            child.stored.key)
+        return None if place is None else LocalRange(place.path, place.offset, place.size)
 
     def _no_upload(self, path: str) -> errors.NotSupported:
         return errors.NotSupported(

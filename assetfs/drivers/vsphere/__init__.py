@@ -62,7 +62,9 @@ Server quirks handled here (vcsim from govmomi 0.24.2; a real vCenter may differ
   item**: a hidden ``.assetfs-rebuild-*`` item receives the surviving files (spooled to
   local disk, since the global lock forbids piping a download into an upload) plus the new
   one, the old item is deleted and the new one renamed. The item id changes; the cost is
-  the item's size. ``rm`` of a file uses the same path.
+  the item's size. ``rm`` of a file uses the same path. Changes of an item are therefore
+  ordered by a lock per item name (not id), and lookups and listings in the library wait
+  while a rebuild runs there: between the delete and the rename the item is missing.
 - **PREPARED for missing files**: preparing an unknown file name succeeds and the GET then
   fails with 500, so the file is looked up before any download session is made.
 - **Error shapes**: not found is 404 with a plain-text body, ``~action=get`` of an unknown
