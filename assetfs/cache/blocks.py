@@ -586,8 +586,9 @@ class BlockCache:
         if size > item.size:
             self.make_room(size - item.size, for_dirty=True)
         fd = self.open_file(item, create=True)
-        await self._mark_dirty(item)
-        os.ftruncate(fd, size)
+        async with item.writing_behind:  # no chunk of a stream lands after the truncate
+            await self._mark_dirty(item)
+            os.ftruncate(fd, size)
         item.size = size
         item.complete = True
 

@@ -378,7 +378,10 @@ class StreamFetcher(Fetcher):
                 await item.arrived.wait()
                 continue
             start, chunk = item.unwritten[0]
-            await trio.to_thread.run_sync(errors.pwrite_local, fd, chunk, start)
+            async with item.writing_behind:
+                if item.dirty:  # changed while this waited: the change comes first
+                    continue
+                await trio.to_thread.run_sync(errors.pwrite_local, fd, chunk, start)
             item.unwritten.popleft()
             item.written = start + len(chunk)
             self._signal(item)

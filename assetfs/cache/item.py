@@ -77,6 +77,10 @@ class CacheItem:
     fill_lock: trio.Lock = field(default_factory=trio.Lock)
     dirtying: trio.Lock = field(default_factory=trio.Lock)
     """Held while a clean item's first change is being journaled (BlockCache._journal_dirty)."""
+    writing_behind: trio.Lock = field(default_factory=trio.Lock)
+    """Held while a chunk of the stream is written into the cache file by a worker thread
+    (cache/fetchers.py), and by a change that needs no content first (a truncate), so
+    that no chunk of the store's content lands on top of it."""
 
     @property
     def shadows(self) -> bool:

@@ -367,8 +367,8 @@ class WriteBack:
             for offset in range(0, size, COMPARE_CHUNK):
                 yield await self.remote.read(path, offset, COMPARE_CHUNK)
         else:
-            async for chunk in self.remote.open_stream(path):
-                yield chunk
+            async for part in self.remote.open_stream(path):
+                yield part
 
     async def _conflict(
         self, item: CacheItem, path: str, target: str, generation: int, entry: Entry

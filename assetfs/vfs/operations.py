@@ -619,7 +619,9 @@ class Operations(pyfuse3.Operations):
         return await self._open_handle(attr.st_ino, item, True), attr
 
     @_errno
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer; its stub says bytes
+        self, fh: int, off: int, size: int,
+    ) -> bytes | memoryview:
         return await self.cache.read(self._handles[fh].item, off, size)
 
     @_errno
