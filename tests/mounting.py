@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 
 def is_mounted(mountpoint: Path) -> bool:
@@ -119,6 +122,17 @@ def unexpected_errors(log: Path, offset: int = 0) -> str:
         if any(marker in line for marker in UNEXPECTED):
             return "\n".join(lines[max(0, i - 2):i + 25])
     return ""
+
+
+def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
+    """Poll ``check()`` every 50 ms until it returns something true, and return that; the
+    test fails, naming ``what``, after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds:g}s")
+        time.sleep(0.05)
+    return result
 
 
 def fsync(path: Path) -> None:

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from mounting import Mount, assetfs_command, is_mounted, mounted
+from mounting import Mount, assetfs_command, is_mounted, mounted, wait_for
 from peers.vcsim_peer import PASSWORD, USER, running
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,15 +32,6 @@ PROBES = [".hidden", "desktop.ini", "Thumbs.db", ".DS_Store", ".directory", "aut
 
 def status(mount: Mount) -> dict[str, Any]:
     return json.loads(os.getxattr(mount.path, "user.assetfs.status"))
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:g}s")
-        time.sleep(0.05)
-    return result
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

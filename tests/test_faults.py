@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from mounting import Mount, mounted
+from mounting import Mount, mounted, wait_for
 from peers.faultproxy import FaultProxy, proxying
 from peers.vcsim_peer import PASSWORD, USER, Vcsim, running
 
@@ -80,16 +80,6 @@ def within(mount: Mount, seconds: float, fn: Callable[[], T]) -> tuple[T, float]
             mount.kill()
             pytest.fail(f"a request through the mount was still blocked after {seconds:g}s")
         return result, time.monotonic() - start
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check()`` every 100 ms until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g}s")
-        time.sleep(0.1)
-    return result
 
 
 def forwarded_past(proxy: FaultProxy, direction: str, count: int) -> Callable[[], bool]:

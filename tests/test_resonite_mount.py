@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import assetfs_command, mounted
+from mounting import assetfs_command, mounted, wait_for
 from peers.resonite_peer import Peer, pb, running
 from PIL import Image
 
@@ -47,18 +47,6 @@ def mount_game(peer: Peer, tmp_path: Path, name: str = "mnt", url: str = "resoni
     }
     options.update(extra)
     return mounted(url, tmp_path / name, options, env=game_env(peer))
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check()`` every 50 ms until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def os_error(action: Callable[[], Any]) -> int:

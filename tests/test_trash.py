@@ -13,13 +13,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from mounting import fsync, mounted, stop_process
+from mounting import fsync, mounted, stop_process, wait_for
 from peers.vcsim_peer import PASSWORD, USER, running
 
 from assetfs import errors
@@ -27,15 +26,6 @@ from assetfs.drivers.base import ChangeEvent
 
 UID = os.getuid()
 TRASH = f".Trash-{UID}"
-
-
-def wait_for(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:g}s")
-        time.sleep(0.05)
-    return result
 
 
 def descendants(pid: int) -> list[int]:

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import assetfs_command, fsync, mounted
+from mounting import assetfs_command, fsync, mounted, wait_for
 from peers.vcsim_peer import CL, PASSWORD, USER, Vcsim, running
 
 from assetfs.drivers.vsphere import PASSWORD_ENV
@@ -54,18 +54,6 @@ def mount_vsphere(
     options.update(extra)
     env = {PASSWORD_ENV: PASSWORD}
     return mounted(f"vsphere://{USER}@{sim.host}{url_path}", tmp_path / name, options, env)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check()`` every 50 ms until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g}s")
-        time.sleep(0.05)
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
