@@ -397,6 +397,14 @@ def make_app(node: Node) -> Any:
     def task_of(request: Request) -> Task | None:
         return node.tasks.get(request.path_params["uuid"])
 
+    def allowed_task(request: Request) -> Task | JSONResponse:
+        """The task a request names, or the answer when its token is wrong or the task
+        unknown."""
+        task = task_of(request)
+        if (bad := denied(request)) is not None or task is None:
+            return bad or error(f"{request.path_params['uuid']} not found")
+        return task
+
     async def fields(request: Request) -> tuple[Any, list[Any]]:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return {}, []  # url-encoded bodies are silently ignored
@@ -458,11 +466,9 @@ def make_app(node: Node) -> Any:
         return denied(request) or JSONResponse([{"uuid": u} for u in node.tasks])
 
     async def task_info(request: Request) -> Response:
-        if (bad := denied(request)) is not None:
-            return bad
-        task = task_of(request)
-        if task is None:
-            return error(f"{request.path_params['uuid']} not found")
+        task = allowed_task(request)
+        if not isinstance(task, Task):
+            return task
         node.info_calls[task.uuid] = node.info_calls.get(task.uuid, 0) + 1
         raw = request.query_params.get("with_output")
         try:
@@ -472,11 +478,9 @@ def make_app(node: Node) -> Any:
         return JSONResponse(node.info(task, time.time(), with_output))
 
     async def task_output(request: Request) -> Response:
-        if (bad := denied(request)) is not None:
-            return bad
-        task = task_of(request)
-        if task is None:
-            return error(f"{request.path_params['uuid']} not found")
+        task = allowed_task(request)
+        if not isinstance(task, Task):
+            return task
         try:
             line = int(request.query_params.get("line") or 0)
         except ValueError:
@@ -484,11 +488,9 @@ def make_app(node: Node) -> Any:
         return JSONResponse(task.output(time.time())[line:])
 
     async def download(request: Request) -> Response:
-        if (bad := denied(request)) is not None:
-            return bad
-        task = task_of(request)
-        if task is None:
-            return error(f"{request.path_params['uuid']} not found")
+        task = allowed_task(request)
+        if not isinstance(task, Task):
+            return task
         if request.path_params["asset"] != "all.zip":
             return error("Invalid asset")
         code, _, t = task.phase(time.time())

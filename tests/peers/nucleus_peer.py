@@ -199,41 +199,39 @@ class Tree:
         return fo.ResourceInfo(resource_identity=self.identity(path), metadata=self.metadata(path))
 
 
+@contextlib.contextmanager
+def _served(service: Any, name: str, request: Any, context: grpc.ServicerContext
+            ) -> Iterator[None]:
+    """One call of ``name`` while it runs: counted, gated (:meth:`Switches.gate`), traced;
+    a missing path (or a folder address that names a file) becomes NOT_FOUND, an existing
+    one ALREADY_EXISTS, another OSError INTERNAL."""
+    try:
+        with service.switches.running(name):
+            service.switches.gate(name, context)
+            trace(name, "(stream)" if hasattr(request, "__next__")
+                  else str(request).replace("\n", " ")[:300])
+            yield
+    except (FileNotFoundError, ValueError) as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
+    except FileExistsError as exc:
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, f"exists: {exc}")
+    except NotADirectoryError as exc:  # a folder is a prefix: a file has none
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no folder: {exc}")
+    except OSError as exc:
+        context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+
 def gated(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run :meth:`Switches.gate` before a handler; a missing path (or a folder address that
-    names a file) becomes NOT_FOUND, an existing one ALREADY_EXISTS."""
+    """A handler run inside :func:`_served` (answers and streamed answers alike)."""
     name = method.__name__
 
     def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            with self.switches.running(name):
-                self.switches.gate(name, context)
-                trace(name, str(request).replace("\n", " ")[:300])
-                return method(self, request, context)
-        except (FileNotFoundError, ValueError) as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
-        except FileExistsError as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"exists: {exc}")
-        except NotADirectoryError as exc:  # a folder is a prefix: a file has none
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no folder: {exc}")
-        except OSError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        with _served(self, name, request, context):
+            return method(self, request, context)
 
     def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            with self.switches.running(name):
-                self.switches.gate(name, context)
-                trace(name, "(stream)" if hasattr(request, "__next__")
-                      else str(request).replace("\n", " ")[:300])
-                yield from method(self, request, context)
-        except (FileNotFoundError, ValueError) as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"not found: {exc}")
-        except FileExistsError as exc:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"exists: {exc}")
-        except NotADirectoryError as exc:  # a folder is a prefix: a file has none
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no folder: {exc}")
-        except OSError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        with _served(self, name, request, context):
+            yield from method(self, request, context)
 
     wrapped = streaming if inspect.isgeneratorfunction(method) else handler
     wrapped.__name__ = name
