@@ -157,15 +157,6 @@ class Remote:
         """Up to ``size`` bytes of ``path`` at ``offset`` (ReadMode.RANGED)."""
         return await self._call("read", path, lambda: self._driver.read(path, offset, size))
 
-    async def local_path(self, path: str) -> str:
-        """A local file holding ``path``'s content (ReadMode.LOCAL)."""
-        return await self._call("local copy", path, lambda: self._driver.local_path(path))
-
-    def known_local_path(self, path: str) -> str | None:
-        """The local file holding ``path``'s content when the driver knows it without I/O
-        (no deadline needed: nothing is waited for), else None."""
-        return self._driver.known_local_path(path)
-
     async def local_range(self, path: str) -> LocalRange:
         """Where ``path``'s content lies on local disk (ReadMode.LOCAL)."""
         return await self._call("local copy", path, lambda: self._driver.local_range(path))

@@ -105,12 +105,6 @@ class Routed(Driver):
     async def read_into(self, path: str, offset: int, size: int, fd: int) -> int:
         return await self._to(path).read_into(path, offset, size, fd)
 
-    async def local_path(self, path: str) -> str:
-        return await self._to(path).local_path(path)
-
-    def known_local_path(self, path: str) -> str | None:
-        return self._to(path).known_local_path(path)
-
     async def local_range(self, path: str) -> LocalRange:
         return await self._to(path).local_range(path)
 

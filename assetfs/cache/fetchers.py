@@ -30,7 +30,7 @@ from typing import Protocol
 import trio
 
 from .. import errors
-from ..drivers.base import ReadMode
+from ..drivers.base import LocalRange, ReadMode
 from ..remote import Remote
 from .item import CacheItem
 
@@ -119,15 +119,15 @@ class LocalFetcher(Fetcher):
     or the range of one that the driver names (drivers/base.py ``LocalRange``)."""
 
     async def local_copy(self, item: CacheItem) -> int | None:
-        fd = await self._source_fd(item)
-        return fd if item.source_whole else None
+        fd, source = await self._source(item)
+        return fd if source.whole else None
 
-    async def _source_fd(self, item: CacheItem) -> int:
+    async def _source(self, item: CacheItem) -> tuple[int, LocalRange]:
         """The local copy of ``item``, opened by the first caller while later ones wait. The
         first takes the lock without a checkpoint, and a copy the driver knows without I/O
         (on ``file:``) is taken without the deadline and retry of a remote call: a small
         file's open costs ~25% less daemon CPU for it (scripts/bench_vs_rclone.py)."""
-        while item.source_fd is None:
+        while item.source_fd is None or item.source is None:
             if item.fill_lock.locked():
                 async with item.fill_lock:
                     continue
@@ -135,28 +135,25 @@ class LocalFetcher(Fetcher):
             try:
                 local = (self.remote.known_local_range(item.path)
                          or await self.remote.local_range(item.path))
-                item.local_source = local.path
-                item.source_offset = local.offset
-                item.source_whole = local.whole
                 item.source_fd = os.open(local.path, os.O_RDONLY)
+                item.source = local
                 if local.whole:
                     # readers through FUSE come in 1 MiB requests, one at a time: let the
                     # kernel read ahead on the local copy in big steps meanwhile
                     os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             finally:
                 item.fill_lock.release()
-        return item.source_fd
+        return item.source_fd, item.source
 
     async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
         self.stats.count(item.source_fd is not None)
-        fd = await self._source_fd(item)
-        return os.pread(fd, end - offset, item.source_offset + offset)
+        fd, source = await self._source(item)
+        return os.pread(fd, end - offset, source.offset + offset)
 
     async def fill(self, item: CacheItem) -> None:
-        source = await self._source_fd(item)
+        fd, source = await self._source(item)
         target = self.files.open_file(item, create=True)
-        await trio.to_thread.run_sync(_copy_fd, source, target, item.size,
-                                      item.source_offset)
+        await trio.to_thread.run_sync(_copy_fd, fd, target, item.size, source.offset)
 
 
 class RangedFetcher(Fetcher):

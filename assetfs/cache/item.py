@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import errors
-from ..drivers.base import Entry, Kind
+from ..drivers.base import Entry, Kind, LocalRange
 
 
 @dataclass(eq=False)
@@ -41,12 +41,8 @@ class CacheItem:
     ``watermark``, in order, while a worker thread writes them (cache/fetchers.py)."""
     unwritten: collections.deque[tuple[int, bytes | memoryview]] = field(
         default_factory=collections.deque)
-    local_source: str | None = None
-    source_offset: int = 0
-    """Where the content starts in ``local_source`` (bytes; a driver may keep many files'
-    content in one local file, drivers/base.py ``LocalRange``)."""
-    source_whole: bool = True
-    """``local_source`` holds this content and nothing else (it may back a passthrough)."""
+    source: LocalRange | None = None
+    """Where the content lies on local disk once its local copy is open (ReadMode.LOCAL)."""
     fd: int | None = None
     source_fd: int | None = None
     handles: int = 0

@@ -103,7 +103,7 @@ class Passthrough:
         if state is None or not state.local_copy or state.item is None:
             return False
         try:
-            st = os.stat(state.item.local_source or "")
+            st = os.stat(state.item.source.path if state.item.source else "")
         except OSError:
             return False
         return ((st.st_dev, st.st_ino) == state.copy_identity and st.st_size == entry.size
