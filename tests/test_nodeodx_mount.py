@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from mounting import assetfs_command, mounted
 from peers.nodeodx_peer import COMPLETED, ZIP_LAYOUT, Peer, member_bytes, running
+from test_passthrough import passthrough_expected
 
 from assetfs.drivers.nodeodx import TOKEN_ENV
 
@@ -101,6 +102,45 @@ def test_a_task_folder_shows_info_console_archive_and_results(peer: Peer,
             peer.state / "data" / uuid / "all.zip")
         assert json.loads((m.path / ".node" / "info.json").read_text())["engine"] == "odx"
         assert "dsm" in (m.path / ".node" / "options.json").read_text()
+
+
+def status(mount_path: Path) -> dict[str, Any]:
+    return dict(json.loads(os.getxattr(mount_path, "user.assetfs.status")))
+
+
+def archive_complete(mount_path: Path, uuid: str) -> bool:
+    return bool(status(mount_path)["driver_state"]["archives"][uuid]["complete"])
+
+
+def test_results_read_after_the_archive_is_in_cost_the_daemon_no_reads(
+        peer: Peer, tmp_path: Path) -> None:
+    uuid = peer.create_task({"a.jpg": b"1"}, name="survey-2")
+    peer.wait_status(uuid, COMPLETED)
+    peer.restart(clean=True)  # the node saves its task list: an unclean restart keeps it
+    with mount_node(peer, tmp_path) as m:
+        results = m.path / "survey-2" / "results"
+        assert (results / ORTHO).read_bytes() == member_bytes(ORTHO, ZIP_LAYOUT[ORTHO])
+        wait_for(lambda: archive_complete(m.path, uuid), 20, "the archive download")
+        before = status(m.path)
+        others = ["odm_report/report.pdf", "odm_dem/dsm.tif", "cameras.json"]
+        for name in others:
+            assert (results / name).read_bytes() == member_bytes(name, ZIP_LAYOUT[name])
+        archive = (m.path / "survey-2" / "all.zip").read_bytes()
+        after = status(m.path)
+        assert archive == (peer.state / "data" / uuid / "all.zip").read_bytes()
+        # read where the spool holds them, not streamed again into the block cache
+        assert after["cache"]["downloaded_bytes"] == before["cache"]["downloaded_bytes"]
+        assert after["cache"]["used_bytes"] == before["cache"]["used_bytes"]
+        if passthrough_expected():  # and by the kernel itself: no READ reaches the daemon
+            assert after["requests"].get("read", 0) == before["requests"].get("read", 0)
+            assert after["passthrough"]["opens"] - before["passthrough"]["opens"] == 4
+        with open(results / others[0], "rb") as held:  # the results vanish while it is open
+            start = held.read(1000)
+            peer.restart(clean=False, lose_results=(uuid,))
+            wait_for(lambda: "all.zip" not in os.listdir(m.path / "survey-2"), 20,
+                     "the results to vanish")
+            assert not any(tmp_path.glob("odx-spool/*.zip"))  # the spool let go of them
+            assert start + held.read() == member_bytes(others[0], ZIP_LAYOUT[others[0]])
 
 
 def test_mkdir_copy_and_commit_by_xattr_then_the_task_is_read_only(

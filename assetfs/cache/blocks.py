@@ -372,13 +372,18 @@ class BlockCache:
             return None
         return self.open_file(item, create=False)
 
-    async def local_copy_fd(self, item: CacheItem) -> int | None:
+    async def local_copy_fd(self, item: CacheItem, known_only: bool = False) -> int | None:
         """The store's local copy of clean ``item`` (the library's, ``local_path``: on
-        omni.client's ``file:`` provider the file itself), opened read-only, as the backing
-        file of a read-only passthrough open; None when the store keeps no local copy or
-        the item is dirty or being written. Raises AssetFSError (the copy cannot be had)."""
+        omni.client's ``file:`` provider the file itself; or one the driver knows without
+        I/O, ``known_local_range``: a NodeODX member inflated in the spool), opened
+        read-only, as the backing file of a read-only passthrough open; None when there is
+        no whole local copy or the item is dirty or being written. ``known_only``: only a
+        copy known without I/O. Raises AssetFSError (the copy cannot be had)."""
         if item.dirty or item.writers or item.complete:
             return None
+        if known_only:
+            copy = self.fetcher.known_copy(item)
+            return copy[0] if copy is not None and copy[1].whole else None
         return await self.fetcher.local_copy(item)
 
     def passthrough_room(self, item: CacheItem) -> bool:
@@ -528,6 +533,11 @@ class BlockCache:
         if item.complete or item.dirty:
             self.stats.hits += 1
             return os.pread(self.open_file(item, create=False), end - offset, offset)
+        copy = self.fetcher.known_copy(item)
+        if copy is not None:  # a local copy the driver knows: read in place, any read mode
+            self.stats.hits += 1
+            fd, source = copy
+            return os.pread(fd, end - offset, source.offset + offset)
         return await self.fetcher.read(item, offset, end)
 
     async def fill_all(self, item: CacheItem) -> None:

@@ -14,6 +14,10 @@
   the bytes it asked for have arrived (served from memory until they are written). A
   stream the network cut off is opened again until the mount's deadline (``-o timeout``)
   has passed without a byte from the store.
+
+Whatever the read mode, a clean file whose local copy the driver knows without I/O
+(``Driver.known_local_range``: a NodeODX member once inflated in the spool) is read from
+that copy in place (:meth:`Fetcher.known_copy`), with no second copy and no download.
 """
 
 from __future__ import annotations
@@ -104,11 +108,41 @@ class Fetcher(ABC):
     async def fill(self, item: CacheItem) -> None:
         """Make the item's cache file (already open) hold its whole content."""
 
+    def known_copy(self, item: CacheItem) -> tuple[int, LocalRange] | None:
+        """The local copy of ``item`` the driver knows without any I/O
+        (``Driver.known_local_range``: a store that is a local tree, a NodeODX member
+        already inflated in the spool), opened read-only once and kept open until the
+        last handle closes (so a driver that deletes or replaces the copy meanwhile does
+        not change what an open file reads); None when the driver knows none, whatever
+        the read mode. A whole copy whose size is not the item's is not this version's
+        content and is not used. Raises OSError only for a copy that exists but cannot
+        be opened."""
+        if item.source_fd is not None and item.source is not None:
+            return item.source_fd, item.source
+        local = self.remote.known_local_range(item.path)
+        if local is None:
+            return None
+        try:
+            fd = os.open(local.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        if local.whole and os.fstat(fd).st_size != item.size:
+            os.close(fd)
+            return None
+        item.source_fd, item.source = fd, local
+        if local.whole:
+            # readers through FUSE come in 1 MiB requests, one at a time: let the kernel
+            # read ahead on the local copy in big steps meanwhile
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd, local
+
     async def local_copy(self, item: CacheItem) -> int | None:
         """The store's local copy of ``item``, opened read-only (the backing file of a
-        read-only passthrough open), or None when this read mode keeps none. Raises
-        AssetFSError."""
-        return None
+        read-only passthrough open), or None when there is none or it is a range of a
+        bigger file. The default is the copy :meth:`known_copy` gives; ``ReadMode.LOCAL``
+        also asks the driver (I/O). Raises AssetFSError."""
+        copy = self.known_copy(item)
+        return copy[0] if copy is not None and copy[1].whole else None
 
     def _cached(self, item: CacheItem, offset: int, end: int) -> bytes:
         return os.pread(self.files.open_file(item, create=False), end - offset, offset)
@@ -133,14 +167,12 @@ class LocalFetcher(Fetcher):
                     continue
             item.fill_lock.acquire_nowait()
             try:
-                local = (self.remote.known_local_range(item.path)
-                         or await self.remote.local_range(item.path))
-                item.source_fd = os.open(local.path, os.O_RDONLY)
-                item.source = local
-                if local.whole:
-                    # readers through FUSE come in 1 MiB requests, one at a time: let the
-                    # kernel read ahead on the local copy in big steps meanwhile
-                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                if self.known_copy(item) is None:
+                    local = await self.remote.local_range(item.path)
+                    item.source_fd = os.open(local.path, os.O_RDONLY)
+                    item.source = local
+                    if local.whole:
+                        os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             finally:
                 item.fill_lock.release()
         return item.source_fd, item.source

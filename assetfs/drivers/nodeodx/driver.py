@@ -21,7 +21,7 @@ import trio
 from ... import bounded, errors
 from ... import options as opt
 from ...config import default_cache_root, mount_id
-from ..base import Capabilities, Driver, Entry, Kind, ReadMode
+from ..base import Capabilities, Driver, Entry, Kind, LocalRange, ReadMode
 from .archive import Archives, Member
 from .client import (
     TOKEN_ENV,
@@ -136,6 +136,8 @@ class NodeODXDriver(Driver):
             for stale in self.spool.glob("*.zip"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+            for folder in self.spool.glob("*.d"):
+                shutil.rmtree(folder, ignore_errors=True)
             self._archives = Archives(self._client, self.spool)
         info = await self.client.call("GET", "/info", "node info")
         if not isinstance(info, dict) or "version" not in info:
@@ -382,6 +384,27 @@ class NodeODXDriver(Driver):
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``. Raises NotFound, NotADirectory."""
         return list((await self._children(path)).values())
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        """The spool file holding ``path`` once it is whole, without I/O: a member of
+        ``results/`` inflated and checked, or ``all.zip`` once downloaded (archive.py,
+        ``Archives.local_copy``); the block cache then reads it in place and the kernel
+        reads it for a read-only open (these files are never written through the mount).
+        Else None, and the content comes by :meth:`open_stream`."""
+        parts = self._parts(path)
+        if len(parts) < 2 or self._archives is None:
+            return None
+        uuid = self._folders.get(parts[0])
+        if uuid is None or uuid not in self._tasks:
+            return None
+        if parts[1:] == [ARCHIVE]:
+            name = None
+        elif parts[1] == RESULTS and len(parts) > 2:
+            name = "/".join(parts[2:])
+        else:
+            return None
+        copy = self._archives.local_copy(uuid, name)
+        return None if copy is None else LocalRange(str(copy))
 
     async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The content of ``path`` from offset 0: synthesized text at once; ``all.zip``
