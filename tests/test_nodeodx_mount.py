@@ -143,6 +143,33 @@ def test_results_read_after_the_archive_is_in_cost_the_daemon_no_reads(
             assert start + held.read() == member_bytes(others[0], ZIP_LAYOUT[others[0]])
 
 
+def test_a_new_run_leaving_an_archive_of_the_same_size_is_read_anew(
+        peer: Peer, tmp_path: Path) -> None:
+    peer.timings(start=0, queued=0, running=0)  # a restart's whole run falls between polls
+    uuid = peer.create_task({"a.jpg": b"1"}, name="survey-3")
+    peer.wait_status(uuid, COMPLETED)
+    member = "cameras.json"
+    old, new = os.urandom(ZIP_LAYOUT[member]), os.urandom(ZIP_LAYOUT[member])
+    peer.set_result(uuid, member, old)
+    archive_file = peer.state / "data" / uuid / "all.zip"
+    old_archive = archive_file.read_bytes()
+    with mount_node(peer, tmp_path) as m:
+        task = m.path / "survey-3"
+        assert (task / "results" / member).read_bytes() == old
+        held = open(task / "all.zip", "rb")  # noqa: SIM115 - closed below
+        try:
+            assert held.read(1000) == old_archive[:1000]
+            run = xattr(task, "processing_time")
+            peer.set_result(uuid, member, new, rerun=True)  # the node restarted the task
+            assert archive_file.stat().st_size == len(old_archive)  # same size, new bytes
+            wait_for(lambda: xattr(task, "processing_time") != run, 20, "the new run")
+            assert (task / "results" / member).read_bytes() == new
+            assert (task / "all.zip").read_bytes() == archive_file.read_bytes() != old_archive
+            assert held.read() == old_archive[1000:]  # an open file keeps what it had
+        finally:
+            held.close()
+
+
 def test_mkdir_copy_and_commit_by_xattr_then_the_task_is_read_only(
         peer: Peer, tmp_path: Path) -> None:
     source = tmp_path / "photos"

@@ -33,7 +33,7 @@ from .client import (
     read_token,
 )
 from .staging import COMMIT_FILE, OPTIONS_FILE, Staged, parse_options, stored_name
-from .tasks import ACTIVE, FINISHED_WITH_RESULTS, NODE_DIR, Rendered, TaskState, folder_names
+from .tasks import FINISHED_WITH_RESULTS, NODE_DIR, Rendered, TaskState, folder_names
 
 log = logging.getLogger(__name__)
 INFO, CONSOLE, ARCHIVE, RESULTS = "info.json", "console.txt", "all.zip", "results"
@@ -180,9 +180,7 @@ class NodeODXDriver(Driver):
         info = await self.client.call("GET", f"/task/{task.uuid}/info", "task info", "/")
         if not isinstance(info, dict):
             raise node_error("task info is not an object", "task info", where)
-        before = task.code
-        task.take_info(info, time.monotonic())
-        if task.code != before and task.code in ACTIVE:  # restarted: a new archive will come
+        if task.take_info(info, time.monotonic()):  # a new run: a new archive will come
             self.archives.forget(task.uuid)
 
     async def _refresh(self, force: bool = False) -> None:
@@ -274,7 +272,7 @@ class NodeODXDriver(Driver):
         if size >= 0:
             created = int(task.info.get("dateCreated") or 0) * 1_000_000
             children[ARCHIVE] = Entry(name=ARCHIVE, kind=Kind.FILE, size=size,
-                                      mtime_ns=created, version=f"{task.uuid}:{size}")
+                                      mtime_ns=created, version=f"{task.uuid}:{task.run}:{size}")
             children[RESULTS] = _dir(RESULTS, created)
         now = time.monotonic()
         return {n: e for n, e in children.items() if not task.is_hidden(n, now)}
