@@ -214,6 +214,7 @@ class Mount:
                 "enabled": self.ops.passthrough.enabled,
                 "opens": self.ops.passthrough.opens,
             },
+            "page_fills": self.ops.page_fill.fills,
             "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
             "requests": dict(self.ops.requests.counts),

@@ -110,6 +110,13 @@ class Fetcher(ABC):
         AssetFSError."""
         return None
 
+    def read_now(self, item: CacheItem) -> bytes | None:
+        """The whole content of ``item`` when this read mode has it on local disk and can
+        read it without waiting (no remote call, no lock held by another task), else None.
+        Raises nothing: a local file that cannot be read means None (the reader's READ
+        then meets the error)."""
+        return None
+
     def _cached(self, item: CacheItem, offset: int, end: int) -> bytes:
         return os.pread(self.files.open_file(item, create=False), end - offset, offset)
 
@@ -133,22 +140,43 @@ class LocalFetcher(Fetcher):
                     continue
             item.fill_lock.acquire_nowait()
             try:
-                local = (self.remote.known_local_range(item.path)
-                         or await self.remote.local_range(item.path))
-                item.source_fd = os.open(local.path, os.O_RDONLY)
-                item.source = local
-                if local.whole:
-                    # readers through FUSE come in 1 MiB requests, one at a time: let the
-                    # kernel read ahead on the local copy in big steps meanwhile
-                    os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._adopt(item, self.remote.known_local_range(item.path)
+                            or await self.remote.local_range(item.path))
             finally:
                 item.fill_lock.release()
         return item.source_fd, item.source
+
+    @staticmethod
+    def _adopt(item: CacheItem, local: LocalRange) -> int:
+        """Open ``local`` as the source of ``item``'s reads; its descriptor. Raises
+        OSError."""
+        fd = item.source_fd = os.open(local.path, os.O_RDONLY)
+        item.source = local
+        if local.whole:
+            # readers through FUSE come in 1 MiB requests, one at a time: let the kernel
+            # read ahead on the local copy in big steps meanwhile
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
 
     async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
         self.stats.count(item.source_fd is not None)
         fd, source = await self._source(item)
         return os.pread(fd, end - offset, source.offset + offset)
+
+    def read_now(self, item: CacheItem) -> bytes | None:
+        try:
+            fd, source = item.source_fd, item.source
+            opened = fd is not None and source is not None
+            if fd is None or source is None:
+                source = None if item.fill_lock.locked() else self.remote.known_local_range(
+                    item.path)
+                if source is None:
+                    return None
+                fd = self._adopt(item, source)
+            self.stats.count(opened)
+            return os.pread(fd, item.size, source.offset)
+        except OSError:
+            return None
 
     async def fill(self, item: CacheItem) -> None:
         fd, source = await self._source(item)
