@@ -274,6 +274,11 @@ class BlockCache:
             self._orphans.remove(item)
             self._discard(item)
 
+    def opened(self, item: CacheItem) -> None:
+        """A handle on ``item`` opened (a FUSE open, or a move's own reader): the item is
+        neither evicted nor forgotten until the matching :meth:`closed`."""
+        item.handles += 1
+
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
         file descriptors (a tree walk must not pile them up) and stops a download only a

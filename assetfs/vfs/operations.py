@@ -558,7 +558,7 @@ class Operations(pyfuse3.Operations):
         if local_copy:
             fd = await self.cache.local_copy_fd(item)
         mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
-        item.handles += 1  # from now on: the item stays while the journal is written
+        self.cache.opened(item)  # from now on: the item stays while the journal is written
         if writable:
             item.writers += 1
         if writable and mode is IOMode.PASSTHROUGH:
