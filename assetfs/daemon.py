@@ -28,7 +28,7 @@ from .events.invalidator import Invalidator
 from .events.subscription import Subscription
 from .loopwatch import LoopWatch
 from .observe.metrics import MetricsServer, take_sample
-from .observe.progress import read_position
+from .observe.progress import read_positions
 from .remote import Remote
 from .routing import Routed
 from .vfs.inodes import InodeTable
@@ -163,8 +163,9 @@ class Mount:
         pending = self.writeback.pending()
         sub = self.subscription.status
         dirty = {i.path for i in pending}
+        sent = self._sent(list(stats.in_progress))
         flying = [{"path": path, "bytes": size, "started": round(stats.started.get(path, 0), 1),
-                   "sent_bytes": self._sent(path)} for path, size in stats.in_progress.items()]
+                   "sent_bytes": sent[path]} for path, size in stats.in_progress.items()]
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -214,6 +215,7 @@ class Mount:
                 "enabled": self.ops.passthrough.enabled,
                 "opens": self.ops.passthrough.opens,
             },
+            "page_fills": self.ops.page_fill.fills,
             "driver_state": self.driver.status(),
             "inodes": len(self.inodes),
             "requests": dict(self.ops.requests.counts),
@@ -223,11 +225,13 @@ class Mount:
             "metrics": self.metrics.url if self.metrics else None,
         }
 
-    def _sent(self, path: str) -> int | None:
-        """Bytes the running upload of ``path`` has read from its cache file, if known
+    def _sent(self, paths: list[str]) -> dict[str, int | None]:
+        """Bytes each running upload of ``paths`` has read from its cache file, if known
         (observe/progress.py)."""
-        item = self.cache.item(path)
-        return read_position(self.cache.cache_file(item)) if item is not None else None
+        files = {path: self.cache.cache_file(item) for path in paths
+                 if (item := self.cache.item(path)) is not None}
+        positions = read_positions(list(files.values()))
+        return {path: positions[files[path]] if path in files else None for path in paths}
 
     async def serve(self, ready: Callable[[], None]) -> None:
         """Mount, call ``ready()``, and serve until unmounted or signalled; then upload what

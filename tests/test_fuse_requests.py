@@ -168,3 +168,38 @@ def test_by_default_a_writer_may_open_a_file_readers_have_open(store: Path,
             assert reader.read(1) == b"W"
         flush(m)
     assert (store / "small" / "f03.bin").read_bytes() == b"W" + b"\x03" * 4095
+
+
+@pytest.fixture
+def plain(store: Path, tmp_path: Path) -> Iterator[Mount]:
+    """The default options: no passthrough to the store's copy."""
+    with mounted(f"file://{store}", tmp_path / "plain",
+                 {"cache_dir": str(tmp_path / "plain-cache")}) as m:
+        yield m
+
+
+def test_small_file_read_after_open_sends_no_read(plain: Mount, store: Path) -> None:
+    """By default a small file whose content lies on local disk (here the store's own
+    file) is stored in the kernel page cache while its open is answered
+    (vfs/pagefill.py): open+read+close costs an open and a release, no READ. A second
+    open while the first is still open reads the same bytes."""
+    spent = read_small_files(plain)
+    assert spent["read"] == 0, spent
+    assert spent["open"] == FILES and spent["release"] == FILES, spent
+    assert status(plain)["page_fills"] == FILES
+    path = plain.path / "small" / "f04.bin"
+    with open(path, "rb") as first, open(path, "rb") as second:
+        assert first.read() == second.read() == b"\x04" * 4096
+
+
+def test_filled_file_changed_on_the_store_reads_the_new_content(plain: Mount,
+                                                                store: Path) -> None:
+    """A small file read once (its content kept in the kernel page cache) and then
+    rewritten on the store, same size, other bytes: the next open reads the new bytes."""
+    path = plain.path / "small" / "f05.bin"
+    assert path.read_bytes() == b"\x05" * 4096
+    (store / "small" / "f05.bin").write_bytes(b"\xaa" * 4096)
+    deadline = time.monotonic() + 15
+    while path.read_bytes() != b"\xaa" * 4096:
+        assert time.monotonic() < deadline, "the store's change never showed"
+        time.sleep(0.05)

@@ -274,6 +274,11 @@ class BlockCache:
             self._orphans.remove(item)
             self._discard(item)
 
+    def opened(self, item: CacheItem) -> None:
+        """A handle on ``item`` opened (a FUSE open, or a move's own reader): the item is
+        neither evicted nor forgotten until the matching :meth:`closed`."""
+        item.handles += 1
+
     def closed(self, item: CacheItem) -> None:
         """A handle on ``item`` was released. The last close of a clean item closes its
         file descriptors (a tree walk must not pile them up) and stops a download only a
@@ -540,6 +545,26 @@ class BlockCache:
             fd, source = copy
             return os.pread(fd, end - offset, source.offset + offset)
         return await self.fetcher.read(item, offset, end)
+
+    def read_now(self, item: CacheItem) -> bytes | None:
+        """The whole content of ``item`` if it lies on local disk already (its cache file
+        holds it, or the store's local copy is known without I/O: ``Fetcher.read_now``),
+        read without yielding to the event loop; else None (also when the local file no
+        longer holds ``item.size`` bytes). For the open-time page fill (vfs/pagefill.py)."""
+        if item.complete or item.dirty:
+            fd = self.open_file(item, create=False)
+            data = os.pread(fd, item.size, 0)
+            self.stats.hits += 1
+        else:
+            found = self.fetcher.read_now(item)
+            if found is None:
+                return None
+            data = found
+        if len(data) != item.size:
+            return None
+        item.last_used = time.monotonic()
+        item.observe()
+        return data
 
     async def fill_all(self, item: CacheItem) -> None:
         """Make the cache file hold the whole content (before a partial overwrite)."""

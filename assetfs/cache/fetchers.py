@@ -123,18 +123,26 @@ class Fetcher(ABC):
         if local is None:
             return None
         try:
-            fd = os.open(local.path, os.O_RDONLY)
+            fd = self._adopt(item, local)
         except FileNotFoundError:
             return None
         if local.whole and os.fstat(fd).st_size != item.size:
             os.close(fd)
+            item.source_fd = item.source = None
             return None
-        item.source_fd, item.source = fd, local
+        return fd, local
+
+    @staticmethod
+    def _adopt(item: CacheItem, local: LocalRange) -> int:
+        """Open ``local`` as the source of ``item``'s reads; its descriptor. Raises
+        OSError."""
+        fd = item.source_fd = os.open(local.path, os.O_RDONLY)
+        item.source = local
         if local.whole:
             # readers through FUSE come in 1 MiB requests, one at a time: let the kernel
             # read ahead on the local copy in big steps meanwhile
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return fd, local
+        return fd
 
     async def local_copy(self, item: CacheItem) -> int | None:
         """The store's local copy of ``item``, opened read-only (the backing file of a
@@ -143,6 +151,22 @@ class Fetcher(ABC):
         also asks the driver (I/O). Raises AssetFSError."""
         copy = self.known_copy(item)
         return copy[0] if copy is not None and copy[1].whole else None
+
+    def read_now(self, item: CacheItem) -> bytes | None:
+        """The whole content of ``item`` when this read mode has it on local disk and can
+        read it without waiting (no remote call, no lock held by another task), else None:
+        the default reads the copy :meth:`known_copy` gives. Raises nothing: a local file
+        that cannot be read means None (the reader's READ then meets the error)."""
+        try:
+            opened = item.source_fd is not None
+            copy = self.known_copy(item)
+            if copy is None:
+                return None
+            self.stats.count(opened)
+            fd, source = copy
+            return os.pread(fd, item.size, source.offset)
+        except OSError:
+            return None
 
     def _cached(self, item: CacheItem, offset: int, end: int) -> bytes:
         return os.pread(self.files.open_file(item, create=False), end - offset, offset)
@@ -169,10 +193,8 @@ class LocalFetcher(Fetcher):
             try:
                 if self.known_copy(item) is None:
                     local = await self.remote.local_range(item.path)
-                    item.source_fd = os.open(local.path, os.O_RDONLY)
-                    item.source = local
-                    if local.whole:
-                        os.posix_fadvise(item.source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                    if item.source_fd is None:  # not known without I/O meanwhile
+                        self._adopt(item, local)
             finally:
                 item.fill_lock.release()
         return item.source_fd, item.source
@@ -181,6 +203,11 @@ class LocalFetcher(Fetcher):
         self.stats.count(item.source_fd is not None)
         fd, source = await self._source(item)
         return os.pread(fd, end - offset, source.offset + offset)
+
+    def read_now(self, item: CacheItem) -> bytes | None:
+        if item.source_fd is None and item.fill_lock.locked():  # another task opens it
+            return None
+        return super().read_now(item)
 
     async def fill(self, item: CacheItem) -> None:
         fd, source = await self._source(item)

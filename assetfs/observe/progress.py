@@ -14,24 +14,27 @@ from __future__ import annotations
 import os
 
 
-def read_position(path: str) -> int | None:
-    """The furthest file position (bytes) among this process's open descriptors of
-    ``path``, or None when no descriptor of it has moved from 0."""
-    target = os.path.realpath(path)
-    furthest = 0
+def read_positions(paths: list[str]) -> dict[str, int | None]:
+    """For each of ``paths``: the furthest file position (bytes) among this process's
+    open descriptors of it, or None when no descriptor of it has moved from 0. One pass
+    over ``/proc/self/fd`` for all of them (a status call during many uploads reads each
+    descriptor's link once, not once per upload)."""
+    targets = {os.path.realpath(path): path for path in paths}
+    furthest: dict[str, int] = dict.fromkeys(paths, 0)
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
-        return None
+        return dict.fromkeys(paths)
     for fd in fds:
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != target:
+            path = targets.get(os.readlink(f"/proc/self/fd/{fd}"))
+            if path is None:
                 continue
             with open(f"/proc/self/fdinfo/{fd}") as info:
                 for line in info:
                     if line.startswith("pos:"):
-                        furthest = max(furthest, int(line.split()[1]))
+                        furthest[path] = max(furthest[path], int(line.split()[1]))
                         break
         except (OSError, ValueError):
             continue
-    return furthest or None
+    return {path: position or None for path, position in furthest.items()}

@@ -62,7 +62,7 @@ class Crossing:
         try:
             for path, file_entry in files:
                 item = self.cache.item(path) or self.cache.get(path, file_entry)
-                item.handles += 1  # not evicted while the others are fetched
+                self.cache.opened(item)  # not evicted while the others are fetched
                 items.append(item)
                 await self.cache.fill_all(item)
             await self._make_folders(old, new, folders)

@@ -35,6 +35,7 @@ from .crossing import Crossing
 from .inodes import ROOT_INODE, InodeTable
 from .metadata import MetadataCache
 from .namespace import Namespace
+from .pagefill import PageFill
 from .passthrough import IOMode, Passthrough
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ class Operations(pyfuse3.Operations):
         """Read-only opens may pass through to the store's local copy (-o passthrough=copies)."""
         self.kernel_version: dict[int, str] = {}
         """inode -> content version the kernel page cache holds (keep_cache on open)."""
+        self.page_fill = PageFill()
+        """Small files' content pushed into the kernel page cache at open (vfs/pagefill.py)."""
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, tuple[int, str, list[tuple[str, Entry]]]] = {}
         """Folder handle -> (inode, path, the listing it reads)."""
@@ -544,9 +547,11 @@ class Operations(pyfuse3.Operations):
         leaves room, and the inode is not open in cached mode); for a reader of an idle
         inode, passthrough to the store's local copy (with ``-o passthrough=copies``, or
         when the mount can never write the file and the driver knows the copy without
-        I/O); else through the daemon (vfs/passthrough.py)."""
+        I/O); else through the daemon (vfs/passthrough.py), a small file's content stored
+        in the kernel page cache first when it lies on local disk (vfs/pagefill.py)."""
         if writable and self.passthrough.bound_to_local_copy(inode):
             raise errors.FileBusy(f"{item.path} is open for reading from the store's copy")
+        unopened = self.passthrough.unopened(inode)
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
@@ -557,7 +562,7 @@ class Operations(pyfuse3.Operations):
         if local_copy:
             fd = await self.cache.local_copy_fd(item, known_only=never_written)
         mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
-        item.handles += 1  # from now on: the item stays while the journal is written
+        self.cache.opened(item)  # from now on: the item stays while the journal is written
         if writable:
             item.writers += 1
         if writable and mode is IOMode.PASSTHROUGH:
@@ -579,7 +584,11 @@ class Operations(pyfuse3.Operations):
             info.backing_id = backing_id
             return info
         version = item.base_version if not item.dirty else f"local:{item.key}"
-        info.keep_cache = self.kernel_version.get(inode) == version
+        held = self.kernel_version.get(inode)
+        info.keep_cache = held == version
+        if held is None and unopened and not writable and self.page_fill.wanted(item.size):
+            data = self.cache.read_now(item)
+            info.keep_cache = data is not None and self.page_fill.fill(inode, data)
         self.kernel_version[inode] = version
         return info
 

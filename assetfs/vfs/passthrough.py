@@ -91,6 +91,10 @@ class Passthrough:
         passthrough with any backing file)."""
         return self.enabled and inode not in self._inodes
 
+    def unopened(self, inode: int) -> bool:
+        """Whether ``inode`` has no open file, in any mode."""
+        return inode not in self._inodes
+
     def bound_to_local_copy(self, inode: int) -> bool:
         """Whether the open files of ``inode`` read the store's local copy through the
         kernel (no open for writing may join them)."""
