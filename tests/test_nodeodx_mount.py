@@ -156,6 +156,7 @@ def test_a_new_run_leaving_an_archive_of_the_same_size_is_read_anew(
     with mount_node(peer, tmp_path) as m:
         task = m.path / "survey-3"
         assert (task / "results" / member).read_bytes() == old
+        wait_for(lambda: archive_complete(m.path, uuid), 20, "the archive download")
         held = open(task / "all.zip", "rb")  # noqa: SIM115 - closed below
         try:
             assert held.read(1000) == old_archive[:1000]
@@ -164,7 +165,11 @@ def test_a_new_run_leaving_an_archive_of_the_same_size_is_read_anew(
             assert archive_file.stat().st_size == len(old_archive)  # same size, new bytes
             wait_for(lambda: xattr(task, "processing_time") != run, 20, "the new run")
             assert (task / "results" / member).read_bytes() == new
-            assert (task / "all.zip").read_bytes() == archive_file.read_bytes() != old_archive
+            new_archive = archive_file.read_bytes()
+            assert new_archive != old_archive
+            # all.zip held open keeps its inode; by the next poll the path is a new file
+            wait_for(lambda: (task / "all.zip").read_bytes() == new_archive, 20,
+                     "the new all.zip")
             assert held.read() == old_archive[1000:]  # an open file keeps what it had
         finally:
             held.close()
