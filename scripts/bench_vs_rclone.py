@@ -20,7 +20,9 @@ before" through it. Measured:
 - cold read: ``big.bin`` in 1 MiB reads after the kernel page cache was dropped (root only;
   otherwise it is a warm read and says so), MiB/s;
 - warm re-read: once every view is warm again, three more reads of ``big.bin`` per view,
-  the views taking turns; their median, MiB/s;
+  the views taking turns; their median, MiB/s; as root, also how much of direct's and
+  assetfs's page cache of ``big.bin`` lies in large folios (scripts/page_cache_folios.py:
+  4 KiB pages make a page-cache read slower);
 - small files: ``small/`` listed (as find, rsync or a file manager do first), then each file
   opened, read and closed, files/s; for assetfs the FUSE requests that took, per file, by
   operation (the daemon's ``requests`` counters in ``user.assetfs.status``), and for both
@@ -57,6 +59,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_read import drop_caches  # noqa: E402 - scripts/ is this script's folder
 from mounting import is_mounted, mounted, stop_process  # noqa: E402
+from page_cache_folios import folio_counts  # noqa: E402
 
 MiB = 1 << 20
 SMALL = 4096
@@ -121,6 +124,10 @@ class Results:
     per_file: list[collections.Counter[str]] = field(default_factory=list)
     per_entry: list[collections.Counter[str]] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    large_folios: dict[str, list[float]] = field(
+        default_factory=lambda: collections.defaultdict(list))
+    """Per view: the share of ``big.bin``'s page cache in large folios after the warm
+    re-reads (root only: scripts/page_cache_folios.py)."""
 
     def median(self, view: str, figure: str) -> float:
         return statistics.median(self.figures[view][figure])
@@ -196,6 +203,11 @@ def read_figures(views: list[View], results: Results) -> None:
             warm[view.name].append(read_all(view.root / "big.bin"))
     for name, values in warm.items():
         results.figures[name]["warm MiB/s"].append(statistics.median(values))
+    if os.geteuid() == 0:
+        for view in views:
+            if view.name in ("direct", "assetfs"):
+                pages, large, _ = folio_counts(str(view.root / "big.bin"))
+                results.large_folios[view.name].append(large / pages)
 
 
 def small_file_figures(view: View, files: int, results: Results) -> None:
@@ -296,6 +308,10 @@ def report(results: Results, rounds: int, cold: bool) -> None:
     print(by_operation(results.per_entry, 3))
     print("daemon CPU seconds per 1,000 small files: " + ", ".join(
         f"{view} {statistics.median(values):.2f}" for view, values in results.cpu.items()))
+    if results.large_folios:
+        print("big.bin's page cache in large folios after the warm re-reads: " + ", ".join(
+            f"{view} {statistics.median(shares):.0%}"
+            for view, shares in results.large_folios.items()))
     if not cold:
         print("(not root: the page cache could not be dropped; cold figures are warm ones)")
 
