@@ -212,12 +212,12 @@ class BlockCache:
         """The store's content of clean ``item`` changed (a remote change event) while
         handles have it open. If the item holds no copied bytes (it is served from the
         library's local copy, or nothing was read yet), take the new version and size, so
-        open handles read the new content to its new end; return True. Return False when
-        it holds copied bytes, or reads a local copy the driver made of one version outside
-        ``ReadMode.LOCAL`` (``known_local_range``: never the store's file changed in place),
-        (the caller drops it: open handles keep the old content), unless the driver says
-        the file only grows (:meth:`Driver.appends_only`, a console
-        log): then the bytes held stay and a later read streams only what is new."""
+        open handles read the new content to its new end; return True. Return False (the
+        caller drops it: open handles keep the old content) when it holds copied bytes, or
+        reads a local copy that the driver made of one version outside ``ReadMode.LOCAL``
+        (``known_local_range``: never the store's file changed in place), unless the driver
+        says the file only grows (:meth:`Driver.appends_only`, a console log): then the
+        bytes held stay and a later read streams only what is new."""
         if (self.remote.read_mode is ReadMode.STREAM and not (item.dirty or item.writers)
                 and entry.size >= item.size and self.remote.appends_only(item.path)):
             item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
