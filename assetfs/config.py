@@ -43,9 +43,10 @@ CORE_OPTIONS: tuple[opt.Option, ...] = (
                "how long a daemon stopped by a signal keeps uploading"),
     opt.Option("read_ahead_kb", opt.integer, 1024, "the mount's kernel read-ahead (root only)"),
     opt.Option("passthrough", opt.passthrough_mode, "yes",
-               "kernel FUSE passthrough for files whose whole content is cached; copies: "
-               "also read-only opens of the library's local copies (writers then get "
-               "ETXTBSY while such readers are open)"),
+               "kernel FUSE passthrough for files whose whole content is cached, and for "
+               "read-only opens of a file the mount cannot write whose local copy the "
+               "driver holds; copies: also read-only opens of the library's local copies "
+               "(writers then get ETXTBSY while such readers are open)"),
     opt.Option("ro", opt.boolean, False, "read-only mount"),
     opt.Option("allow_other", opt.boolean, False, "let other users see the mount"),
     opt.Option("debug", opt.boolean, False, "debug logging"),

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from mounting import assetfs_command, mounted
 from peers.nodeodx_peer import COMPLETED, ZIP_LAYOUT, Peer, member_bytes, running
+from test_passthrough import passthrough_expected
 
 from assetfs.drivers.nodeodx import TOKEN_ENV
 
@@ -101,6 +102,81 @@ def test_a_task_folder_shows_info_console_archive_and_results(peer: Peer,
             peer.state / "data" / uuid / "all.zip")
         assert json.loads((m.path / ".node" / "info.json").read_text())["engine"] == "odx"
         assert "dsm" in (m.path / ".node" / "options.json").read_text()
+
+
+def status(mount_path: Path) -> dict[str, Any]:
+    return dict(json.loads(os.getxattr(mount_path, "user.assetfs.status")))
+
+
+def archive_complete(mount_path: Path, uuid: str) -> bool:
+    return bool(status(mount_path)["driver_state"]["archives"][uuid]["complete"])
+
+
+@pytest.mark.parametrize("passthrough", ["yes", "no"])
+def test_results_read_after_the_archive_is_in_cost_the_daemon_no_reads(
+        peer: Peer, tmp_path: Path, passthrough: str) -> None:
+    uuid = peer.create_task({"a.jpg": b"1"}, name="survey-2")
+    peer.wait_status(uuid, COMPLETED)
+    peer.restart(clean=True)  # the node saves its task list: an unclean restart keeps it
+    with mount_node(peer, tmp_path, passthrough=passthrough) as m:
+        results = m.path / "survey-2" / "results"
+        assert (results / ORTHO).read_bytes() == member_bytes(ORTHO, ZIP_LAYOUT[ORTHO])
+        wait_for(lambda: archive_complete(m.path, uuid), 20, "the archive download")
+        before = status(m.path)
+        others = ["odm_report/report.pdf", "odm_dem/dsm.tif", "cameras.json"]
+        for name in others:
+            assert (results / name).read_bytes() == member_bytes(name, ZIP_LAYOUT[name])
+        archive = (m.path / "survey-2" / "all.zip").read_bytes()
+        after = status(m.path)
+        assert archive == (peer.state / "data" / uuid / "all.zip").read_bytes()
+        # read where the spool holds them, not streamed again into the block cache
+        assert after["cache"]["downloaded_bytes"] == before["cache"]["downloaded_bytes"]
+        assert after["cache"]["used_bytes"] == before["cache"]["used_bytes"]
+        reads = after["requests"].get("read", 0) - before["requests"].get("read", 0)
+        if passthrough == "yes" and passthrough_expected():  # by the kernel: no READ request
+            assert reads == 0
+            assert after["passthrough"]["opens"] - before["passthrough"]["opens"] == 4
+        else:  # by the daemon, from the spool file
+            assert reads > 0 and after["passthrough"]["opens"] == 0
+        with open(results / others[0], "rb") as held:  # the results vanish while it is open
+            start = held.read(1000)
+            peer.restart(clean=False, lose_results=(uuid,))
+            wait_for(lambda: "all.zip" not in os.listdir(m.path / "survey-2"), 20,
+                     "the results to vanish")
+            assert not any(tmp_path.glob("odx-spool/*.zip"))  # the spool let go of them
+            assert start + held.read() == member_bytes(others[0], ZIP_LAYOUT[others[0]])
+
+
+def test_a_new_run_leaving_an_archive_of_the_same_size_is_read_anew(
+        peer: Peer, tmp_path: Path) -> None:
+    peer.timings(start=0, queued=0, running=0)  # a restart's whole run falls between polls
+    uuid = peer.create_task({"a.jpg": b"1"}, name="survey-3")
+    peer.wait_status(uuid, COMPLETED)
+    member = "cameras.json"
+    old, new = os.urandom(ZIP_LAYOUT[member]), os.urandom(ZIP_LAYOUT[member])
+    peer.set_result(uuid, member, old)
+    archive_file = peer.state / "data" / uuid / "all.zip"
+    old_archive = archive_file.read_bytes()
+    with mount_node(peer, tmp_path) as m:
+        task = m.path / "survey-3"
+        assert (task / "results" / member).read_bytes() == old
+        wait_for(lambda: archive_complete(m.path, uuid), 20, "the archive download")
+        held = open(task / "all.zip", "rb")  # noqa: SIM115 - closed below
+        try:
+            assert held.read(1000) == old_archive[:1000]
+            run = xattr(task, "processing_time")
+            peer.set_result(uuid, member, new, rerun=True)  # the node restarted the task
+            assert archive_file.stat().st_size == len(old_archive)  # same size, new bytes
+            wait_for(lambda: xattr(task, "processing_time") != run, 20, "the new run")
+            assert (task / "results" / member).read_bytes() == new
+            new_archive = archive_file.read_bytes()
+            assert new_archive != old_archive
+            # all.zip held open keeps its inode; by the next poll the path is a new file
+            wait_for(lambda: (task / "all.zip").read_bytes() == new_archive, 20,
+                     "the new all.zip")
+            assert held.read() == old_archive[1000:]  # an open file keeps what it had
+        finally:
+            held.close()
 
 
 def test_mkdir_copy_and_commit_by_xattr_then_the_task_is_read_only(

@@ -212,10 +212,12 @@ class BlockCache:
         """The store's content of clean ``item`` changed (a remote change event) while
         handles have it open. If the item holds no copied bytes (it is served from the
         library's local copy, or nothing was read yet), take the new version and size, so
-        open handles read the new content to its new end; return True. Return False when
-        it holds copied bytes (the caller drops it: open handles keep the old content),
-        unless the driver says the file only grows (:meth:`Driver.appends_only`, a console
-        log): then the bytes held stay and a later read streams only what is new."""
+        open handles read the new content to its new end; return True. Return False (the
+        caller drops it: open handles keep the old content) when it holds copied bytes, or
+        reads a local copy that the driver made of one version outside ``ReadMode.LOCAL``
+        (``known_local_range``: never the store's file changed in place), unless the driver
+        says the file only grows (:meth:`Driver.appends_only`, a console log): then the
+        bytes held stay and a later read streams only what is new."""
         if (self.remote.read_mode is ReadMode.STREAM and not (item.dirty or item.writers)
                 and entry.size >= item.size and self.remote.appends_only(item.path)):
             item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
@@ -223,6 +225,8 @@ class BlockCache:
             return True
         if item.dirty or item.writers or item.complete or item.blocks or item.stream_started:
             return False
+        if item.source_fd is not None and self.remote.read_mode is not ReadMode.LOCAL:
+            return False  # a copy of one version the driver made (a NodeODX spool file)
         item.base_version, item.size, item.mtime_ns = entry.version, entry.size, entry.mtime_ns
         if item.source_fd is not None:
             with contextlib.suppress(OSError):
@@ -377,13 +381,18 @@ class BlockCache:
             return None
         return self.open_file(item, create=False)
 
-    async def local_copy_fd(self, item: CacheItem) -> int | None:
+    async def local_copy_fd(self, item: CacheItem, known_only: bool = False) -> int | None:
         """The store's local copy of clean ``item`` (the library's, ``local_path``: on
-        omni.client's ``file:`` provider the file itself), opened read-only, as the backing
-        file of a read-only passthrough open; None when the store keeps no local copy or
-        the item is dirty or being written. Raises AssetFSError (the copy cannot be had)."""
+        omni.client's ``file:`` provider the file itself; or one the driver knows without
+        I/O, ``known_local_range``: a NodeODX member inflated in the spool), opened
+        read-only, as the backing file of a read-only passthrough open; None when there is
+        no whole local copy or the item is dirty or being written. ``known_only``: only a
+        copy known without I/O. Raises AssetFSError (the copy cannot be had)."""
         if item.dirty or item.writers or item.complete:
             return None
+        if known_only:
+            copy = self.fetcher.known_copy(item)
+            return copy[0] if copy is not None and copy[1].whole else None
         return await self.fetcher.local_copy(item)
 
     def passthrough_room(self, item: CacheItem) -> bool:
@@ -533,6 +542,12 @@ class BlockCache:
         if item.complete or item.dirty:
             self.stats.hits += 1
             return os.pread(self.open_file(item, create=False), end - offset, offset)
+        opened = item.source_fd is not None
+        copy = self.fetcher.known_copy(item)
+        if copy is not None:  # a local copy the driver knows: read in place, any read mode
+            self.stats.count(opened)
+            fd, source = copy
+            return os.pread(fd, end - offset, source.offset + offset)
         return await self.fetcher.read(item, offset, end)
 
     def read_now(self, item: CacheItem) -> bytes | None:

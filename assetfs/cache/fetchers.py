@@ -14,6 +14,10 @@
   the bytes it asked for have arrived (served from memory until they are written). A
   stream the network cut off is opened again until the mount's deadline (``-o timeout``)
   has passed without a byte from the store.
+
+Whatever the read mode, a clean file whose local copy the driver knows without I/O
+(``Driver.known_local_range``: a NodeODX member once inflated in the spool) is read from
+that copy in place (:meth:`Fetcher.known_copy`), with no second copy and no download.
 """
 
 from __future__ import annotations
@@ -104,18 +108,65 @@ class Fetcher(ABC):
     async def fill(self, item: CacheItem) -> None:
         """Make the item's cache file (already open) hold its whole content."""
 
+    def known_copy(self, item: CacheItem) -> tuple[int, LocalRange] | None:
+        """The local copy of ``item`` the driver knows without any I/O
+        (``Driver.known_local_range``: a store that is a local tree, a NodeODX member
+        already inflated in the spool), opened read-only once and kept open until the
+        last handle closes (so a driver that deletes or replaces the copy meanwhile does
+        not change what an open file reads); None when the driver knows none, whatever
+        the read mode. A whole copy whose size is not the item's is not this version's
+        content and is not used. Raises OSError only for a copy that exists but cannot
+        be opened."""
+        if item.source_fd is not None and item.source is not None:
+            return item.source_fd, item.source
+        local = self.remote.known_local_range(item.path)
+        if local is None:
+            return None
+        try:
+            fd = self._adopt(item, local)
+        except FileNotFoundError:
+            return None
+        if local.whole and os.fstat(fd).st_size != item.size:
+            os.close(fd)
+            item.source_fd = item.source = None
+            return None
+        return fd, local
+
+    @staticmethod
+    def _adopt(item: CacheItem, local: LocalRange) -> int:
+        """Open ``local`` as the source of ``item``'s reads; its descriptor. Raises
+        OSError."""
+        fd = item.source_fd = os.open(local.path, os.O_RDONLY)
+        item.source = local
+        if local.whole:
+            # readers through FUSE come in 1 MiB requests, one at a time: let the kernel
+            # read ahead on the local copy in big steps meanwhile
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
+
     async def local_copy(self, item: CacheItem) -> int | None:
         """The store's local copy of ``item``, opened read-only (the backing file of a
-        read-only passthrough open), or None when this read mode keeps none. Raises
-        AssetFSError."""
-        return None
+        read-only passthrough open), or None when there is none or it is a range of a
+        bigger file. The default is the copy :meth:`known_copy` gives; ``ReadMode.LOCAL``
+        also asks the driver (I/O). Raises AssetFSError."""
+        copy = self.known_copy(item)
+        return copy[0] if copy is not None and copy[1].whole else None
 
     def read_now(self, item: CacheItem) -> bytes | None:
         """The whole content of ``item`` when this read mode has it on local disk and can
-        read it without waiting (no remote call, no lock held by another task), else None.
-        Raises nothing: a local file that cannot be read means None (the reader's READ
-        then meets the error)."""
-        return None
+        read it without waiting (no remote call, no lock held by another task), else None:
+        the default reads the copy :meth:`known_copy` gives. Raises nothing: a local file
+        that cannot be read means None (the reader's READ then meets the error)."""
+        try:
+            opened = item.source_fd is not None
+            copy = self.known_copy(item)
+            if copy is None:
+                return None
+            self.stats.count(opened)
+            fd, source = copy
+            return os.pread(fd, item.size, source.offset)
+        except OSError:
+            return None
 
     def _cached(self, item: CacheItem, offset: int, end: int) -> bytes:
         return os.pread(self.files.open_file(item, create=False), end - offset, offset)
@@ -140,23 +191,13 @@ class LocalFetcher(Fetcher):
                     continue
             item.fill_lock.acquire_nowait()
             try:
-                self._adopt(item, self.remote.known_local_range(item.path)
-                            or await self.remote.local_range(item.path))
+                if self.known_copy(item) is None:
+                    local = await self.remote.local_range(item.path)
+                    if item.source_fd is None:  # not known without I/O meanwhile
+                        self._adopt(item, local)
             finally:
                 item.fill_lock.release()
         return item.source_fd, item.source
-
-    @staticmethod
-    def _adopt(item: CacheItem, local: LocalRange) -> int:
-        """Open ``local`` as the source of ``item``'s reads; its descriptor. Raises
-        OSError."""
-        fd = item.source_fd = os.open(local.path, os.O_RDONLY)
-        item.source = local
-        if local.whole:
-            # readers through FUSE come in 1 MiB requests, one at a time: let the kernel
-            # read ahead on the local copy in big steps meanwhile
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return fd
 
     async def read(self, item: CacheItem, offset: int, end: int) -> bytes:
         self.stats.count(item.source_fd is not None)
@@ -164,19 +205,9 @@ class LocalFetcher(Fetcher):
         return os.pread(fd, end - offset, source.offset + offset)
 
     def read_now(self, item: CacheItem) -> bytes | None:
-        try:
-            fd, source = item.source_fd, item.source
-            opened = fd is not None and source is not None
-            if fd is None or source is None:
-                source = None if item.fill_lock.locked() else self.remote.known_local_range(
-                    item.path)
-                if source is None:
-                    return None
-                fd = self._adopt(item, source)
-            self.stats.count(opened)
-            return os.pread(fd, item.size, source.offset)
-        except OSError:
+        if item.source_fd is None and item.fill_lock.locked():  # another task opens it
             return None
+        return super().read_now(item)
 
     async def fill(self, item: CacheItem) -> None:
         fd, source = await self._source(item)

@@ -277,7 +277,13 @@ class Driver(ABC):
     def known_local_range(self, path: str) -> LocalRange | None:
         """:meth:`local_range` when it is known without any I/O, else None (then
         :meth:`local_range` is asked, under the deadline and retry of a remote call). The
-        default is the whole file :meth:`known_local_path` gives."""
+        default is the whole file :meth:`known_local_path` gives.
+
+        Asked in every read mode: a driver of another mode that comes to hold a file's
+        current content locally (NodeODX: an archive member inflated in its spool) answers
+        it, and the cache reads that copy in place, the kernel too for read-only opens of a
+        file :meth:`check_write` refuses (docs/drivers.md, Read modes). A copy once
+        answered must never be written again (delete it instead: open files keep it)."""
         known = self.known_local_path(path)
         return None if known is None else LocalRange(known)
 

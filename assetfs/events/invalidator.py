@@ -126,7 +126,8 @@ class Invalidator:
         parent, name = split(path)
         cached = self.metadata.entry(path)
         unchanged = event.entry is not None and cached == event.entry
-        if event.kind is not ChangeKind.DELETED and unchanged:
+        if event.kind is not ChangeKind.DELETED and unchanged and not self._bound_to_older(
+                path, event.entry):
             return []
         parent_inode = self.inodes.get(parent)
         inode = self.inodes.get(path)
@@ -194,9 +195,20 @@ class Invalidator:
         new = event.entry
         if (event.kind is not ChangeKind.DELETED and new is not None and not new.is_dir
                 and isinstance(cached, Entry) and not cached.is_dir
-                and new.version == cached.version and new.size == cached.size):
+                and new.version == cached.version and new.size == cached.size
+                and not self._bound_to_older(event.path, new)):
             return new
         return None
+
+    def _bound_to_older(self, path: str, entry: Entry | None) -> bool:
+        """Whether the open files of ``path``'s inode read, through the kernel
+        (passthrough), clean content of a version other than ``entry``'s: a lookup took
+        the new entry into the metadata cache before this event came (a polled store), and
+        the path still needs a new inode for new opens to read the new content."""
+        inode = self.inodes.get(path)
+        bound = self.passthrough.bound_item(inode) if inode is not None else None
+        return (bound is not None and entry is not None and not bound.shadows
+                and bound.base_version != entry.version)
 
     def _refreshed(self, path: str, entry: Entry) -> list[KernelNote]:
         """Record the store's own ``entry`` of a version the mount holds at ``path`` (its

@@ -544,19 +544,23 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         """Register an open of ``item`` and choose how the kernel serves it: passthrough to
         the cache file when it holds the whole content (and, for a writer, the cache bound
-        leaves room, and the inode is not open in cached mode), else through the daemon
-        (vfs/passthrough.py), a small file's content stored in the kernel page cache
-        first when it lies on local disk (vfs/pagefill.py)."""
+        leaves room, and the inode is not open in cached mode); for a reader of an idle
+        inode, passthrough to the store's local copy (with ``-o passthrough=copies``, or
+        when the mount can never write the file and the driver knows the copy without
+        I/O); else through the daemon (vfs/passthrough.py), a small file's content stored
+        in the kernel page cache first when it lies on local disk (vfs/pagefill.py)."""
         if writable and self.passthrough.bound_to_local_copy(inode):
             raise errors.FileBusy(f"{item.path} is open for reading from the store's copy")
         unopened = self.passthrough.unopened(inode)
         fd = self.cache.whole_fd(item)
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
-        local_copy = (self.passthrough_copies and fd is None and not writable
-                      and self.passthrough.idle(inode))
+        # a file the mount can never write may be read from the store's local copy too
+        never_written = not self.passthrough_copies and self._never_written(item.path)
+        local_copy = ((self.passthrough_copies or never_written) and fd is None
+                      and not writable and self.passthrough.idle(inode))
         if local_copy:
-            fd = await self.cache.local_copy_fd(item)
+            fd = await self.cache.local_copy_fd(item, known_only=never_written)
         mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
         self.cache.opened(item)  # from now on: the item stays while the journal is written
         if writable:
@@ -587,6 +591,18 @@ class Operations(pyfuse3.Operations):
             info.keep_cache = data is not None and self.page_fill.fill(inode, data)
         self.kernel_version[inode] = version
         return info
+
+    def _never_written(self, path: str) -> bool:
+        """Whether no open through this mount can ever write the file ``path`` (a read-only
+        mount or store, or ``check_write`` refuses it): then nothing is lost by binding its
+        readers to a read-only local copy (vfs/passthrough.py). No I/O."""
+        if self.read_only:
+            return True
+        try:
+            self.remote.check_write(path)
+        except errors.AssetFSError:
+            return True
+        return False
 
     @_errno
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:

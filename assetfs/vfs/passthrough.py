@@ -9,7 +9,12 @@ file fully fetched), with that cache file as the backing file (``dd`` into the m
 ``scripts/bench_fuse_ceiling.sh``), and for read-only opens of a clean file of a store whose
 library keeps a local copy (omni.client: on ``file:`` the file itself), with that copy as
 the backing file: no READ request at all, and re-reads at the speed of the copy's page cache
-(``scripts/bench_vs_rclone.py``). It needs the pyfuse3 built by
+(``scripts/bench_vs_rclone.py``). Those are opt-in (``-o passthrough=copies``, for the
+ETXTBSY below) except for a file the mount can never write (``Driver.check_write`` refuses
+it, or the mount is read-only), where that cost does not exist: its read-only opens are
+passed through to any whole local copy the driver knows without I/O
+(``Driver.known_local_range``, whatever its read mode: a NodeODX result member inflated in
+the spool, docs/nodeodx.md). It needs the pyfuse3 built by
 ``scripts/build-pyfuse3-wheel.sh`` (``pyfuse3.backing_open``) and CAP_SYS_ADMIN; otherwise
 every open is an ordinary one.
 

@@ -41,7 +41,11 @@ Choices made where upstream is silent (docs/backends/nodeodx.md, "The test peer"
 - console output: two lines at commit, twenty over the RUNNING phase, three at the end;
 - ``outputs`` is recorded but the archive is not narrowed; ``webhook`` is never called;
 - the canned archive is written by :mod:`zipfile`: sizes in the local headers, no data
-  descriptors (whether the real node's writes them was not observed).
+  descriptors (whether the real node's writes them was not observed);
+- a finished run's ``processingTime`` is its phase lengths plus an overhead of 1-999 ms
+  drawn at each commit or restart, never the previous run's (a real run's wall-clock time
+  does not repeat to the millisecond); the download sends no ``ETag`` or
+  ``Last-Modified`` (none was observed on the node).
 
 Peer-only routes (never used by the driver): ``POST /_peer/timings`` (JSON ``start``,
 ``queued``, ``running`` seconds, ``fail`` message or null), ``GET /_peer/task/{uuid}``,
@@ -51,7 +55,8 @@ finished task leaves, as a restarted task's new run would: ``PUT
 member of the task's own all.zip, ``DELETE`` of it drops the member, ``DELETE
 /_peer/task/{uuid}/results`` leaves an archive with no members; each writes a new archive
 in place of the old one (a new file, so the canned one it may be linked to is untouched)
-and answers ``{"members": [names]}``.
+and answers ``{"members": [names]}``; with ``?rerun=1`` the task is also restarted, as a
+run that leaves those results (no "Asset not ready" in between).
 """
 
 from __future__ import annotations
@@ -213,6 +218,9 @@ class Task:
     canceled: float | None = None
     """Unix time of a cancel; the status is frozen from then on."""
     error: str | None = None
+    overhead_ms: int = 0
+    """What the run took past its phases (ms): a finished run's ``processingTime`` is the
+    phases plus this, drawn at each commit and restart, never the previous run's."""
 
     def phase(self, now: float) -> tuple[int, float, float]:
         """(status code, progress 0..100, seconds since the commit), at ``now``."""
@@ -316,6 +324,7 @@ class Node:
         done = code in (COMPLETED, FAILED, CANCELED)
         spec = task.timings
         processing = int(1000 * (min(t, spec.start + spec.queued + spec.running) if done else t))
+        processing += task.overhead_ms if done else 0
         body: dict[str, Any] = {
             "uuid": task.uuid,
             "dateCreated": task.date_created,
@@ -443,6 +452,7 @@ def make_app(node: Node) -> Any:
 
     def commit(task: Task) -> None:
         task.committed = time.time()
+        task.overhead_ms = random.choice([ms for ms in range(1, 1000) if ms != task.overhead_ms])
         task.timings = Timings(**asdict(node.timings))
         if node.max_images is not None and len(task.images) > node.max_images:
             task.error = f"Too many images ({len(task.images)}), the maximum is {node.max_images}"
@@ -630,6 +640,9 @@ def make_app(node: Node) -> Any:
             return error(f"no {member} in the results")
         path.parent.mkdir(parents=True, exist_ok=True)
         write_results(path, members)
+        if request.query_params.get("rerun"):
+            task.canceled, task.error = None, None
+            commit(task)
         return JSONResponse({"members": sorted(members)})
 
     async def peer_sessions(request: Request) -> Response:
@@ -809,11 +822,15 @@ class Peer:
         assert self.call("POST", f"/task/new/commit/{uuid}") == {"uuid": uuid}
         return str(uuid)
 
-    def set_result(self, uuid: str, member: str, data: bytes | None) -> list[str]:
+    def set_result(self, uuid: str, member: str, data: bytes | None,
+                   rerun: bool = False) -> list[str]:
         """Add or replace (``data``) or drop (None) one member of a finished task's
-        all.zip, as a new run of the task would leave it; the members after."""
+        all.zip, as a new run of the task would leave it; the members after. ``rerun``:
+        the task is also restarted, as a run (of the phase lengths set now) that leaves
+        those results, with a new ``processingTime``."""
         path = f"/_peer/task/{uuid}/results/{quote(member)}"
         reply = self.call("PUT" if data is not None else "DELETE", path,
+                          params={"rerun": "1"} if rerun else {},
                           **({"content": data} if data is not None else {}))
         if "members" not in reply:
             raise RuntimeError(f"{member}: {reply}")

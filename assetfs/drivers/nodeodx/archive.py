@@ -12,7 +12,10 @@ their own (:mod:`.unzip`): a member's size is known once its local header has ar
 (or, for a member with a data descriptor, once it is extracted), and its reader follows
 the extraction; so the first ``cat`` of a member overlaps the download, and once the
 archive is in, every member is a local file. Members the extractor leaves alone are read
-with :mod:`zipfile` from the complete archive.
+with :mod:`zipfile` from the complete archive. The block cache reads an inflated member, or
+the complete archive, in place (:meth:`Archives.local_copy`, the driver's
+``known_local_range``), and the kernel reads it itself for a read-only open (FUSE
+passthrough): no byte of it passes through the daemon.
 
 The download runs in a trio system task, so it outlives the reader that started it (a
 ``cat`` interrupted halfway does not waste what arrived); :meth:`Archives.close` stops it.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import itertools
 import logging
 import os
 import posixpath
@@ -76,6 +80,8 @@ class Download:
     extracted: dict[str, Extracted] = field(default_factory=dict)
     """Members found by the extractor, by path."""
     stop: threading.Event = field(default_factory=threading.Event)
+    folder: Path | None = None
+    """Where the current attempt inflates the members (``<uuid>.<attempt>.d``)."""
 
     def signal(self) -> None:
         """Wake everyone waiting for progress."""
@@ -112,6 +118,7 @@ class Archives:
         self.client = client
         self.spool = spool
         self.downloads: dict[str, Download] = {}
+        self._attempts = itertools.count()
 
     def status(self) -> dict[str, dict[str, int | bool | None]]:
         """Per task uuid: ``received`` and ``size`` in bytes, ``complete`` (assetfs status)."""
@@ -129,12 +136,29 @@ class Archives:
             download.scope.cancel()
         with contextlib.suppress(OSError):
             download.path.unlink()
-        shutil.rmtree(download.path.with_suffix(".d"), ignore_errors=True)
+        if download.folder is not None:
+            shutil.rmtree(download.folder, ignore_errors=True)
 
     def close(self) -> None:
         """Stop every download and delete the spool files."""
         for uuid in list(self.downloads):
             self.forget(uuid)
+
+    def local_copy(self, uuid: str, name: str | None) -> Path | None:
+        """The local file holding member ``name`` of the archive of ``uuid`` once it is
+        inflated whole and checked (its CRC-32 and size), or (``name`` None) the archive
+        itself once its download is complete; else None. No I/O. Such a file is never
+        written again: a new attempt or a new archive inflates into new files
+        (:meth:`forget` deletes the old ones, which readers holding them open keep)."""
+        download = self.downloads.get(uuid)
+        if download is None:
+            return None
+        if name is None:
+            return download.path if download.complete else None
+        member = download.extracted.get(name)
+        if member is None or not member.done or member.failed:
+            return None
+        return member.path
 
     def _get(self, uuid: str) -> Download:
         download = self.downloads.get(uuid)
@@ -194,8 +218,9 @@ class Archives:
 
     async def _extract(self, download: Download) -> None:
         """Run :func:`.unzip.extract` over the spool as it grows, in a worker thread."""
-        folder = download.path.with_suffix(".d")
-        folder.mkdir(exist_ok=True)
+        # a folder of its own per attempt: a file inflated once is never written again
+        earlier = download.folder
+        folder = download.folder = self.spool / f"{download.uuid}.{next(self._attempts)}.d"
         token = trio.lowlevel.current_trio_token()
         stop = download.stop
 
@@ -206,6 +231,9 @@ class Archives:
             call_soon(token, download.signal)
 
         def run() -> None:
+            if earlier is not None:  # its files may be open (read in place): kept till closed
+                shutil.rmtree(earlier, ignore_errors=True)
+            folder.mkdir()
             feed = Growing(download.path, lambda: download.received,
                            lambda: download.received_all, stop)
             try:

@@ -21,7 +21,7 @@ import trio
 from ... import bounded, errors
 from ... import options as opt
 from ...config import default_cache_root, mount_id
-from ..base import Capabilities, Driver, Entry, Kind, ReadMode
+from ..base import Capabilities, Driver, Entry, Kind, LocalRange, ReadMode
 from .archive import Archives, Member
 from .client import (
     TOKEN_ENV,
@@ -33,7 +33,7 @@ from .client import (
     read_token,
 )
 from .staging import COMMIT_FILE, OPTIONS_FILE, Staged, parse_options, stored_name
-from .tasks import ACTIVE, FINISHED_WITH_RESULTS, NODE_DIR, Rendered, TaskState, folder_names
+from .tasks import FINISHED_WITH_RESULTS, NODE_DIR, Rendered, TaskState, folder_names
 
 log = logging.getLogger(__name__)
 INFO, CONSOLE, ARCHIVE, RESULTS = "info.json", "console.txt", "all.zip", "results"
@@ -136,6 +136,8 @@ class NodeODXDriver(Driver):
             for stale in self.spool.glob("*.zip"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+            for folder in self.spool.glob("*.d"):
+                shutil.rmtree(folder, ignore_errors=True)
             self._archives = Archives(self._client, self.spool)
         info = await self.client.call("GET", "/info", "node info")
         if not isinstance(info, dict) or "version" not in info:
@@ -178,9 +180,7 @@ class NodeODXDriver(Driver):
         info = await self.client.call("GET", f"/task/{task.uuid}/info", "task info", "/")
         if not isinstance(info, dict):
             raise node_error("task info is not an object", "task info", where)
-        before = task.code
-        task.take_info(info, time.monotonic())
-        if task.code != before and task.code in ACTIVE:  # restarted: a new archive will come
+        if task.take_info(info, time.monotonic()):  # a new run: a new archive will come
             self.archives.forget(task.uuid)
 
     async def _refresh(self, force: bool = False) -> None:
@@ -272,7 +272,7 @@ class NodeODXDriver(Driver):
         if size >= 0:
             created = int(task.info.get("dateCreated") or 0) * 1_000_000
             children[ARCHIVE] = Entry(name=ARCHIVE, kind=Kind.FILE, size=size,
-                                      mtime_ns=created, version=f"{task.uuid}:{size}")
+                                      mtime_ns=created, version=f"{task.uuid}:{task.run}:{size}")
             children[RESULTS] = _dir(RESULTS, created)
         now = time.monotonic()
         return {n: e for n, e in children.items() if not task.is_hidden(n, now)}
@@ -382,6 +382,27 @@ class NodeODXDriver(Driver):
     async def list(self, path: str) -> list[Entry]:
         """The children of folder ``path``. Raises NotFound, NotADirectory."""
         return list((await self._children(path)).values())
+
+    def known_local_range(self, path: str) -> LocalRange | None:
+        """The spool file holding ``path`` once it is whole, without I/O: a member of
+        ``results/`` inflated and checked, or ``all.zip`` once downloaded (archive.py,
+        ``Archives.local_copy``); the block cache then reads it in place and the kernel
+        reads it for a read-only open (these files are never written through the mount).
+        Else None, and the content comes by :meth:`open_stream`."""
+        parts = self._parts(path)
+        if len(parts) < 2 or self._archives is None:
+            return None
+        uuid = self._folders.get(parts[0])
+        if uuid is None or uuid not in self._tasks:
+            return None
+        if parts[1:] == [ARCHIVE]:
+            name = None
+        elif parts[1] == RESULTS and len(parts) > 2:
+            name = "/".join(parts[2:])
+        else:
+            return None
+        copy = self._archives.local_copy(uuid, name)
+        return None if copy is None else LocalRange(str(copy))
 
     async def open_stream(self, path: str) -> AsyncGenerator[bytes, None]:
         """The content of ``path`` from offset 0: synthesized text at once; ``all.zip``

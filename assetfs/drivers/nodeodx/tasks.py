@@ -82,15 +82,28 @@ class TaskState:
         """QUEUED or RUNNING."""
         return self.code in ACTIVE
 
-    def take_info(self, info: dict[str, Any], now: float) -> None:
-        """A fresh info reply: a task that went back to active (restart) starts its
-        console and archive afresh."""
-        before = self.code
+    @property
+    def run(self) -> str:
+        """What tells this run's results from another's: the finished run's
+        ``processingTime`` (ms; the node gives no validator of the archive,
+        docs/backends/nodeodx.md, The result archive)."""
+        return str(self.info.get("processingTime", ""))
+
+    def take_info(self, info: dict[str, Any], now: float) -> bool:
+        """A fresh info reply. True when a new run began: the task went back to active
+        (a restart seen), or it is finished again with another ``processingTime`` (a
+        restart whose whole run fell between two polls); its console and archive then
+        start afresh."""
+        before, run = self.code, self.run
         self.info, self.fetched = info, now
-        if self.code in ACTIVE and before not in ACTIVE and before:
+        restarted = self.code in ACTIVE and before not in ACTIVE and bool(before)
+        rerun = (before in FINISHED_WITH_RESULTS and self.code in FINISHED_WITH_RESULTS
+                 and self.run != run)
+        if restarted or rerun:
             self.lines, self.lines_final = [], False
             self.asset, self.asset_checked = None, -1e9
         self.info_file.update((json.dumps(info, indent=2) + "\n").encode())
+        return restarted or rerun
 
     def take_lines(self, lines: list[str], now: float) -> None:
         """New console lines (appended)."""
