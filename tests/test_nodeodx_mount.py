@@ -6,6 +6,7 @@ Arrange and check through the peer's HTTP API, act through the mount.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -196,8 +197,6 @@ def test_mkdir_copy_and_commit_by_xattr_then_the_task_is_read_only(
         uuid = peer.uuids()[0]
         held = peer.task(uuid)
         assert sorted(i["name"] for i in held["images"]) == sorted(os.listdir(source))
-        import hashlib
-
         sums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in source.iterdir()}
         assert {i["name"]: i["sha256"] for i in held["images"]} == sums
         assert {o["name"] for o in held["options"]} == {"orthophoto-resolution", "dsm"}
@@ -224,6 +223,23 @@ def test_commit_file_from_a_file_manager_waits_for_the_copy(peer: Peer, tmp_path
         uuids = wait_for(peer.uuids, 30, "the commit")
         assert len(peer.task(uuids[0])["images"]) == 5
         wait_for(lambda: "info.json" in os.listdir(task), 20, "the task folder")
+
+
+def test_a_staged_task_left_at_unmount_is_named_in_the_log(peer: Peer,
+                                                           tmp_path: Path) -> None:
+    """A staged task lives in the mount that staged it (the node hides upload sessions):
+    unmounting before the commit discards it, and the daemon's log says which one."""
+    with mount_node(peer, tmp_path) as m:
+        task = m.path / "half-done"
+        task.mkdir()
+        (task / "IMG_0001.JPG").write_bytes(os.urandom(64 << 10))
+        wait_for(lambda: json.loads(os.getxattr(m.path, "user.assetfs.status"))
+                 ["driver_state"]["staged"].get("half-done", {}).get("files"), 20,
+                 "the upload into the staged task")
+    assert "/half-done: staged task not committed" in m.output()
+    assert peer.uuids() == []
+    with mount_node(peer, tmp_path) as again:
+        assert "half-done" not in os.listdir(again.path)
 
 
 def test_bad_options_give_einval_and_the_message(peer: Peer, tmp_path: Path) -> None:

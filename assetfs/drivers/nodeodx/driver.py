@@ -154,7 +154,13 @@ class NodeODXDriver(Driver):
             (json.dumps(self._offered, indent=2) + "\n").encode())
 
     async def close(self) -> None:
-        """Stop downloads, delete the spool, close connections; never raises."""
+        """Stop downloads, delete the spool, close connections; never raises. A staged
+        task not committed lives only in this mount (the node hides upload sessions): it
+        is named in the log, since it is gone with the mount."""
+        for name, staged in self._staged.items():
+            log.warning("/%s: staged task not committed, discarded with this mount (the "
+                        "node drops its %d uploaded files after 48 h)", name,
+                        len(staged.files))
         if self._archives is not None:
             self._archives.close()
         if self._client is not None:
