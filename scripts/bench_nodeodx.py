@@ -49,6 +49,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
+from bench_read import drop_caches  # noqa: E402 - scripts/ is this script's folder
 from mounting import mounted  # noqa: E402
 from peers.nodeodx_peer import BIG_MEMBER, COMPLETED, Peer, running  # noqa: E402
 
@@ -66,16 +67,6 @@ def read_all(path: Path) -> int:
         while piece := stream.read(CHUNK):
             total += len(piece)
     return total
-
-
-def drop_caches() -> bool:
-    """Write back and drop the page cache (root only); False when not allowed."""
-    subprocess.run(["sync"], check=True)
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        return False
-    return True
 
 
 def archive_in(mountpoint: Path) -> bool:
