@@ -542,12 +542,9 @@ class BlockCache:
         if item.complete or item.dirty:
             self.stats.hits += 1
             return os.pread(self.open_file(item, create=False), end - offset, offset)
-        opened = item.source_fd is not None
-        copy = self.fetcher.known_copy(item)
-        if copy is not None:  # a local copy the driver knows: read in place, any read mode
-            self.stats.count(opened)
-            fd, source = copy
-            return os.pread(fd, end - offset, source.offset + offset)
+        known = self.fetcher.read_known(item, offset, end)  # in place, any read mode
+        if known is not None:
+            return known
         return await self.fetcher.read(item, offset, end)
 
     def read_now(self, item: CacheItem) -> bytes | None:

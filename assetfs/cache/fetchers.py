@@ -152,19 +152,25 @@ class Fetcher(ABC):
         copy = self.known_copy(item)
         return copy[0] if copy is not None and copy[1].whole else None
 
+    def read_known(self, item: CacheItem, offset: int, end: int) -> bytes | None:
+        """Bytes ``offset`` up to ``end`` of ``item`` from the copy :meth:`known_copy`
+        gives, read in place whatever the read mode; None when the driver knows none.
+        Raises OSError."""
+        opened = item.source_fd is not None
+        copy = self.known_copy(item)
+        if copy is None:
+            return None
+        self.stats.count(opened)
+        fd, source = copy
+        return os.pread(fd, end - offset, source.offset + offset)
+
     def read_now(self, item: CacheItem) -> bytes | None:
         """The whole content of ``item`` when this read mode has it on local disk and can
         read it without waiting (no remote call, no lock held by another task), else None:
         the default reads the copy :meth:`known_copy` gives. Raises nothing: a local file
         that cannot be read means None (the reader's READ then meets the error)."""
         try:
-            opened = item.source_fd is not None
-            copy = self.known_copy(item)
-            if copy is None:
-                return None
-            self.stats.count(opened)
-            fd, source = copy
-            return os.pread(fd, item.size, source.offset)
+            return self.read_known(item, 0, item.size)
         except OSError:
             return None
 

@@ -556,11 +556,10 @@ class Operations(pyfuse3.Operations):
         if writable and fd is not None and not self.cache.passthrough_room(item):
             fd = None
         # a file the mount can never write may be read from the store's local copy too
-        never_written = not self.passthrough_copies and self._never_written(item.path)
-        local_copy = ((self.passthrough_copies or never_written) and fd is None
-                      and not writable and self.passthrough.idle(inode))
+        local_copy = (fd is None and not writable and self.passthrough.idle(inode)
+                      and (self.passthrough_copies or self._never_written(item.path)))
         if local_copy:
-            fd = await self.cache.local_copy_fd(item, known_only=never_written)
+            fd = await self.cache.local_copy_fd(item, known_only=not self.passthrough_copies)
         mode, backing_id = self.passthrough.open(inode, item, fd, local_copy)
         self.cache.opened(item)  # from now on: the item stays while the journal is written
         if writable:

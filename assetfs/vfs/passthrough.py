@@ -89,7 +89,7 @@ class Passthrough:
     def idle(self, inode: int) -> bool:
         """Whether passthrough is on and ``inode`` has no open files (its next open may pick
         passthrough with any backing file)."""
-        return self.enabled and inode not in self._inodes
+        return self.enabled and self.unopened(inode)
 
     def unopened(self, inode: int) -> bool:
         """Whether ``inode`` has no open file, in any mode."""
